@@ -1,0 +1,223 @@
+"""Recurrent cells: one time step each, all sharing one protocol.
+
+Every cell is a Flax NNX module with
+
+* ``cell(carry, x) -> (new_carry, y)``: one step; ``x <float>[batch, in_features]``.
+* ``cell.initialize_carry(batch_shape)``: the zero state for ``batch_shape`` (e.g. ``(batch,)``).
+* ``cell.input_projection(x)``: the part of the step that depends on ``x`` alone
+  (``x W_x + b``, ``<float32>[..., gates * hidden]``); it works on any leading shape, so a
+  sequence layer may compute it for all time steps at once.
+* ``cell.recurrent_step(carry, projected_x)``: the rest of the step.
+
+``cell(carry, x) == cell.recurrent_step(carry, cell.input_projection(x))`` exactly.
+
+Parameters are stored in ``param_dtype`` (float32 by default); the matrix products run in ``dtype``
+(e.g. bfloat16) with float32 accumulation, and the carry and the gate arithmetic stay in float32 so
+long sequences do not drift. Outputs ``y`` are returned in ``dtype``.
+
+Gate layouts follow PyTorch (and Keras, which agrees for the LSTM) so weights import by copying:
+LSTM columns are ``[i | f | g | o]``, GRU columns ``[r | z | n]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+LSTMCarry = tuple[Array, Array]  # (c, h), each <float32>[*batch, hidden]
+
+
+def _matmul(x: Array, kernel: Array, dtype: Any) -> Array:
+    """x @ kernel computed in `dtype`, accumulated and returned in float32."""
+    return jnp.matmul(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
+class _Cell(nnx.Module):
+    """Shared parameter layout: W_x <[in, G*H]>, W_h <[H, G*H]>, b <[G*H]>."""
+
+    num_gates: int = 1
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        use_bias: bool = True,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+        recurrent_kernel_init: nnx.Initializer = nnx.initializers.orthogonal(),
+        rngs: nnx.Rngs,
+    ):
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.use_bias = use_bias
+        self.dtype = dtype
+        width = self.num_gates * hidden_features
+        self.input_kernel = nnx.Param(kernel_init(rngs.params(), (in_features, width), param_dtype))
+        # Orthogonal per gate block, as Keras and Flax do, so each gate starts well conditioned.
+        blocks = [
+            recurrent_kernel_init(rngs.params(), (hidden_features, hidden_features), param_dtype)
+            for _ in range(self.num_gates)
+        ]
+        self.recurrent_kernel = nnx.Param(jnp.concatenate(blocks, axis=1))
+        self.bias = nnx.Param(jnp.zeros((width,), param_dtype)) if use_bias else None
+
+    def input_projection(self, x: Array) -> Array:
+        """x W_x + b: <float>[..., in] -> <float32>[..., G*H]."""
+        projected = _matmul(x, self.input_kernel[...], self.dtype)
+        if self.bias is not None:
+            projected = projected + self.bias[...].astype(jnp.float32)
+        return projected
+
+    def _recurrent_projection(self, h: Array) -> Array:
+        """h W_h: <float32>[batch, H] -> <float32>[batch, G*H]."""
+        return _matmul(h, self.recurrent_kernel[...], self.dtype)
+
+    def initialize_carry(self, batch_shape: tuple[int, ...]) -> Any:
+        return jnp.zeros((*batch_shape, self.hidden_features), jnp.float32)
+
+    def __call__(self, carry, x: Array):
+        return self.recurrent_step(carry, self.input_projection(x))
+
+    def recurrent_step(self, carry, projected_x: Array):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class LSTMCell(_Cell):
+    r"""Long short-term memory cell (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000).
+
+    Equations, with ``z = x_t W_x + h_{t-1} W_h + b`` split into four blocks of ``H`` columns::
+
+        i_t = sigmoid(z_i)                 input gate
+        f_t = sigmoid(z_f)                 forget gate
+        g_t = tanh(z_g)                    candidate
+        o_t = sigmoid(z_o)                 output gate
+        c_t = f_t * c_{t-1} + i_t * g_t    memory cell
+        h_t = o_t * tanh(c_t)              hidden state, also the output y_t
+
+    Shapes: ``x_t <float>[batch, in]``, carry ``(c, h)`` each ``<float32>[batch, H]``,
+    ``W_x <[in, 4H]>``, ``W_h <[H, 4H]>``, ``b <[4H]>`` (columns ``[i | f | g | o]``). The four gate
+    products are one fused matmul each for the input and the recurrent part.
+
+    ``forget_bias`` (default 1.0) initialises the forget-gate bias so the cell remembers by default at the
+    start of training (Jozefowicz et al. 2015).
+    """
+
+    num_gates = 4
+
+    def __init__(self, in_features: int, hidden_features: int, *, forget_bias: float = 1.0, **kwargs):
+        super().__init__(in_features, hidden_features, **kwargs)
+        if self.bias is not None and forget_bias:
+            H = hidden_features
+            self.bias[...] = self.bias[...].at[H : 2 * H].set(forget_bias)
+
+    def initialize_carry(self, batch_shape: tuple[int, ...]) -> LSTMCarry:
+        zeros = jnp.zeros((*batch_shape, self.hidden_features), jnp.float32)
+        return (zeros, zeros)
+
+    def recurrent_step(self, carry: LSTMCarry, projected_x: Array) -> tuple[LSTMCarry, Array]:
+        c, h = carry
+        z = projected_x + self._recurrent_projection(h)
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h.astype(self.dtype)
+
+
+class PeepholeLSTMCell(LSTMCell):
+    r"""LSTM with diagonal peephole connections (Gers & Schmidhuber 2000; Gers, Schraudolph & Schmidhuber 2002).
+
+    The gates also look at the memory cell; the input and forget gates see the previous cell, the
+    output gate sees the new one::
+
+        i_t = sigmoid(z_i + p_i * c_{t-1})
+        f_t = sigmoid(z_f + p_f * c_{t-1})
+        g_t = tanh(z_g)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        o_t = sigmoid(z_o + p_o * c_t)
+        h_t = o_t * tanh(c_t)
+
+    with ``z`` as in :class:`LSTMCell` and ``p_i, p_f, p_o <float32>[H]`` elementwise (diagonal) peephole
+    weights, initialised to zero so an untrained peephole cell starts as a plain LSTM.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, **kwargs):
+        super().__init__(in_features, hidden_features, **kwargs)
+        self.peephole_weights = nnx.Param(jnp.zeros((3, hidden_features), jnp.float32))  # rows: i, f, o
+
+    def recurrent_step(self, carry: LSTMCarry, projected_x: Array) -> tuple[LSTMCarry, Array]:
+        c_prev, h = carry
+        p_i, p_f, p_o = self.peephole_weights[...]
+        z = projected_x + self._recurrent_projection(h)
+        z_i, z_f, z_g, z_o = jnp.split(z, 4, axis=-1)
+        i = jax.nn.sigmoid(z_i + p_i * c_prev)
+        f = jax.nn.sigmoid(z_f + p_f * c_prev)
+        c = f * c_prev + i * jnp.tanh(z_g)
+        o = jax.nn.sigmoid(z_o + p_o * c)
+        h = o * jnp.tanh(c)
+        return (c, h), h.astype(self.dtype)
+
+
+class GRUCell(_Cell):
+    r"""Gated recurrent unit (Cho et al. 2014) with the reset gate applied after the recurrent matmul.
+
+    This is the cuDNN / PyTorch ``nn.GRU`` / Keras ``reset_after=True`` form, so their weights import
+    exactly::
+
+        r_t = sigmoid(x_t W_xr + b_xr + h_{t-1} W_hr + b_hr)          reset gate
+        u_t = sigmoid(x_t W_xu + b_xu + h_{t-1} W_hu + b_hu)          update gate
+        n_t = tanh(x_t W_xn + b_xn + r_t * (h_{t-1} W_hn + b_hn))     candidate
+        h_t = (1 - u_t) * n_t + u_t * h_{t-1}                          hidden state, also y_t
+
+    Shapes: ``x_t <float>[batch, in]``, carry ``h <float32>[batch, H]``, ``W_x <[in, 3H]>``,
+    ``W_h <[H, 3H]>`` (columns ``[r | u | n]``), input bias ``b <[3H]>`` and a separate recurrent bias
+    ``b_h <[3H]>`` (needed because ``r_t`` multiplies ``h W_hn + b_hn``).
+    """
+
+    num_gates = 3
+
+    def __init__(self, in_features: int, hidden_features: int, **kwargs):
+        super().__init__(in_features, hidden_features, **kwargs)
+        self.recurrent_bias = nnx.Param(jnp.zeros((3 * hidden_features,), jnp.float32)) if self.use_bias else None
+
+    def recurrent_step(self, carry: Array, projected_x: Array) -> tuple[Array, Array]:
+        h = carry
+        recurrent = self._recurrent_projection(h)
+        if self.recurrent_bias is not None:
+            recurrent = recurrent + self.recurrent_bias[...]
+        x_r, x_u, x_n = jnp.split(projected_x, 3, axis=-1)
+        h_r, h_u, h_n = jnp.split(recurrent, 3, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        u = jax.nn.sigmoid(x_u + h_u)
+        n = jnp.tanh(x_n + r * h_n)
+        h = (1.0 - u) * n + u * h
+        return h, h.astype(self.dtype)
+
+
+class SimpleRNNCell(_Cell):
+    r"""Elman recurrent cell, the baseline the gated cells are meant to beat on long dependencies::
+
+        h_t = tanh(x_t W_x + h_{t-1} W_h + b)      hidden state, also y_t
+
+    Shapes: ``x_t <float>[batch, in]``, carry ``h <float32>[batch, H]``, ``W_x <[in, H]>``,
+    ``W_h <[H, H]>``, ``b <[H]>``.
+    """
+
+    num_gates = 1
+
+    def recurrent_step(self, carry: Array, projected_x: Array) -> tuple[Array, Array]:
+        h = jnp.tanh(projected_x + self._recurrent_projection(carry))
+        return h, h.astype(self.dtype)
+
+
+CELLS = {
+    "lstm": LSTMCell,
+    "peephole_lstm": PeepholeLSTMCell,
+    "gru": GRUCell,
+    "simple_rnn": SimpleRNNCell,
+}
