@@ -1,0 +1,103 @@
+"""The sentiment classifier: Embedding -> recurrent encoder -> pooled features -> Dense(1) logit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lstm_jax.recurrent import Bidirectional, make_recurrent
+
+POOLINGS = ("last", "max", "mean_max")
+
+
+def _hidden(carry):
+    """The hidden state h of a cell's carry: LSTM carries are (c, h), the others are h."""
+    return carry[1] if isinstance(carry, tuple) else carry
+
+
+class SentimentClassifier(nnx.Module):
+    """``tokens <int32>[batch, time]``, ``lengths <int32>[batch]`` -> ``logits <float32>[batch]``.
+
+    ``pooling``: ``last`` uses the final state of the last layer (both directions when bidirectional),
+    the tutorial's choice; ``max`` takes the maximum over the real time steps of the top layer's outputs;
+    ``mean_max`` concatenates their mean and maximum. Dropout (on embeddings, between layers and before
+    the head) is active only when ``rngs`` with a ``dropout`` stream is passed.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        cell: str = "lstm",
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        pooling: str = "last",
+        dropout_rate: float = 0.0,
+        embedding_dropout_rate: float = 0.0,
+        unroll: int = 1,
+        dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        compute_dtype = jnp.dtype(dtype)
+        self.embed = nnx.Embed(vocab_size, embedding_dim, dtype=compute_dtype, rngs=rngs)
+        self.encoder = make_recurrent(
+            cell,
+            embedding_dim,
+            hidden_size,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            dropout_rate=dropout_rate,
+            unroll=unroll,
+            dtype=compute_dtype,
+            rngs=rngs,
+        )
+        features = hidden_size * (2 if bidirectional else 1) * (2 if pooling == "mean_max" else 1)
+        self.embedding_dropout = nnx.Dropout(embedding_dropout_rate)
+        self.dropout = nnx.Dropout(dropout_rate)
+        self.head = nnx.Linear(features, 1, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        deterministic = rngs is None
+        x = self.embedding_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
+        outputs, carries = self.encoder(x, lengths, rngs=rngs)
+        if self.pooling == "last":
+            top = carries[-1]
+            if isinstance(self.encoder.layers[-1], Bidirectional):
+                features = jnp.concatenate([_hidden(top[0]), _hidden(top[1])], axis=-1)
+            else:
+                features = _hidden(top)
+        else:
+            outputs = outputs.astype(jnp.float32)
+            real = (jnp.arange(outputs.shape[1])[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
+            # Empty sequences (length 0) pool to zeros rather than -inf.
+            maximum = jnp.where(lengths[:, None] > 0, jnp.max(jnp.where(real, outputs, -jnp.inf), axis=1), 0.0)
+            if self.pooling == "max":
+                features = maximum
+            else:
+                mean = jnp.sum(outputs, axis=1) / jnp.maximum(lengths, 1)[:, None]
+                features = jnp.concatenate([mean, maximum], axis=-1)
+        features = self.dropout(features.astype(jnp.float32), deterministic=deterministic, rngs=rngs)
+        return self.head(features)[:, 0]
+
+
+def model_kwargs(config, vocab_size: int) -> dict:
+    """The constructor arguments taken from a config; saved in checkpoints so predict needs no config."""
+    return dict(
+        vocab_size=vocab_size,
+        embedding_dim=config.embedding_dim,
+        hidden_size=config.hidden_size,
+        cell=config.cell,
+        num_layers=config.num_layers,
+        bidirectional=config.bidirectional,
+        pooling=config.pooling,
+        dropout_rate=config.dropout_rate,
+        embedding_dropout_rate=config.embedding_dropout_rate,
+        unroll=config.unroll,
+        dtype=config.dtype,
+    )

@@ -1,0 +1,212 @@
+"""Prediction from a checkpoint alone (library; the command line is ../predict.py).
+
+``load_predictor(workdir)`` rebuilds the model, its vocabulary and ``max_len`` from the checkpoint's
+metadata (no config file) and returns a :class:`Predictor` whose ``predict(texts)`` gives the probability
+of positive sentiment. ``predict_file`` streams a text file (one statement per line) through it in batches
+and writes the predictions to a temporary file that is renamed into place only when complete.
+
+Input rules: surrounding whitespace is stripped; empty lines are skipped and counted; bytes that are not
+valid UTF-8 are replaced with U+FFFD and the lines counted in a warning (the rest of the line is still
+predicted); a line longer than ``max_len`` tokens is truncated like training data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm import tqdm
+
+from lstm_jax import checkpoints as ckpt
+from lstm_jax.errors import UserError
+from lstm_jax.models import SentimentClassifier
+from lstm_jax.tokenizer import Vocabulary
+
+FORMATS = ("txt", "jsonl", "csv")
+
+
+class Predictor:
+    """``predict(texts) -> <float32>[n]`` probabilities of positive, in a fixed-size jitted batch."""
+
+    def __init__(self, model: SentimentClassifier, vocabulary: Vocabulary, max_len: int, batch_size: int = 256):
+        self.vocabulary, self.max_len, self.batch_size = vocabulary, max_len, batch_size
+        graphdef, self._params = nnx.split(model)
+
+        @jax.jit
+        def probabilities(params, tokens, lengths):
+            return jax.nn.sigmoid(nnx.merge(graphdef, params)(tokens, lengths))
+
+        self._probabilities = probabilities
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        results = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            tokens, lengths = self.vocabulary.encode(chunk, self.max_len)
+            pad = self.batch_size - len(chunk)  # one shape only: never recompiles
+            tokens = np.pad(tokens, ((0, pad), (0, 0)))
+            lengths = np.pad(lengths, (0, pad))
+            results.append(np.asarray(self._probabilities(self._params, tokens, lengths))[: len(chunk)])
+        return np.concatenate(results) if results else np.zeros((0,), np.float32)
+
+
+def _read_manager(directory: Path) -> ocp.CheckpointManager | None:
+    if not directory.is_dir():
+        return None
+    return ocp.CheckpointManager(
+        directory.absolute(), options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+    )
+
+
+def find_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[ocp.CheckpointManager, int]:
+    """The best checkpoint (by validation accuracy), else the latest; or the one with ``step``."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise UserError(f"workdir {workdir} does not exist; train first: python train.py --workdir {workdir}")
+    managers = [m for m in (_read_manager(workdir / "best"), _read_manager(workdir / "checkpoints")) if m]
+    for manager in managers:
+        steps = manager.all_steps()
+        if step is None and steps:
+            return manager, (manager.best_step() if manager.directory.name == "best" else None) or max(steps)
+        if step is not None and step in steps:
+            return manager, step
+    available = sorted({s for m in managers for s in m.all_steps()})
+    if step is not None and available:
+        raise UserError(f"no checkpoint for step {step} in {workdir}; available steps: {available}")
+    raise UserError(f"no checkpoint in {workdir}; train first: python train.py --workdir {workdir}")
+
+
+def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int = 256) -> Predictor:
+    """Rebuilds the trained model from ``workdir`` alone (best checkpoint unless ``step`` is given)."""
+    manager, step = find_checkpoint(workdir, step)
+    meta = ckpt.read_meta(manager, step)
+    try:
+        model = nnx.eval_shape(lambda: SentimentClassifier(**meta["model_kwargs"], rngs=nnx.Rngs(0)))
+        vocabulary, max_len = Vocabulary.from_json(meta["vocabulary"]), int(meta["max_len"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"checkpoint {step} in {manager.directory} has invalid metadata ({error}); retrain") from None
+    graphdef, abstract = nnx.split(model)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+        abstract,
+    )
+    params = ckpt.restore_params(manager, step, abstract)
+    return Predictor(nnx.merge(graphdef, params), vocabulary, max_len, batch_size)
+
+
+class _InputStats:
+    def __init__(self):
+        self.statements = self.empty = self.invalid_utf8 = 0
+
+
+def _statements(stream, stats: _InputStats, progress) -> Iterator[str]:
+    for raw in stream:
+        progress.update(len(raw))
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            stats.invalid_utf8 += 1
+        line = line.strip()
+        if not line:
+            stats.empty += 1
+            continue
+        stats.statements += 1
+        yield line
+
+
+def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _writer(handle, output_format: str):
+    """Returns write(statement, probability, positive) for one output format."""
+    if output_format == "txt":
+
+        def write(text, probability, positive):
+            sentiment = "positive" if positive else "negative"
+            handle.write(f"Statement: {text}\nPredicted Sentiment: {sentiment}\n-----\n")
+
+    elif output_format == "jsonl":
+
+        def write(text, probability, positive):
+            record = {
+                "statement": text,
+                "sentiment": "positive" if positive else "negative",
+                "probability_positive": round(float(probability), 6),
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    else:
+        table = csv.writer(handle)
+        table.writerow(["statement", "sentiment", "probability_positive"])
+
+        def write(text, probability, positive):
+            table.writerow([text, "positive" if positive else "negative", f"{float(probability):.6f}"])
+
+    return write
+
+
+def check_output_path(output: str | Path) -> Path:
+    output = Path(output)
+    if output.is_dir():
+        raise UserError(f"output {output} is a directory; give a file path such as {output / 'predictions.txt'}")
+    if not output.absolute().parent.is_dir():
+        raise UserError(f"the folder of output {output} does not exist; create it or choose another --output")
+    return output
+
+
+def predict_file(
+    predictor: Predictor, input_path: str, output: str | Path, output_format: str = "txt", threshold: float = 0.5
+) -> dict:
+    """Streams ``input_path`` (``-`` = stdin) to ``output``; returns counts. Nothing is left on failure."""
+    if output_format not in FORMATS:
+        raise UserError(f"unknown format {output_format!r}; use one of {', '.join(FORMATS)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"threshold must be between 0 and 1, got {threshold}")
+    output = check_output_path(output)
+    if input_path == "-":
+        stream, size = sys.stdin.buffer, None
+    else:
+        path = Path(input_path)
+        if not path.is_file():
+            raise UserError(f"input {path} does not exist or is not a file; give a text file, one statement per line")
+        try:
+            stream, size = open(path, "rb"), path.stat().st_size
+        except OSError as error:
+            raise UserError(f"cannot read input {path} ({error.strerror}); check its permissions") from None
+    stats = _InputStats()
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.absolute().parent)
+    progress = tqdm(total=size, unit="B", unit_scale=True, desc="predicting", disable=True if not size or size < 2**20 else None)
+    try:
+        with stream, open(descriptor, "w", encoding="utf-8", newline="") as handle:
+            write = _writer(handle, output_format)
+            for batch in _batches(_statements(stream, stats, progress), predictor.batch_size):
+                for text, probability in zip(batch, predictor.predict(batch)):
+                    write(text, probability, probability >= threshold)
+        if stats.statements == 0:
+            raise UserError(
+                f"input {input_path} has no statements ({stats.empty} empty lines); put one statement per line"
+            )
+        os.replace(temporary, output)
+    finally:
+        progress.close()
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return {"statements": stats.statements, "empty_lines": stats.empty, "invalid_utf8_lines": stats.invalid_utf8}

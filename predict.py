@@ -1,0 +1,43 @@
+"""Predicts the sentiment of statements, one per line, with a trained checkpoint.
+
+python predict.py --workdir DIR --input reviews.txt [--output predictions.txt] [--format txt|jsonl|csv]
+                  [--threshold 0.5] [--step N]
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from lstm_jax.cli import parse_flags
+from lstm_jax.errors import UserError, exit_on_user_error
+from lstm_jax.predict import FORMATS, check_output_path, load_predictor, predict_file
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
+_INPUT = flags.DEFINE_string("input", None, "Text file with one statement per line; '-' reads stdin.")
+_OUTPUT = flags.DEFINE_string("output", "predictions.txt", "Where to write the predictions.")
+_FORMAT = flags.DEFINE_enum("format", "txt", FORMATS, "txt (the tutorial's blocks), jsonl or csv.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability of positive at or above which a statement is positive.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the best by validation accuracy).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Statements per prediction batch.")
+
+
+@exit_on_user_error
+def main(argv):
+    logging.set_verbosity(logging.ERROR)  # orbax warns that read-only managers do not save
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _WORKDIR.value or not _INPUT.value:
+        raise UserError("--workdir and --input are required, e.g. --workdir checkpoints/default --input reviews.txt")
+    if _BATCH_SIZE.value < 1:
+        raise UserError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
+    check_output_path(_OUTPUT.value)  # fail before loading anything
+    predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)
+    stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, _THRESHOLD.value)
+    notes = [f"{stats['empty_lines']} empty lines skipped"]
+    if stats["invalid_utf8_lines"]:
+        notes.append(f"{stats['invalid_utf8_lines']} lines had invalid UTF-8 bytes, replaced by U+FFFD")
+    print(f"wrote {stats['statements']} predictions to {_OUTPUT.value} ({'; '.join(notes)})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

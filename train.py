@@ -1,0 +1,34 @@
+"""Trains the sentiment classifier.
+
+python train.py [--config configs/default.py] [--workdir checkpoints/<config name>] [--config.key=value ...]
+
+Rerunning the same command on the same workdir resumes from its latest checkpoint.
+"""
+
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lstm_jax.cli import parse_flags
+from lstm_jax.errors import UserError, exit_on_user_error
+from lstm_jax.train import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here (default: checkpoints/<config name>).")
+
+
+@exit_on_user_error
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config_file = Path(config_flags.get_config_filename(flags.FLAGS["config"]))
+    if not config_file.is_file():
+        raise UserError(f"config file {config_file} does not exist; choose one of configs/*.py")
+    workdir = _WORKDIR.value or str(Path("checkpoints") / config_file.stem)
+    train_and_evaluate(_CONFIG.value, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
