@@ -193,8 +193,9 @@ def predict_file(
             raise UserError(f"cannot read input {path} ({error.strerror}); check its permissions") from None
     stats = _InputStats()
     descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.absolute().parent)
-    show_progress = None if size and size >= 2**20 else True  # None: only on a terminal, and only for > 1 MiB
-    progress = tqdm(total=size, unit="B", unit_scale=True, desc="predicting", disable=show_progress is True)
+    # A bar only for inputs over 1 MiB, and (disable=None) only when stderr is a terminal.
+    disable = True if not size or size < 2**20 else None
+    progress = tqdm(total=size, unit="B", unit_scale=True, desc="predicting", disable=disable)
     try:
         with stream, open(descriptor, "w", encoding="utf-8", newline="") as handle:
             write = _writer(handle, output_format)
