@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.pooling = "last"  # last (final state) | max | mean_max over the real time steps
     config.dropout_rate = 0.0  # between recurrent layers and before the output layer
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
+    config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
     config.unroll = 1  # lax.scan unroll factor
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     # Optimisation.

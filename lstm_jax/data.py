@@ -204,7 +204,8 @@ def imdb(config) -> Splits:
         keys.append(f"{label}/{file_id}")
     if not parts["train"][0]:
         raise UserError(f"no IMDB reviews (aclImdb/train/pos/*.txt...) found in {config.data_path or 'the download'}")
-    train, validation = _split_off_validation(*parts["train"], fraction=config.validation_fraction)
+    texts, labels, keys = parts["train"]
+    train, validation = _split_off_validation(texts, labels, config.validation_fraction, keys=keys)
     test_texts, test_labels, _ = parts["test"]
     return Splits(train, validation, Split(test_texts, np.asarray(test_labels, np.int32)))
 

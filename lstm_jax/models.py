@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax.recurrent import Bidirectional, make_recurrent
+from lstm_jax.tokenizer import PAD_ID, UNKNOWN_ID
 
 POOLINGS = ("last", "max", "mean_max")
 
@@ -22,7 +23,7 @@ class SentimentClassifier(nnx.Module):
     ``pooling``: ``last`` uses the final state of the last layer (both directions when bidirectional),
     the tutorial's choice; ``max`` takes the maximum over the real time steps of the top layer's outputs;
     ``mean_max`` concatenates their mean and maximum. Dropout (on embeddings, between layers and before
-    the head) is active only when ``rngs`` with a ``dropout`` stream is passed.
+    the head) and word dropout (tokens replaced by the unknown id) are active only when ``rngs`` with a ``dropout`` stream is passed.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class SentimentClassifier(nnx.Module):
         pooling: str = "last",
         dropout_rate: float = 0.0,
         embedding_dropout_rate: float = 0.0,
+        word_dropout_rate: float = 0.0,
         unroll: int = 1,
         dtype: str = "float32",
         rngs: nnx.Rngs,
@@ -44,6 +46,7 @@ class SentimentClassifier(nnx.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
+        self.word_dropout_rate = word_dropout_rate
         compute_dtype = jnp.dtype(dtype)
         self.embed = nnx.Embed(vocab_size, embedding_dim, dtype=compute_dtype, rngs=rngs)
         self.encoder = make_recurrent(
@@ -64,6 +67,10 @@ class SentimentClassifier(nnx.Module):
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         deterministic = rngs is None
+        if not deterministic and self.word_dropout_rate > 0:
+            # Word dropout: real tokens become "unknown" at random, so no single word decides the label.
+            dropped = jax.random.bernoulli(rngs.dropout(), self.word_dropout_rate, tokens.shape)
+            tokens = jnp.where(dropped & (tokens != PAD_ID), UNKNOWN_ID, tokens)
         x = self.embedding_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
         outputs, carries = self.encoder(x, lengths, rngs=rngs)
         if self.pooling == "last":
@@ -98,6 +105,7 @@ def model_kwargs(config, vocab_size: int) -> dict:
         pooling=config.pooling,
         dropout_rate=config.dropout_rate,
         embedding_dropout_rate=config.embedding_dropout_rate,
+        word_dropout_rate=config.word_dropout_rate,
         unroll=config.unroll,
         dtype=config.dtype,
     )

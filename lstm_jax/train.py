@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +40,13 @@ from lstm_jax.tokenizer import Vocabulary
 
 class NonFiniteLoss(UserError):
     pass
+
+
+# Settings a resumed run may change: they steer the run, not what it computes.
+RESUMABLE_CHANGES = frozenset(
+    ["early_stopping_patience", "checkpoint_every_steps", "keep_checkpoints", "distributed", "eval_batch_size",
+     "cache_dir", "data_path", "train_path", "val_path", "test_path"]
+)  # fmt: skip
 
 
 def create_model(kwargs: dict, seed: int) -> SentimentClassifier:
@@ -88,6 +97,11 @@ def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int):
 
         grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
+        # A diverged update can leave a finite loss this step but NaN parameters: count both.
+        finite = jnp.isfinite(metrics["loss"])
+        for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+            finite &= jnp.all(jnp.isfinite(leaf))
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return nnx.state(model), nnx.state(optimizer), metrics
 
     def eval_step(params, batch):
@@ -204,8 +218,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     run = ckpt.RunCheckpoints(workdir, keep=config.keep_checkpoints)
     resume_step = run.latest.latest_step()
     meta = ckpt.read_meta(run.latest, resume_step) if resume_step is not None else None
-    if meta is not None and meta["config"] != config.to_dict():
-        changed = sorted(k for k in config if meta["config"].get(k) != config[k])
+    changed = sorted(k for k in config if meta and k not in RESUMABLE_CHANGES and meta["config"].get(k) != config[k])
+    if changed:
         raise UserError(
             f"{workdir} holds a run with a different config (changed: {', '.join(changed)}); "
             "use a new --workdir or the same settings to resume"
@@ -232,7 +246,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     params = jax.device_put(nnx.state(model), replicated)
     opt_state = jax.device_put(nnx.state(optimizer), replicated)
 
-    position = {"step": 0, "epoch": 0, "batch": 0, "sums": [0.0, 0.0, 0.0]}
+    position = {"step": 0, "epoch": 0, "batch": 0, "sums": [0.0, 0.0, 0.0, 0.0]}
     history: list[dict] = []
     if meta is not None:
         params, opt_state, meta = run.restore(resume_step, params, opt_state)
@@ -263,13 +277,13 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
         writer = SummaryWriter(str(workdir / "tensorboard"))
     tokens, lengths, labels = encoded["train"]
-    sums = jnp.asarray(position["sums"], jnp.float32)  # running loss, correct, count of the epoch
-    interrupted = False
+    sums = jnp.asarray(position["sums"], jnp.float32)  # the epoch's loss, correct, count, non-finite steps
+    stop = _StopRequest()
     try:
-        while position["epoch"] < config.num_epochs and not finished_early():
+        while position["epoch"] < config.num_epochs and not finished_early() and not stop.requested:
             epoch, start_time = position["epoch"], time.time()
             order = epoch_order(config.seed, epoch, len(labels))
-            sums = jnp.asarray(position["sums"], jnp.float32)  # loss, correct, count
+            sums = jnp.asarray(position["sums"], jnp.float32)
             bar = tqdm(
                 range(position["batch"], steps_per_epoch),
                 desc=f"epoch {epoch + 1}/{config.num_epochs}",
@@ -279,10 +293,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                 leave=False,
             )
             for batch_index in bar:
+                if stop.requested:
+                    break
                 indices = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
                 batch = train_batcher(tokens, lengths, labels, indices)
                 params, opt_state, metrics = train_step(params, opt_state, batch, position["step"])
-                sums = sums + jnp.stack([metrics["loss"], metrics["correct"], metrics["count"]])
+                sums = sums + jnp.stack([metrics[k] for k in ("loss", "correct", "count", "nonfinite")])
                 position = {**position, "step": position["step"] + 1, "batch": batch_index + 1}
                 if batch_index % 20 == 0:
                     bar.set_postfix(loss=f"{float(sums[0] / max(float(sums[2]), 1)):.4f}")
@@ -290,7 +306,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                     position["sums"] = _checked_sums(sums, position)
                     run.save(position["step"], params, opt_state, make_meta())
             bar.close()
-            loss_sum, correct_sum, count = _checked_sums(sums, position)
+            if stop.requested:
+                break
+            loss_sum, correct_sum, count, _ = _checked_sums(sums, position)
             validation = evaluate(eval_step, params, eval_batcher, encoded["validation"])
             entry = {
                 "epoch": epoch + 1,
@@ -302,7 +320,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                 "epoch_seconds": time.time() - start_time,
             }
             history.append(entry)
-            position = {"step": position["step"], "epoch": epoch + 1, "batch": 0, "sums": [0.0, 0.0, 0.0]}
+            position = {"step": position["step"], "epoch": epoch + 1, "batch": 0, "sums": [0.0, 0.0, 0.0, 0.0]}
             run.save(position["step"], params, opt_state, make_meta(), val_accuracy=validation["accuracy"])
             log(
                 f"epoch {epoch + 1:3d}/{config.num_epochs}  train loss {entry['train_loss']:.4f}  "
@@ -312,12 +330,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
             if is_main:
                 _write_logs(workdir, history)
                 _tensorboard(writer, entry)
-    except KeyboardInterrupt:
-        interrupted = True
-    if interrupted:
+    finally:
+        stop.release()
+    if stop.requested:
         if is_main:
             writer.close()
-        position["sums"] = [0.0, 0.0, 0.0] if position["batch"] == 0 else _checked_sums(sums, position)
+        position["sums"] = [0.0, 0.0, 0.0, 0.0] if position["batch"] == 0 else _checked_sums(sums, position)
         run.save(position["step"], params, opt_state, make_meta())
         run.close()
         print(
@@ -348,12 +366,34 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     return final
 
 
+class _StopRequest:
+    """Ctrl-C (SIGINT) asks the loop to stop after the current step; a second Ctrl-C interrupts at once.
+
+    A flag rather than KeyboardInterrupt, because libraries on the path (checkpointing, plotting) may swallow
+    the exception or be left half-way by it.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def release(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _checked_sums(sums, position) -> list[float]:
-    """Fetches the running sums; a non-finite loss stops training before anything bad is saved."""
-    loss_sum, correct_sum, count = (float(x) for x in jax.device_get(sums))
-    if not math.isfinite(loss_sum):
+    """Fetches the running sums; a non-finite loss or parameter stops training before anything bad is saved."""
+    loss_sum, correct_sum, count, nonfinite_steps = (float(x) for x in jax.device_get(sums))
+    if nonfinite_steps or not math.isfinite(loss_sum):
         raise NonFiniteLoss(
-            f"the training loss became non-finite by step {position['step']}; the last good checkpoint is kept. "
+            f"the training loss or parameters became non-finite by step {position['step']}; the last good checkpoint is kept. "
             "Lower --config.learning_rate or set --config.grad_clip_norm"
         )
-    return [loss_sum, correct_sum, count]
+    return [loss_sum, correct_sum, count, nonfinite_steps]

@@ -4,3 +4,58 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import csv  # noqa: E402
+import importlib.util  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+POSITIVE = "great wonderful superb moving brilliant fun charming delightful".split()
+NEGATIVE = "awful boring dull terrible mess tedious bland painful".split()
+FILLER = "the movie film plot actor scene story it was and a of".split()
+
+
+def load_config(name: str = "smoke", **overrides):
+    """configs/<name>.py's locked config with overrides (unknown keys fail, as on the command line)."""
+    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def write_reviews(path: Path, count: int, seed: int) -> Path:
+    """A CSV of `count` short reviews whose label shows in two sentiment words."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for index in range(count):
+            label = index % 2
+            words = rng.choices(FILLER, k=6) + rng.choices(POSITIVE if label else NEGATIVE, k=2)
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), "positive" if label else "negative"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def review_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reviews")
+    return write_reviews(folder / "train.csv", 64, seed=0), write_reviews(folder / "test.csv", 24, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, review_files):
+    """A smoke run trained once for the prediction tests."""
+    from lstm_jax.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("run")
+    train, test = review_files
+    config = load_config("smoke", train_path=str(train), test_path=str(test), num_epochs=6)
+    train_and_evaluate(config, workdir)
+    return workdir

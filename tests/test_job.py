@@ -1,0 +1,401 @@
+"""The sentiment job end to end: training, exact resume after SIGKILL / Ctrl-C, data parallelism, prediction
+and every bad input of the command-line tools."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, load_config
+
+from lstm_jax import checkpoints as ckpt
+from lstm_jax.errors import UserError
+from lstm_jax.predict import find_checkpoint, load_predictor, predict_file
+from lstm_jax.train import NonFiniteLoss, train_and_evaluate
+
+REVIEWS = [
+    "a wonderful brilliant film",
+    "",
+    "   an awful boring mess   ",
+    "the plot was charming and delightful",
+]
+
+
+def run_tool(*args, env=None, stdin=None, timeout=300):
+    """Runs train.py / predict.py as a user would; returns the CompletedProcess."""
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=environment, input=stdin, capture_output=True, timeout=timeout
+    )
+
+
+def smoke_args(review_files, workdir, *extra):
+    train, test = review_files
+    return [
+        "train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
+        f"--config.train_path={train}", f"--config.test_path={test}", *extra,
+    ]  # fmt: skip
+
+
+def final_state(workdir):
+    """(parameter leaves of the latest checkpoint, final metrics line) of a finished run."""
+    manager = ckpt.RunCheckpoints(workdir).latest
+    step = manager.latest_step()
+    meta = ckpt.read_meta(manager, step)
+    predictor = load_predictor(workdir, step=step)
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [np.asarray(x) for x in jax.tree.leaves(predictor._params)], json.loads(lines[-1]), meta
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_training_learns_and_writes_its_outputs(trained_workdir):
+    lines = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
+    history, final = lines[:-1], lines[-1]
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert final["test_accuracy"] >= 0.75  # the sentiment words make this easy
+    assert (trained_workdir / "training_curves.png").stat().st_size > 1000
+    assert list((trained_workdir / "tensorboard").glob("events.out.tfevents.*"))
+    meta = ckpt.read_meta(ckpt.RunCheckpoints(trained_workdir).best, find_checkpoint(trained_workdir)[1])
+    assert meta["vocabulary"][:1] and meta["model_kwargs"]["vocab_size"] == len(meta["vocabulary"]) + 2
+
+
+def test_every_parameter_changes_in_one_step(review_files, tmp_path):
+    train, test = review_files
+    from flax import nnx
+
+    from lstm_jax import train as train_lib
+
+    config = load_config(train_path=str(train), test_path=str(test), bidirectional=True, num_layers=2)
+    model = train_lib.create_model({**train_lib.model_kwargs(config, 50)}, seed=0)
+    optimizer = nnx.Optimizer(model, train_lib.make_optimizer(config, 10), wrt=nnx.Param)
+    train_step, _ = train_lib.make_steps(model, optimizer, seed=0)
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    rng = np.random.default_rng(0)
+    batch = {
+        "tokens": rng.integers(0, 50, (8, 12)).astype(np.int32),
+        "lengths": rng.integers(1, 13, 8).astype(np.int32),
+        "labels": rng.integers(0, 2, 8).astype(np.int32),
+        "weights": np.ones(8, np.float32),
+    }
+    params, _, metrics = train_step(nnx.state(model), nnx.state(optimizer), batch, 0)
+    for path, old, new in zip(
+        jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(before), jax.tree.leaves(params)
+    ):
+        if old.dtype.kind == "f":
+            assert not np.array_equal(old, np.asarray(new)), f"{jax.tree_util.keystr(path[0])} did not change"
+    assert float(metrics["count"]) == 8
+
+
+def test_sigkill_at_any_moment_then_rerun_gives_the_same_result(review_files, tmp_path):
+    extra = ["--config.num_epochs=6", "--config.checkpoint_every_steps=2"]
+    reference = run_tool(*smoke_args(review_files, tmp_path / "reference", *extra))
+    assert reference.returncode == 0, reference.stderr.decode()[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    process = subprocess.Popen(
+        [sys.executable, *smoke_args(review_files, killed_dir, *extra)],
+        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    # Kill once a few checkpoints exist, i.e. in the middle of training (and possibly of a save).
+    while time.time() < deadline and process.poll() is None:
+        steps = [p for p in (killed_dir / "checkpoints").glob("*") if p.name.isdigit()]
+        if steps and max(int(p.name) for p in steps) >= 10:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (
+        not (killed_dir / "metrics.jsonl").exists() or "test_accuracy" not in (killed_dir / "metrics.jsonl").read_text()
+    )
+
+    resumed = run_tool(*smoke_args(review_files, killed_dir, *extra))
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert b"resumed from step" in resumed.stdout
+    want_params, want_final, want_meta = final_state(tmp_path / "reference")
+    got_params, got_final, got_meta = final_state(killed_dir)
+    for want, got in zip(want_params, got_params):
+        np.testing.assert_array_equal(got, want)
+    assert got_final == want_final
+    assert got_meta["history"] == [
+        {**h, "epoch_seconds": g["epoch_seconds"]} for h, g in zip(want_meta["history"], got_meta["history"])
+    ]
+
+
+def test_ctrl_c_saves_and_the_rerun_finishes(review_files, tmp_path):
+    workdir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, *smoke_args(review_files, workdir, "--config.num_epochs=50")],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert b"rerun the same command to resume" in stderr and b"Traceback" not in stderr
+    saved = ckpt.RunCheckpoints(workdir).latest.latest_step()
+    assert saved is not None and saved >= 8
+    finished = run_tool(
+        *smoke_args(review_files, workdir, "--config.num_epochs=50", "--config.early_stopping_patience=2")
+    )
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    assert b"Accuracy: " in finished.stdout
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(review_files, tmp_path, monkeypatch):
+    import jax.numpy as jnp
+    import optax
+
+    from lstm_jax import train as train_lib
+
+    def poisoned_after_five_steps(config, steps_per_epoch):
+        """Adam whose updates turn NaN from the sixth step on: a divergence we can place."""
+
+        def update(updates, count, params=None):
+            scale = jnp.where(count >= 5, jnp.nan, 1.0)
+            return jax.tree.map(lambda u: u * scale, updates), count + 1
+
+        poison = optax.GradientTransformation(lambda params: jnp.zeros([], jnp.int32), update)
+        return optax.chain(optax.adam(config.learning_rate), poison)
+
+    monkeypatch.setattr(train_lib, "make_optimizer", poisoned_after_five_steps)
+    train, test = review_files
+    config = load_config(train_path=str(train), test_path=str(test), num_epochs=4)
+    with pytest.raises(NonFiniteLoss, match="non-finite by step 6"):
+        train_and_evaluate(config, tmp_path)
+    manager = ckpt.RunCheckpoints(tmp_path).latest
+    assert manager.all_steps() == [3]  # saved before the divergence; nothing after it
+    predictor = load_predictor(tmp_path, step=3)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(predictor._params))
+
+
+def test_data_parallel_over_four_devices_equals_one_device(review_files, tmp_path):
+    extra = ["--config.num_epochs=2", "--config.test_checkpoint=last"]
+    one = run_tool(*smoke_args(review_files, tmp_path / "one", *extra))
+    four = run_tool(
+        *smoke_args(review_files, tmp_path / "four", *extra),
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    assert one.returncode == 0 and four.returncode == 0, four.stderr.decode()[-2000:]
+    assert b"4 device(s)" in four.stdout
+    for a, b in zip(final_state(tmp_path / "one")[0], final_state(tmp_path / "four")[0]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    odd = run_tool(
+        *smoke_args(review_files, tmp_path / "odd", "--config.batch_size=6"),
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    assert odd.returncode == 2
+    assert b"batch_size 6 does not divide by the 4 devices" in odd.stderr and b"Traceback" not in odd.stderr
+
+
+def test_resuming_with_a_different_config_is_refused(trained_workdir, review_files):
+    train, test = review_files
+    config = load_config(train_path=str(train), test_path=str(test), num_epochs=6, hidden_size=16)
+    with pytest.raises(UserError, match="different config.*hidden_size"):
+        train_and_evaluate(config, trained_workdir)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.bogus=1", "unknown config key 'bogus'"),
+        ("--config.num_epochs=many", "--config.num_epochs=many"),
+        ("--config=configs/missing.py", "config file configs/missing.py does not exist"),
+    ],
+)
+def test_bad_config_flags_are_one_line_errors(flag, message, tmp_path):
+    result = run_tool("train.py", "--config", "configs/smoke.py", flag, "--workdir", str(tmp_path))
+    assert result.returncode != 0
+    stderr = result.stderr.decode().strip()
+    assert message in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ prediction
+
+
+def test_predict_writes_the_tutorial_format_in_input_order(trained_workdir, tmp_path):
+    source = tmp_path / "reviews.txt"
+    source.write_text("\n".join(REVIEWS) + "\n")
+    output = tmp_path / "predictions.txt"
+    result = run_tool("predict.py", "--workdir", str(trained_workdir), "--input", str(source), "--output", str(output))
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"wrote 3 predictions" in result.stderr and b"1 empty lines skipped" in result.stderr
+    blocks = output.read_text().split("-----\n")
+    assert blocks[-1] == "" and len(blocks) == 4
+    expected = [r.strip() for r in REVIEWS if r.strip()]
+    sentiments = []
+    for block, statement in zip(blocks, expected):
+        first, second, rest = block.split("\n")
+        assert first == f"Statement: {statement}" and rest == ""
+        assert second in ("Predicted Sentiment: positive", "Predicted Sentiment: negative")
+        sentiments.append(second.rsplit(" ", 1)[1])
+    assert sentiments == ["positive", "negative", "positive"]
+
+
+def test_predict_library_call_and_formats(trained_workdir, tmp_path):
+    predictor = load_predictor(trained_workdir)
+    texts = [r for r in REVIEWS if r]
+    probabilities = predictor.predict(texts)
+    assert probabilities.shape == (3,) and np.all((probabilities > 0) & (probabilities < 1))
+    np.testing.assert_allclose(predictor.predict(texts[::-1]), probabilities[::-1], atol=1e-6)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(REVIEWS))
+    predict_file(predictor, str(source), tmp_path / "out.jsonl", "jsonl")
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["statement"] for r in records] == [t.strip() for t in texts]
+    np.testing.assert_allclose([r["probability_positive"] for r in records], probabilities, atol=1e-5)
+    predict_file(predictor, str(source), tmp_path / "out.csv", "csv", threshold=1.0)
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0] == "statement,sentiment,probability_positive" and len(rows) == 4
+    assert all(",negative," in row for row in rows[1:])  # threshold 1.0: nothing is positive
+
+
+def test_predict_reads_stdin_and_replaces_invalid_utf8(trained_workdir, tmp_path):
+    output = tmp_path / "p.txt"
+    result = run_tool(
+        "predict.py", "--workdir", str(trained_workdir), "--input", "-", "--output", str(output),
+        stdin=b"good film \xff\xfe here\nawful\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"1 lines had invalid UTF-8 bytes" in result.stderr
+    assert output.read_text().startswith("Statement: good film \ufffd\ufffd here\n")
+
+
+def test_predict_truncates_a_ten_megabyte_line(trained_workdir, tmp_path):
+    source = tmp_path / "long.txt"
+    source.write_text("wonderful " * 1_000_000 + "\nawful\n")
+    output = tmp_path / "p.jsonl"
+    predict_file(load_predictor(trained_workdir), str(source), output, "jsonl")
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 2 and len(records[0]["statement"]) > 9_000_000
+
+
+def test_predict_step_selection(trained_workdir):
+    steps = ckpt.RunCheckpoints(trained_workdir).latest.all_steps()
+    assert find_checkpoint(trained_workdir, steps[-1])[1] == steps[-1]
+    with pytest.raises(UserError, match="no checkpoint for step 99999"):
+        find_checkpoint(trained_workdir, 99999)
+
+
+def _copy_run(trained_workdir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_workdir, copy)
+    return copy
+
+
+def _corrupt_params(workdir):
+    for path in (workdir / "best").rglob("*"):
+        if path.is_file() and "params" in path.parts and path.stat().st_size > 0:
+            path.write_bytes(b"\x00garbage")
+
+
+def _partial_checkpoint(workdir):
+    for path in (workdir / "best").rglob("*"):
+        if path.is_file() and "params" in path.parts:
+            path.unlink()
+
+
+def _old_version(workdir):
+    for path in (workdir / "best").rglob("meta/metadata"):
+        if path.is_file():
+            meta = json.loads(path.read_text())
+            meta["format_version"] = 0
+            path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_corrupt_params, "unreadable or incomplete"),
+        (_partial_checkpoint, "unreadable or incomplete"),
+        (_old_version, "format version 0, this lstm_jax reads version 1"),
+    ],
+)
+def test_damaged_checkpoints_are_clear_errors_and_existing_output_survives(trained_workdir, tmp_path, damage, message):
+    workdir = _copy_run(trained_workdir, tmp_path)
+    damage(workdir)
+    source, output = tmp_path / "in.txt", tmp_path / "predictions.txt"
+    source.write_text("fine\n")
+    output.write_text("precious earlier predictions\n")
+    result = run_tool("predict.py", "--workdir", str(workdir), "--input", str(source), "--output", str(output))
+    assert result.returncode == 2
+    stderr = result.stderr.decode().strip()
+    assert message in stderr and "Traceback" not in stderr, stderr
+    assert output.read_text() == "precious earlier predictions\n"
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_input", "does not exist or is not a file"),
+        ("empty_input", "has no statements"),
+        ("no_checkpoint", "no checkpoint in"),
+        ("missing_workdir", "does not exist; train first"),
+        ("missing_output_folder", "the folder of output"),
+        ("unreadable_input", "cannot read input"),
+    ],
+)
+def test_bad_prediction_inputs(trained_workdir, tmp_path, case, message):
+    source, output = tmp_path / "in.txt", tmp_path / "predictions.txt"
+    source.write_text("fine\n")
+    workdir = trained_workdir
+    if case == "missing_input":
+        source = tmp_path / "nope.txt"
+    elif case == "empty_input":
+        source.write_text("\n   \n\n")
+    elif case == "no_checkpoint":
+        workdir = tmp_path / "empty_run"
+        workdir.mkdir()
+    elif case == "missing_workdir":
+        workdir = tmp_path / "never_trained"
+    elif case == "missing_output_folder":
+        output = tmp_path / "no" / "such" / "predictions.txt"
+    elif case == "unreadable_input":
+        if os.geteuid() == 0:
+            pytest.skip("root can read any file")
+        source.chmod(0)
+    result = run_tool("predict.py", "--workdir", str(workdir), "--input", str(source), "--output", str(output))
+    assert result.returncode == 2
+    stderr = result.stderr.decode().strip()
+    assert message in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
+    assert not output.exists()
+    assert not list(output.parent.glob(".predictions.txt.*")) if output.parent.exists() else True
+
+
+def test_interrupted_prediction_leaves_no_partial_file(trained_workdir, tmp_path, monkeypatch):
+    predictor = load_predictor(trained_workdir, batch_size=2)
+    source, output = tmp_path / "in.txt", tmp_path / "predictions.txt"
+    source.write_text("good\n" * 10)
+    calls = []
+
+    def failing_predict(texts, original=predictor.predict):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(texts)
+
+    monkeypatch.setattr(predictor, "predict", failing_predict)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(predictor, str(source), output)
+    assert not output.exists() and not list(tmp_path.glob(".predictions.txt.*"))
+
+
+def test_length_zero_statements_still_get_a_prediction(trained_workdir):
+    probabilities = load_predictor(trained_workdir).predict(["...", "good"])
+    assert probabilities.shape == (2,) and all(math.isfinite(p) for p in probabilities)
