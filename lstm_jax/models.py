@@ -21,9 +21,10 @@ class SentimentClassifier(nnx.Module):
     """``tokens <int32>[batch, time]``, ``lengths <int32>[batch]`` -> ``logits <float32>[batch]``.
 
     ``pooling``: ``last`` uses the final state of the last layer (both directions when bidirectional),
-    the tutorial's choice; ``max`` takes the maximum over the real time steps of the top layer's outputs;
-    ``mean_max`` concatenates their mean and maximum. Dropout (on embeddings, between layers and before
-    the head) and word dropout (tokens replaced by the unknown id) are active only when ``rngs`` with a ``dropout`` stream is passed.
+    the tutorial's choice; ``max`` takes the maximum over the real time steps of the top layer's
+    outputs; ``mean_max`` concatenates their mean and maximum. Dropout (on embeddings, between layers and
+    before the head) and word dropout (real tokens replaced by the unknown id) are active only when
+    ``rngs`` with a ``dropout`` stream is passed.
     """
 
     def __init__(

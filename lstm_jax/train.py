@@ -393,7 +393,8 @@ def _checked_sums(sums, position) -> list[float]:
     loss_sum, correct_sum, count, nonfinite_steps = (float(x) for x in jax.device_get(sums))
     if nonfinite_steps or not math.isfinite(loss_sum):
         raise NonFiniteLoss(
-            f"the training loss or parameters became non-finite by step {position['step']}; the last good checkpoint is kept. "
+            f"the training loss or parameters became non-finite by step {position['step']}; "
+            "the last good checkpoint is kept. "
             "Lower --config.learning_rate or set --config.grad_clip_norm"
         )
     return [loss_sum, correct_sum, count, nonfinite_steps]
