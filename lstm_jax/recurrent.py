@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax import cells as cells_lib
+from lstm_jax.fused import lstm_recurrence
 
 Array = jax.Array
 
@@ -55,6 +56,8 @@ class RNN(nnx.Module):
       time_major: inputs and outputs are ``[time, batch, features]`` instead of ``[batch, time, features]``.
       loop: ``"scan"`` (default) or ``"python"``: a plain Python loop over time, traced step by step
         (for benchmarks and tests; it compiles slowly for long sequences).
+      fused: for a plain :class:`~lstm_jax.cells.LSTMCell` under ``loop="scan"``, use the fused recurrence
+        with a hand-written backward pass (:mod:`lstm_jax.fused`); same function, faster training.
 
     Call: ``outputs, final_carry = rnn(inputs, lengths)`` with ``outputs <dtype>[batch, time, hidden]``.
     """
@@ -67,6 +70,7 @@ class RNN(nnx.Module):
         reverse: bool = False,
         time_major: bool = False,
         loop: str = "scan",
+        fused: bool = True,
     ):
         if loop not in ("scan", "python"):
             raise ValueError(f"loop must be 'scan' or 'python', got {loop!r}")
@@ -75,6 +79,7 @@ class RNN(nnx.Module):
         self.reverse = reverse
         self.time_major = time_major
         self.loop = loop
+        self.fused = fused
 
     def __call__(self, inputs: Array, lengths: Array | None = None, *, initial_carry: Any = None):
         if inputs.ndim != 3:
@@ -96,7 +101,21 @@ class RNN(nnx.Module):
             carry = _masked_update(mask_t, new_carry, carry)
             return carry, jnp.where(mask_t[:, None], y_t, jnp.zeros_like(y_t))
 
-        if self.loop == "scan":
+        if self.fused and self.loop == "scan" and type(self.cell) is cells_lib.LSTMCell:
+            cell = self.cell
+            bias = cell.bias[...] if cell.bias is not None else jnp.zeros(cell.input_kernel.shape[1:], jnp.float32)
+            carry, outputs = lstm_recurrence(
+                x,
+                cell.input_kernel[...],
+                bias,
+                cell.recurrent_kernel[...],
+                masks,
+                initial_carry,
+                cell.dtype,
+                self.unroll,
+            )
+            outputs = outputs.astype(cell.dtype)
+        elif self.loop == "scan":
             carry, outputs = jax.lax.scan(step, initial_carry, (x, masks), unroll=self.unroll)
         else:
             carry, outputs_list = initial_carry, []
@@ -165,6 +184,7 @@ def make_recurrent(
     dropout_rate: float = 0.0,
     unroll: int | bool = 1,
     time_major: bool = False,
+    fused: bool = True,
     rngs: nnx.Rngs,
     **cell_kwargs,
 ) -> StackedRNN:
@@ -186,6 +206,7 @@ def make_recurrent(
             unroll=unroll,
             reverse=reverse,
             time_major=time_major,
+            fused=fused,
         )
 
     layers, features = [], in_features

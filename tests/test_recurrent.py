@@ -262,3 +262,22 @@ def test_bfloat16_compute_keeps_float32_params(name):
     assert out16.dtype == jnp.bfloat16
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(carry16))
     np.testing.assert_allclose(out16.astype(jnp.float32), out32, atol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_lstm_equals_autodiff_scan_in_value_and_gradient(reverse, dtype):
+    cell = make_cell("lstm", dtype=dtype)
+    fused, generic = RNN(cell, reverse=reverse), RNN(cell, reverse=reverse, fused=False)
+    x, lengths = inputs(), jnp.asarray(LENGTHS)
+    initial = jax.tree.map(lambda a: a + 0.2, cell.initialize_carry((len(LENGTHS),)))
+
+    def loss(rnn, x, initial):
+        outputs, (c, h) = rnn(x, lengths, initial_carry=initial)
+        return jnp.sum(jnp.sin(outputs.astype(jnp.float32))) + jnp.sum(c**2) + jnp.sum(jnp.cos(h))
+
+    tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(loss(fused, x, initial), loss(generic, x, initial), rtol=tolerance)
+    grad = nnx.grad(loss, argnums=(0, 1, 2))
+    for got, want in zip(jax.tree.leaves(grad(fused, x, initial)), jax.tree.leaves(grad(generic, x, initial))):
+        np.testing.assert_allclose(got, want, atol=tolerance * 10, rtol=tolerance)
