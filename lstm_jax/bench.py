@@ -1,0 +1,445 @@
+"""Benchmark: lstm_jax's recurrences against Flax's nn.RNN and PyTorch, training step and inference.
+
+python -m lstm_jax.bench --quick            # < 3 minutes on 2 CPU cores
+python -m lstm_jax.bench                    # the full grid
+python -m lstm_jax.bench --out benchmarks/results --tag cpu-2core
+
+The workload is the sentiment model: Embedding(V, E) -> recurrent layer (final hidden state) -> Dense(1),
+binary cross-entropy, Adam. "train" is a whole step (forward, backward, update), "infer" the forward pass
+returning probabilities. lstm_jax runs its real training step (``lstm_jax.train.make_steps``) with true
+lengths passed (all equal to the sequence length here, as PyTorch eager does no masking).
+
+Method: every implementation is compiled first (JAX lower + compile timed apart, with XLA's peak buffer
+estimate), warmed up, then timed in several repetitions; each repetition runs the implementations in a
+rotated order, one after another in this process, each for a fixed number of steps ending with
+``block_until_ready``. Throughput ratios against PyTorch eager (default threads) are taken per repetition
+and the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SHAPES = {
+    "seed": dict(vocab=25000, embed=32, hidden=32, batch=32, time=100),
+    "medium": dict(vocab=25000, embed=128, hidden=128, batch=64, time=200),
+    "large": dict(vocab=25000, embed=256, hidden=512, batch=128, time=256),
+}
+CELL_MODELS = {  # benchmark cell -> (lstm_jax cell, bidirectional)
+    "lstm": ("lstm", False),
+    "gru": ("gru", False),
+    "peephole_lstm": ("peephole_lstm", False),
+    "bilstm": ("lstm", True),
+}
+PYTHON_LOOP_MAX_TIME = 50  # a Python-unrolled loop compiles for minutes beyond this many steps
+
+
+@dataclasses.dataclass
+class Runner:
+    """One implementation, built for one case: ``run(n)`` does n steps and waits for the result."""
+
+    run: Callable[[int], None]
+    compile_seconds: float | None = None
+    memory_bytes: int | None = None
+    threads: int | None = None
+
+
+def _batch(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(2, shape["vocab"], (shape["batch"], shape["time"])).astype(np.int32),
+        np.full((shape["batch"],), shape["time"], np.int32),
+        rng.integers(0, 2, (shape["batch"],)).astype(np.int32),
+    )
+
+
+def _memory(compiled) -> int | None:
+    try:
+        analysis = compiled.memory_analysis()
+        return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def _compiled(jitted, *args):
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------ lstm_jax
+
+
+def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan") -> Runner:
+    from flax import nnx
+
+    from lstm_jax.config import base_config
+    from lstm_jax.models import model_kwargs
+    from lstm_jax.recurrent import RNN
+    from lstm_jax.train import create_model, make_optimizer, make_steps
+
+    config = base_config()
+    cell_name, bidirectional = CELL_MODELS[cell]
+    config.update(
+        dict(cell=cell_name, bidirectional=bidirectional, embedding_dim=shape["embed"], hidden_size=shape["hidden"])
+    )
+    config.unroll = unroll
+    model = create_model(model_kwargs(config, shape["vocab"]), seed=0)
+    for _, module in model.iter_modules():
+        if isinstance(module, RNN):
+            module.fused, module.loop = fused, loop
+    tokens, lengths, labels = (jnp.asarray(a) for a in _batch(shape))
+    if workload == "train":
+        optimizer = nnx.Optimizer(model, make_optimizer(config, 100), wrt=nnx.Param)
+        train_step, _ = make_steps(model, optimizer, seed=0)
+        batch = {"tokens": tokens, "lengths": lengths, "labels": labels, "weights": jnp.ones(labels.shape)}
+        state = [nnx.state(model), nnx.state(optimizer)]
+        compiled, seconds = _compiled(train_step, *state, batch, 0)
+
+        def run(n):
+            for step in range(n):
+                state[0], state[1], metrics = compiled(state[0], state[1], batch, step)
+            jax.block_until_ready(metrics["loss"])
+
+    else:
+        graphdef, params = nnx.split(model)
+        forward = jax.jit(lambda params, t, l: jax.nn.sigmoid(nnx.merge(graphdef, params)(t, l)))
+        compiled, seconds = _compiled(forward, params, tokens, lengths)
+
+        def run(n):
+            for _ in range(n):
+                out = compiled(params, tokens, lengths)
+            jax.block_until_ready(out)
+
+    return Runner(run, seconds, _memory(compiled))
+
+
+# ------------------------------------------------------------------------------------------ Flax linen
+
+
+def build_flax(shape, cell, workload) -> Runner:
+    import flax.linen as nn
+    import optax
+
+    class LinenSentiment(nn.Module):
+        @nn.compact
+        def __call__(self, tokens, lengths):
+            x = nn.Embed(shape["vocab"], shape["embed"])(tokens)
+            rnn_cell = nn.OptimizedLSTMCell(shape["hidden"]) if cell == "lstm" else nn.GRUCell(shape["hidden"])
+            carry, _ = nn.RNN(rnn_cell, return_carry=True)(x, seq_lengths=lengths)
+            hidden = carry[1] if cell == "lstm" else carry
+            return nn.Dense(1)(hidden)[:, 0]
+
+    model = LinenSentiment()
+    tokens, lengths, labels = (jnp.asarray(a) for a in _batch(shape))
+    params = model.init(jax.random.key(0), tokens, lengths)
+    if workload == "train":
+        tx = optax.adam(1e-3)
+
+        def train_step(params, opt_state, tokens, lengths, labels):
+            def loss_fn(params):
+                logits = model.apply(params, tokens, lengths)
+                return optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        state = [params, tx.init(params)]
+        compiled, seconds = _compiled(jax.jit(train_step, donate_argnums=(0, 1)), *state, tokens, lengths, labels)
+
+        def run(n):
+            for _ in range(n):
+                state[0], state[1], loss = compiled(state[0], state[1], tokens, lengths, labels)
+            jax.block_until_ready(loss)
+
+    else:
+        compiled, seconds = _compiled(
+            jax.jit(lambda p, t, l: jax.nn.sigmoid(model.apply(p, t, l))), params, tokens, lengths
+        )
+
+        def run(n):
+            for _ in range(n):
+                out = compiled(params, tokens, lengths)
+            jax.block_until_ready(out)
+
+    return Runner(run, seconds, _memory(compiled))
+
+
+# ------------------------------------------------------------------------------------------ PyTorch
+
+
+def build_torch(shape, cell, workload, *, threads: int | None = None) -> Runner:
+    import torch
+
+    threads = threads or DEFAULT_TORCH_THREADS
+    torch.manual_seed(0)
+    _, bidirectional = CELL_MODELS[cell]
+    recurrent_class = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+
+    class TorchSentiment(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(shape["vocab"], shape["embed"])
+            self.rnn = recurrent_class(shape["embed"], shape["hidden"], batch_first=True, bidirectional=bidirectional)
+            self.head = torch.nn.Linear(shape["hidden"] * (2 if bidirectional else 1), 1)
+
+        def forward(self, tokens):
+            _, state = self.rnn(self.embed(tokens))
+            h_n = state[0] if isinstance(state, tuple) else state
+            last = torch.cat([h_n[-2], h_n[-1]], dim=-1) if bidirectional else h_n[-1]
+            return self.head(last).squeeze(-1)
+
+    model = TorchSentiment()
+    tokens, _, labels = (torch.from_numpy(a) for a in _batch(shape))
+    labels = labels.float()
+    if workload == "train":
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+
+        def run(n):
+            torch.set_num_threads(threads)
+            for _ in range(n):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(tokens), labels)
+                loss.backward()
+                optimizer.step()
+
+    else:
+        model.eval()
+
+        def run(n):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                for _ in range(n):
+                    torch.sigmoid(model(tokens))
+
+    return Runner(run, threads=threads)
+
+
+DEFAULT_TORCH_THREADS = None  # set in main() from torch.get_num_threads() before anything changes it
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
+    """The implementations that apply to a case, by display name."""
+    impls = {}
+    if cell in ("lstm", "bilstm"):
+        impls["lstm_jax fused"] = lambda s, c, w: build_lstm_jax(s, c, w, fused=True)
+    unrolls = [1, 4] if quick else [1, 2, 4, 8, 16]
+    for unroll in unrolls:
+        impls[f"lstm_jax scan u{unroll}"] = lambda s, c, w, u=unroll: build_lstm_jax(s, c, w, unroll=u, fused=False)
+    if not quick and shape["time"] <= PYTHON_LOOP_MAX_TIME:
+        impls["lstm_jax python loop"] = lambda s, c, w: build_lstm_jax(s, c, w, fused=False, loop="python")
+    if cell in ("lstm", "gru"):
+        impls["flax nn.RNN"] = build_flax
+    if cell != "peephole_lstm":
+        impls["torch eager"] = build_torch
+        impls["torch eager 1 thread"] = lambda s, c, w: build_torch(s, c, w, threads=1)
+    return impls
+
+
+def _steps_for(runner: Runner, seconds: float) -> int:
+    runner.run(2)  # warm-up (first calls allocate, autotune, fill caches)
+    start = time.perf_counter()
+    runner.run(1)
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(2, min(2000, int(seconds / once)))
+
+
+def measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds) -> list[dict]:
+    runners, steps, records = {}, {}, {}
+    for name, build in impls.items():
+        runners[name] = build(shape, cell, workload)
+        steps[name] = _steps_for(runners[name], seconds)
+    times = {name: [] for name in impls}
+    names = list(impls)
+    for repetition in range(repetitions):
+        order = names[repetition % len(names) :] + names[: repetition % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            runners[name].run(steps[name])
+            times[name].append((time.perf_counter() - start) / steps[name])
+    baseline = times.get("torch eager")
+    for name in names:
+        step_seconds = statistics.median(times[name])
+        ratios = [b / t for b, t in zip(baseline, times[name])] if baseline else None
+        records[name] = {
+            "workload": workload,
+            "shape": shape_name,
+            **{k: v for k, v in shape.items()},
+            "cell": cell,
+            "implementation": name,
+            "step_seconds_median": step_seconds,
+            "step_seconds": times[name],
+            "examples_per_second": shape["batch"] / step_seconds,
+            "ratio_vs_torch": statistics.median(ratios) if ratios else None,
+            "ratios_vs_torch": ratios,
+            "compile_seconds": runners[name].compile_seconds,
+            "memory_bytes": runners[name].memory_bytes,
+            "threads": runners[name].threads,
+        }
+    return list(records.values())
+
+
+def grid(quick: bool):
+    """Yields (workload, shape name, shape, cell) cases."""
+    shapes = ["seed"] if quick else ["seed", "medium", "large"]
+    cells = ["lstm"] if quick else list(CELL_MODELS)
+    for workload in ("train", "infer"):
+        for shape_name in shapes:
+            for cell in cells:
+                if shape_name == "large" and cell not in ("lstm",):
+                    continue  # the large shape costs seconds a step on 2 cores: LSTM only
+                yield workload, shape_name, SHAPES[shape_name], cell
+        lengths = [25, 50, 200] if quick else [25, 50, 200, 400]
+        for length in lengths:  # the sequence-length sweep at the seed shape (length 100 is above)
+            yield workload, f"seed-T{length}", {**SHAPES["seed"], "time": length}, "lstm"
+
+
+def environment() -> dict:
+    import flax
+    import torch
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "flax": flax.__version__,
+        "torch": torch.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_default_threads": DEFAULT_TORCH_THREADS,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def table(records: list[dict]) -> str:
+    lines = [
+        "| workload | shape | cell | implementation | examples/s | × torch | compile s |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in records:
+        ratio = f"{r['ratio_vs_torch']:.2f}×" if r["ratio_vs_torch"] else "—"
+        compile_s = f"{r['compile_seconds']:.2f}" if r["compile_seconds"] is not None else "—"
+        lines.append(
+            f"| {r['workload']} | {r['shape']} | {r['cell']} | {r['implementation']} | "
+            f"{r['examples_per_second']:,.0f} | {ratio} | {compile_s} |"
+        )
+    return "\n".join(lines)
+
+
+def plots(records: list[dict], out: Path, tag: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    sweep = [r for r in records if r["shape"].startswith("seed") and r["cell"] == "lstm"]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, workload in zip(axes, ("train", "infer")):
+        rows = [r for r in sweep if r["workload"] == workload]
+        for name in dict.fromkeys(r["implementation"] for r in rows):
+            points = sorted((r["time"], r["examples_per_second"]) for r in rows if r["implementation"] == name)
+            axis.plot(*zip(*points), "o-", label=name)
+        axis.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="examples / s", title=f"{workload}, LSTM")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    paths.append(out / f"{tag}-throughput-vs-length.png")
+    figure.savefig(paths[-1], dpi=100)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for (workload, shape_name), marker in zip(
+        sorted({(r["workload"], r["shape"]) for r in records if r["cell"] == "lstm" and "T" not in r["shape"]}),
+        "osd^v<>",
+    ):
+        rows = [
+            r for r in records
+            if r["workload"] == workload and r["shape"] == shape_name and r["cell"] == "lstm"
+            and r["implementation"].startswith("lstm_jax scan u")
+        ]  # fmt: skip
+        points = sorted((int(r["implementation"].rsplit("u", 1)[1]), r["compile_seconds"]) for r in rows)
+        if points:
+            axis.plot(*zip(*points), marker + "-", label=f"{workload} {shape_name}")
+    axis.set(xscale="log", xlabel="scan unroll", ylabel="compile seconds", title="JAX compile time vs unroll (LSTM)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    paths.append(out / f"{tag}-compile-vs-unroll.png")
+    figure.savefig(paths[-1], dpi=100)
+    plt.close(figure)
+    return paths
+
+
+def main(argv=None):
+    global DEFAULT_TORCH_THREADS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="seed shape, LSTM only, few unrolls (< 3 minutes)")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG files")
+    parser.add_argument("--tag", default=None, help="file name prefix (default: <backend>-<quick|full>)")
+    parser.add_argument("--repetitions", type=int, default=None, help="timed repetitions per case")
+    parser.add_argument("--seconds", type=float, default=None, help="target seconds per timed block")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    DEFAULT_TORCH_THREADS = torch.get_num_threads()
+    repetitions = args.repetitions or (3 if args.quick else 5)
+    seconds = args.seconds or (0.25 if args.quick else 1.0)
+    tag = args.tag or f"{jax.default_backend()}-{'quick' if args.quick else 'full'}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    records, started = [], time.time()
+    for workload, shape_name, shape, cell in grid(args.quick):
+        impls = implementations(cell, shape, args.quick)
+        case = measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
+        records.extend(case)
+        print(table(case).split("\n", 2)[2], flush=True)
+    result = {
+        "environment": environment(),
+        "settings": {"quick": args.quick, "repetitions": repetitions, "seconds_per_block": seconds},
+        "wall_seconds": time.time() - started,
+        "records": records,
+    }
+    json_path = out / f"{tag}.json"
+    json_path.write_text(json.dumps(result, indent=1))
+    paths = plots(records, out, tag)
+    print()
+    print(table(records))
+    print(f"\nwrote {json_path} and {', '.join(str(p) for p in paths)} in {result['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
