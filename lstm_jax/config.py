@@ -27,10 +27,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
     config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
     config.unroll = 1  # lax.scan unroll factor
+    config.fused_lstm = True  # LSTM cells use the fused recurrence with a hand-written backward (same function)
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     # Optimisation.
     config.batch_size = 32  # examples per step, across all devices (must divide by the device count)
     config.eval_batch_size = 256  # examples per evaluation step
+    config.length_bucket = 16  # trim each batch's padding to a multiple of this many tokens; 0 = always max_len
     config.num_epochs = 5  # passes over the training split
     config.learning_rate = 1e-3  # Adam step size (peak value with a schedule)
     config.schedule = "constant"  # constant | cosine (linear warm-up then cosine decay to 0)

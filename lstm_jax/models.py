@@ -41,6 +41,7 @@ class SentimentClassifier(nnx.Module):
         embedding_dropout_rate: float = 0.0,
         word_dropout_rate: float = 0.0,
         unroll: int = 1,
+        fused: bool = True,
         dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
@@ -58,6 +59,7 @@ class SentimentClassifier(nnx.Module):
             bidirectional=bidirectional,
             dropout_rate=dropout_rate,
             unroll=unroll,
+            fused=fused,
             dtype=compute_dtype,
             rngs=rngs,
         )
@@ -108,5 +110,6 @@ def model_kwargs(config, vocab_size: int) -> dict:
         embedding_dropout_rate=config.embedding_dropout_rate,
         word_dropout_rate=config.word_dropout_rate,
         unroll=config.unroll,
+        fused=config.fused_lstm,
         dtype=config.dtype,
     )

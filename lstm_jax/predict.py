@@ -35,10 +35,22 @@ FORMATS = ("txt", "jsonl", "csv")
 
 
 class Predictor:
-    """``predict(texts) -> <float32>[n]`` probabilities of positive, in a fixed-size jitted batch."""
+    """``predict(texts) -> <float32>[n]`` probabilities of positive, in fixed-size jitted batches.
 
-    def __init__(self, model: SentimentClassifier, vocabulary: Vocabulary, max_len: int, batch_size: int = 256):
+    Each batch is padded to ``batch_size`` rows and trimmed to its longest statement rounded up to
+    ``length_bucket`` tokens, so only a few shapes ever compile.
+    """
+
+    def __init__(
+        self,
+        model: SentimentClassifier,
+        vocabulary: Vocabulary,
+        max_len: int,
+        batch_size: int = 256,
+        length_bucket: int = 16,
+    ):
         self.vocabulary, self.max_len, self.batch_size = vocabulary, max_len, batch_size
+        self.length_bucket = length_bucket
         graphdef, self._params = nnx.split(model)
 
         @jax.jit
@@ -53,6 +65,9 @@ class Predictor:
             chunk = texts[start : start + self.batch_size]
             tokens, lengths = self.vocabulary.encode(chunk, self.max_len)
             pad = self.batch_size - len(chunk)  # one shape only: never recompiles
+            if self.length_bucket:  # trim padding to a bucket: at most max_len / bucket shapes compile
+                bucket = self.length_bucket
+                tokens = tokens[:, : min(self.max_len, -(-max(int(lengths.max()), 1) // bucket) * bucket)]
             tokens = np.pad(tokens, ((0, pad), (0, 0)))
             lengths = np.pad(lengths, (0, pad))
             results.append(np.asarray(self._probabilities(self._params, tokens, lengths))[: len(chunk)])

@@ -7,8 +7,9 @@ evaluates the test split once at the end and returns the final metrics.
 Data parallelism: the train and eval steps see each batch sharded over a ``Mesh`` of all devices
 (batch axis ``data``) with parameters replicated; XLA inserts the gradient all-reduce. On one device the
 code is the same. ``batch_size`` must divide by the device count (a clear error otherwise); the last,
-short batch of an epoch is padded to full size with zero-weight examples, so shapes never change and
-nothing recompiles.
+short batch of an epoch is padded to full size with zero-weight examples. Each batch is trimmed to its
+longest sequence rounded up to ``length_bucket`` tokens, so only max_len / length_bucket shapes ever
+compile.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int):
 class Batcher:
     """Builds fixed-size global batches and places them on the mesh (each host feeds its own slice)."""
 
-    def __init__(self, mesh: Mesh, batch_size: int):
+    def __init__(self, mesh: Mesh, batch_size: int, length_bucket: int = 0):
         devices = mesh.devices.size
         if batch_size % devices:
             raise UserError(
@@ -122,6 +123,7 @@ class Batcher:
                 f"use a multiple of {devices} (--config.batch_size / --config.eval_batch_size)"
             )
         self.batch_size = batch_size
+        self.length_bucket = length_bucket
         self.sharding = NamedSharding(mesh, P("data"))
         self.per_process = batch_size // jax.process_count()
 
@@ -129,7 +131,14 @@ class Batcher:
         real = len(indices)
         indices = np.concatenate([indices, np.zeros(self.batch_size - real, indices.dtype)])
         weights = (np.arange(self.batch_size) < real).astype(np.float32)
-        arrays = {"tokens": tokens[indices], "lengths": lengths[indices], "labels": labels[indices], "weights": weights}
+        batch_tokens = tokens[indices]
+        if self.length_bucket:
+            # Trim padding to the batch's longest sequence, rounded up to a bucket: short batches stop paying
+            # for max_len steps, and only max_len / bucket shapes are ever compiled.
+            longest = max(int(lengths[indices].max()), 1)
+            trimmed = -(-longest // self.length_bucket) * self.length_bucket
+            batch_tokens = batch_tokens[:, : min(tokens.shape[1], trimmed)]
+        arrays = {"tokens": batch_tokens, "lengths": lengths[indices], "labels": labels[indices], "weights": weights}
         start = jax.process_index() * self.per_process
         return {
             name: jax.make_array_from_process_local_data(
@@ -212,8 +221,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     log = print if is_main else (lambda *a, **k: None)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated = NamedSharding(mesh, P())
-    train_batcher = Batcher(mesh, config.batch_size)
-    eval_batcher = Batcher(mesh, config.eval_batch_size)
+    train_batcher = Batcher(mesh, config.batch_size, config.length_bucket)
+    eval_batcher = Batcher(mesh, config.eval_batch_size, config.length_bucket)
 
     run = ckpt.RunCheckpoints(workdir, keep=config.keep_checkpoints)
     resume_step = run.latest.latest_step()
