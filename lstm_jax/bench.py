@@ -107,11 +107,11 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan") 
         train_step, _ = make_steps(model, optimizer, seed=0)
         batch = {"tokens": tokens, "lengths": lengths, "labels": labels, "weights": jnp.ones(labels.shape)}
         state = [nnx.state(model), nnx.state(optimizer)]
-        compiled, seconds = _compiled(train_step, *state, batch, 0)
+        compiled, seconds = _compiled(train_step, *state, None, batch, 0)
 
         def run(n):
             for step in range(n):
-                state[0], state[1], metrics = compiled(state[0], state[1], batch, step)
+                state[0], state[1], _, metrics = compiled(state[0], state[1], None, batch, step)
             jax.block_until_ready(metrics["loss"])
 
     else:

@@ -4,6 +4,8 @@ Each checkpoint has three items:
 
 * ``params``: the model's parameters, as the list of leaves of ``nnx.state(model, nnx.Param)``;
 * ``opt_state``: the optimizer's state, likewise (Adam moments, step count);
+* ``ema`` (when ``config.ema_decay > 0``): the moving average of the parameters, used for evaluation and
+  prediction (``meta["inference_item"]`` names the item prediction loads);
 * ``meta`` (JSON): format version, config, model constructor arguments, vocabulary, the position in
   training (step, epoch, batch within the epoch, the epoch's running sums), the history of finished epochs,
   and the RNG state. Every random draw derives from ``config.seed``: parameters from ``Rngs(seed)``, epoch
@@ -48,35 +50,33 @@ class RunCheckpoints:
         self.latest = _manager(workdir / "checkpoints", max_to_keep=keep)
         self.best = _manager(workdir / "best", max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max")
 
-    def save(self, step: int, params, opt_state, meta: dict, val_accuracy: float | None = None) -> None:
+    def save(self, step: int, params, opt_state, ema, meta: dict, val_accuracy: float | None = None) -> None:
         """Saves to ``latest``, and first to ``best`` when an epoch ended (``val_accuracy`` given)."""
-        args = ocp.args.Composite(
+        items = dict(
             params=ocp.args.StandardSave(jax.tree.leaves(params)),
             opt_state=ocp.args.StandardSave(jax.tree.leaves(opt_state)),
             meta=ocp.args.JsonSave(meta),
         )
+        if ema is not None:
+            items["ema"] = ocp.args.StandardSave(jax.tree.leaves(ema))
+        args = ocp.args.Composite(**items)
         # Best first: a run killed between the two saves then replays this epoch from the older latest.
         if val_accuracy is not None and step not in self.best.all_steps():
             self.best.save(step, args=args, metrics={"val_accuracy": val_accuracy}, force=True)
         if step not in self.latest.all_steps():
             self.latest.save(step, args=args, force=True)
 
-    def restore(self, step: int, params, opt_state, manager: ocp.CheckpointManager | None = None):
-        """Restores (params, opt_state, meta) into trees shaped like the given ones."""
+    def restore(self, step: int, params, opt_state, ema, manager: ocp.CheckpointManager | None = None):
+        """Restores (params, opt_state, ema, meta) into trees shaped like the given ones (ema may be None)."""
         manager = manager or self.latest
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(_abstract(jax.tree.leaves(params))),
-                opt_state=ocp.args.StandardRestore(_abstract(jax.tree.leaves(opt_state))),
-                meta=ocp.args.JsonRestore(),
-            ),
+        trees = {"params": params, "opt_state": opt_state} | ({"ema": ema} if ema is not None else {})
+        items = {name: ocp.args.StandardRestore(_abstract(jax.tree.leaves(tree))) for name, tree in trees.items()}
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **items))
+        params, opt_state, ema = (
+            jax.tree.unflatten(jax.tree.structure(trees[name]), restored[name]) if name in trees else None
+            for name in ("params", "opt_state", "ema")
         )
-        return (
-            jax.tree.unflatten(jax.tree.structure(params), restored.params),
-            jax.tree.unflatten(jax.tree.structure(opt_state), restored.opt_state),
-            restored.meta,
-        )
+        return params, opt_state, ema, restored.meta
 
     def close(self) -> None:
         self.latest.close()
@@ -105,12 +105,11 @@ def check_version(meta, where: str) -> None:
         )
 
 
-def restore_params(manager: ocp.CheckpointManager, step: int, params):
-    """Restores only the parameters (for prediction), into a tree shaped like ``params``."""
+def restore_params(manager: ocp.CheckpointManager, step: int, params, item: str = "params"):
+    """Restores only the inference weights (``params`` or ``ema``) into a tree shaped like ``params``."""
     try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(jax.tree.leaves(params))))
-        ).params
+        leaves = _abstract(jax.tree.leaves(params))
+        restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(leaves)}))[item]
     except Exception as error:
         raise UserError(
             f"the parameters of checkpoint {step} in {manager.directory} are unreadable or incomplete "

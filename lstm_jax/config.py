@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.dropout_rate = 0.0  # between recurrent layers and before the output layer
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
     config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
+    config.word_scores = False  # add a linear bag-of-words path (one learned score per word) to the logit
     config.unroll = 1  # lax.scan unroll factor
     config.fused_lstm = True  # LSTM cells use the fused recurrence with a hand-written backward (same function)
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
@@ -38,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.schedule = "constant"  # constant | cosine (linear warm-up then cosine decay to 0)
     config.warmup_epochs = 0.0  # warm-up length for the cosine schedule, in epochs
     config.weight_decay = 0.0  # decoupled weight decay (AdamW) when > 0
+    config.ema_decay = 0.0  # evaluate and predict with a moving average of the weights (per-step decay); 0 = off
     config.grad_clip_norm = 0.0  # clip the global gradient norm when > 0
     config.early_stopping_patience = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     config.test_checkpoint = "best"  # which weights the final test uses: best (by validation accuracy) | last

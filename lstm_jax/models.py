@@ -24,7 +24,8 @@ class SentimentClassifier(nnx.Module):
     the tutorial's choice; ``max`` takes the maximum over the real time steps of the top layer's
     outputs; ``mean_max`` concatenates their mean and maximum. Dropout (on embeddings, between layers and
     before the head) and word dropout (real tokens replaced by the unknown id) are active only when
-    ``rngs`` with a ``dropout`` stream is passed.
+    ``rngs`` with a ``dropout`` stream is passed. ``word_scores`` adds a linear bag-of-words path: a
+    learned score per word, averaged over the real tokens and added to the logit.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class SentimentClassifier(nnx.Module):
         dropout_rate: float = 0.0,
         embedding_dropout_rate: float = 0.0,
         word_dropout_rate: float = 0.0,
+        word_scores: bool = False,
         unroll: int = 1,
         fused: bool = True,
         dtype: str = "float32",
@@ -67,6 +69,11 @@ class SentimentClassifier(nnx.Module):
         self.embedding_dropout = nnx.Dropout(embedding_dropout_rate)
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(features, 1, rngs=rngs)
+        # Optional linear bag-of-words path beside the recurrent one ("wide and deep"): one learned score per
+        # word, averaged over the real tokens and added to the logit.
+        self.word_scores = (
+            nnx.Embed(vocab_size, 1, embedding_init=nnx.initializers.zeros, rngs=rngs) if word_scores else None
+        )
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         deterministic = rngs is None
@@ -93,7 +100,11 @@ class SentimentClassifier(nnx.Module):
                 mean = jnp.sum(outputs, axis=1) / jnp.maximum(lengths, 1)[:, None]
                 features = jnp.concatenate([mean, maximum], axis=-1)
         features = self.dropout(features.astype(jnp.float32), deterministic=deterministic, rngs=rngs)
-        return self.head(features)[:, 0]
+        logits = self.head(features)[:, 0]
+        if self.word_scores is not None:
+            scores = self.word_scores(tokens)[..., 0].astype(jnp.float32) * (tokens != PAD_ID)
+            logits = logits + jnp.sum(scores, axis=1) / jnp.maximum(lengths, 1)
+        return logits
 
 
 def model_kwargs(config, vocab_size: int) -> dict:
@@ -109,6 +120,7 @@ def model_kwargs(config, vocab_size: int) -> dict:
         dropout_rate=config.dropout_rate,
         embedding_dropout_rate=config.embedding_dropout_rate,
         word_dropout_rate=config.word_dropout_rate,
+        word_scores=config.word_scores,
         unroll=config.unroll,
         fused=config.fused_lstm,
         dtype=config.dtype,

@@ -114,7 +114,7 @@ def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
         abstract,
     )
-    params = ckpt.restore_params(manager, step, abstract)
+    params = ckpt.restore_params(manager, step, abstract, meta.get("inference_item", "params"))
     return Predictor(nnx.merge(graphdef, params), vocabulary, max_len, batch_size)
 
 

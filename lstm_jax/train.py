@@ -80,13 +80,17 @@ def _batch_metrics(logits, labels, weights):
     return {"loss": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
 
-def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int):
-    """Returns jitted ``train_step`` and ``eval_step`` working on NNX states (split once here)."""
+def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int, ema_decay: float = 0.0):
+    """Returns jitted ``train_step`` and ``eval_step`` working on NNX states (split once here).
+
+    ``train_step(params, opt_state, ema, batch, step) -> (params, opt_state, ema, metrics)``; ``ema`` is an
+    exponential moving average of the parameters (``ema_decay`` per step), or None when not used.
+    """
     model_def, _ = nnx.split(model)
     optimizer_def, _ = nnx.split(optimizer)
     dropout_root = jax.random.key(seed)
 
-    def train_step(params, opt_state, batch, step):
+    def train_step(params, opt_state, ema, batch, step):
         model = nnx.merge(model_def, params)
         optimizer = nnx.merge(optimizer_def, opt_state)
         dropout_key = jax.random.fold_in(dropout_root, step)
@@ -103,13 +107,16 @@ def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int):
         for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
             finite &= jnp.all(jnp.isfinite(leaf))
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
-        return nnx.state(model), nnx.state(optimizer), metrics
+        params = nnx.state(model)
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        return params, nnx.state(optimizer), ema, metrics
 
     def eval_step(params, batch):
         model = nnx.merge(model_def, params)
         return _batch_metrics(model(batch["tokens"], batch["lengths"]), batch["labels"], batch["weights"])
 
-    return jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step)
+    return jax.jit(train_step, donate_argnums=(0, 1, 2)), jax.jit(eval_step)
 
 
 class Batcher:
@@ -251,14 +258,15 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     model = create_model(kwargs, config.seed)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
-    train_step, eval_step = make_steps(model, optimizer, config.seed)
+    train_step, eval_step = make_steps(model, optimizer, config.seed, config.ema_decay)
     params = jax.device_put(nnx.state(model), replicated)
     opt_state = jax.device_put(nnx.state(optimizer), replicated)
+    ema = jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else None
 
     position = {"step": 0, "epoch": 0, "batch": 0, "sums": [0.0, 0.0, 0.0, 0.0]}
     history: list[dict] = []
     if meta is not None:
-        params, opt_state, meta = run.restore(resume_step, params, opt_state)
+        params, opt_state, ema, meta = run.restore(resume_step, params, opt_state, ema)
         position, history = meta["position"], meta["history"]
         log(f"resumed from step {position['step']} (epoch {position['epoch'] + 1}, batch {position['batch']})")
 
@@ -272,6 +280,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
             "position": position,
             "history": history,
             "rng": {"seed": config.seed, "step": position["step"]},
+            "inference_item": "ema" if ema is not None else "params",
         }
 
     def finished_early() -> bool:
@@ -306,19 +315,19 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                     break
                 indices = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
                 batch = train_batcher(tokens, lengths, labels, indices)
-                params, opt_state, metrics = train_step(params, opt_state, batch, position["step"])
+                params, opt_state, ema, metrics = train_step(params, opt_state, ema, batch, position["step"])
                 sums = sums + jnp.stack([metrics[k] for k in ("loss", "correct", "count", "nonfinite")])
                 position = {**position, "step": position["step"] + 1, "batch": batch_index + 1}
                 if batch_index % 20 == 0:
                     bar.set_postfix(loss=f"{float(sums[0] / max(float(sums[2]), 1)):.4f}")
                 if position["step"] % config.checkpoint_every_steps == 0 and position["batch"] < steps_per_epoch:
                     position["sums"] = _checked_sums(sums, position)
-                    run.save(position["step"], params, opt_state, make_meta())
+                    run.save(position["step"], params, opt_state, ema, make_meta())
             bar.close()
             if stop.requested:
                 break
             loss_sum, correct_sum, count, _ = _checked_sums(sums, position)
-            validation = evaluate(eval_step, params, eval_batcher, encoded["validation"])
+            validation = evaluate(eval_step, _inference(params, ema), eval_batcher, encoded["validation"])
             entry = {
                 "epoch": epoch + 1,
                 "step": position["step"],
@@ -330,7 +339,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
             }
             history.append(entry)
             position = {"step": position["step"], "epoch": epoch + 1, "batch": 0, "sums": [0.0, 0.0, 0.0, 0.0]}
-            run.save(position["step"], params, opt_state, make_meta(), val_accuracy=validation["accuracy"])
+            run.save(position["step"], params, opt_state, ema, make_meta(), val_accuracy=validation["accuracy"])
             log(
                 f"epoch {epoch + 1:3d}/{config.num_epochs}  train loss {entry['train_loss']:.4f}  "
                 f"train acc {100 * entry['train_accuracy']:.2f}%  val loss {entry['val_loss']:.4f}  "
@@ -345,7 +354,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         if is_main:
             writer.close()
         position["sums"] = [0.0, 0.0, 0.0, 0.0] if position["batch"] == 0 else _checked_sums(sums, position)
-        run.save(position["step"], params, opt_state, make_meta())
+        run.save(position["step"], params, opt_state, ema, make_meta())
         run.close()
         print(
             f"interrupted: saved step {position['step']} in {workdir}; rerun the same command to resume",
@@ -358,8 +367,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     test_step = position["step"]
     if config.test_checkpoint == "best" and run.best.best_step() is not None:
         test_step = run.best.best_step()
-        params, _, _ = run.restore(test_step, params, opt_state, manager=run.best)
-    test = evaluate(eval_step, params, eval_batcher, encoded["test"])
+        params, _, ema, _ = run.restore(test_step, params, opt_state, ema, manager=run.best)
+    test = evaluate(eval_step, _inference(params, ema), eval_batcher, encoded["test"])
     final = {
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
@@ -373,6 +382,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     log(f"Test loss {test['loss']:.4f} (checkpoint step {test_step})")
     log(f"Accuracy: {100 * test['accuracy']:.2f}%")
     return final
+
+
+def _inference(params, ema):
+    """The weights evaluated and used for prediction: the moving average when there is one."""
+    return ema if ema is not None else params
 
 
 class _StopRequest:

@@ -87,7 +87,7 @@ def test_every_parameter_changes_in_one_step(review_files, tmp_path):
         "labels": rng.integers(0, 2, 8).astype(np.int32),
         "weights": np.ones(8, np.float32),
     }
-    params, _, metrics = train_step(nnx.state(model), nnx.state(optimizer), batch, 0)
+    params, _, _, metrics = train_step(nnx.state(model), nnx.state(optimizer), None, batch, 0)
     for path, old, new in zip(
         jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(before), jax.tree.leaves(params)
     ):
@@ -399,3 +399,22 @@ def test_interrupted_prediction_leaves_no_partial_file(trained_workdir, tmp_path
 def test_length_zero_statements_still_get_a_prediction(trained_workdir):
     probabilities = load_predictor(trained_workdir).predict(["...", "good"])
     assert probabilities.shape == (2,) and all(math.isfinite(p) for p in probabilities)
+
+
+def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tmp_path):
+    train, test = review_files
+    config = load_config(train_path=str(train), test_path=str(test), ema_decay=0.5, num_epochs=2)
+    train_and_evaluate(config, tmp_path)
+    run = ckpt.RunCheckpoints(tmp_path)
+    step = run.latest.latest_step()
+    meta = ckpt.read_meta(run.latest, step)
+    assert meta["inference_item"] == "ema"
+    predictor = load_predictor(tmp_path, step=step)
+    from lstm_jax.predict import _read_manager
+
+    manager = _read_manager(tmp_path / "checkpoints")
+    raw = ckpt.restore_params(manager, step, predictor._params, "params")
+    averaged = ckpt.restore_params(manager, step, predictor._params, "ema")
+    for used, ema, params in zip(*(jax.tree.leaves(t) for t in (predictor._params, averaged, raw))):
+        np.testing.assert_array_equal(used, ema)
+    assert any(not np.array_equal(e, p) for e, p in zip(jax.tree.leaves(averaged), jax.tree.leaves(raw)))
