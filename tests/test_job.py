@@ -415,6 +415,6 @@ def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tm
     manager = _read_manager(tmp_path / "checkpoints")
     raw = ckpt.restore_params(manager, step, predictor._params, "params")
     averaged = ckpt.restore_params(manager, step, predictor._params, "ema")
-    for used, ema, params in zip(*(jax.tree.leaves(t) for t in (predictor._params, averaged, raw))):
+    for used, ema in zip(jax.tree.leaves(predictor._params), jax.tree.leaves(averaged)):
         np.testing.assert_array_equal(used, ema)
     assert any(not np.array_equal(e, p) for e, p in zip(jax.tree.leaves(averaged), jax.tree.leaves(raw)))
