@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.cell = "lstm"  # lstm | peephole_lstm | gru | simple_rnn
     config.embedding_dim = 32  # embedding width
     config.hidden_size = 32  # recurrent state width per direction
+    config.embedding_init = "random"  # random | ppmi_svd (word vectors from the training texts' co-occurrences)
     config.num_layers = 1  # stacked recurrent layers
     config.bidirectional = False  # add a backward direction to every layer
     config.pooling = "last"  # last (final state) | max | mean_max over the real time steps

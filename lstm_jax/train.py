@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from lstm_jax import checkpoints as ckpt
 from lstm_jax import data as data_lib
+from lstm_jax.embeddings import ppmi_svd_embeddings
 from lstm_jax.errors import UserError
 from lstm_jax.models import SentimentClassifier, model_kwargs
 from lstm_jax.tokenizer import Vocabulary
@@ -256,6 +257,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
     kwargs = model_kwargs(config, vocabulary.size)
     model = create_model(kwargs, config.seed)
+    if config.embedding_init == "ppmi_svd" and meta is None:  # a resumed run restores its embeddings instead
+        vectors = ppmi_svd_embeddings(encoded["train"][0], vocabulary.size, config.embedding_dim, seed=config.seed)
+        scale = float(jnp.std(model.embed.embedding[...])) / max(float(vectors.std()), 1e-8)
+        model.embed.embedding[...] = jnp.asarray(vectors * scale)
+    elif config.embedding_init not in ("random", "ppmi_svd"):
+        raise UserError(f"unknown embedding_init {config.embedding_init!r}; use random or ppmi_svd")
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
     train_step, eval_step = make_steps(model, optimizer, config.seed, config.ema_decay)

@@ -190,3 +190,19 @@ def test_files_dataset_needs_paths_and_existing_files(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(UserError, match="unknown dataset"):
         data.load_splits(load_config(dataset="mnist"))
+
+
+def test_ppmi_svd_embeddings_put_words_from_the_same_contexts_together():
+    from lstm_jax.embeddings import ppmi_svd_embeddings
+
+    texts = ["the film was great fun", "the film was superb fun", "a dull boring mess", "a dull tedious mess"] * 20
+    vocabulary = Vocabulary.fit(texts, vocab_size=50)
+    ids, _ = vocabulary.encode(texts, 8)
+    vectors = ppmi_svd_embeddings(ids, vocabulary.size, dim=4, window=2)
+    assert vectors.shape == (vocabulary.size, 4) and vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors[:2], 0.0)  # padding and unknown have no contexts
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-8)
+    word = vocabulary._ids
+    assert unit[word["great"]] @ unit[word["superb"]] > unit[word["great"]] @ unit[word["tedious"]]
+    assert unit[word["boring"]] @ unit[word["tedious"]] > unit[word["boring"]] @ unit[word["superb"]]
+    np.testing.assert_array_equal(vectors, ppmi_svd_embeddings(ids, vocabulary.size, dim=4, window=2))
