@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
     config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
     config.word_scores = False  # add a linear bag-of-words path (one learned score per word) to the logit
+    config.ensemble_size = 1  # train this many independently initialised models side by side; predict with their mean
     config.unroll = 1  # lax.scan unroll factor
     config.fused_lstm = True  # LSTM cells use the fused recurrence with a hand-written backward (same function)
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32

@@ -75,6 +75,13 @@ class SentimentClassifier(nnx.Module):
             nnx.Embed(vocab_size, 1, embedding_init=nnx.initializers.zeros, rngs=rngs) if word_scores else None
         )
 
+    def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """<float32>[1, batch]: the same interface as :class:`SentimentEnsemble`."""
+        return self(tokens, lengths, rngs=rngs)[None]
+
+    def embeddings(self) -> list[nnx.Embed]:
+        return [self.embed]
+
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         deterministic = rngs is None
         if not deterministic and self.word_dropout_rate > 0:
@@ -107,6 +114,36 @@ class SentimentClassifier(nnx.Module):
         return logits
 
 
+class SentimentEnsemble(nnx.Module):
+    """``size`` independently initialised classifiers trained side by side on the same batches.
+
+    Each member gets its own loss (``member_logits``), so members do not co-adapt: this is an ordinary
+    ensemble trained in one loop. Predictions average the members' logits.
+    """
+
+    def __init__(self, *, size: int, rngs: nnx.Rngs, **kwargs):
+        self.members = nnx.List([SentimentClassifier(**kwargs, rngs=rngs) for _ in range(size)])
+
+    def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """<float32>[members, batch]."""
+        return jnp.stack([member(tokens, lengths, rngs=rngs) for member in self.members])
+
+    def __call__(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+        return jnp.mean(self.member_logits(tokens, lengths, rngs=rngs), axis=0)
+
+    def embeddings(self) -> list[nnx.Embed]:
+        return [member.embed for member in self.members]
+
+
+def build_model(kwargs: dict, rngs: nnx.Rngs) -> SentimentClassifier | SentimentEnsemble:
+    """The classifier described by ``model_kwargs`` (an ensemble when ``ensemble_size > 1``)."""
+    kwargs = dict(kwargs)
+    size = kwargs.pop("ensemble_size", 1)
+    if size > 1:
+        return SentimentEnsemble(size=size, rngs=rngs, **kwargs)
+    return SentimentClassifier(**kwargs, rngs=rngs)
+
+
 def model_kwargs(config, vocab_size: int) -> dict:
     """The constructor arguments taken from a config; saved in checkpoints so predict needs no config."""
     return dict(
@@ -124,4 +161,5 @@ def model_kwargs(config, vocab_size: int) -> dict:
         unroll=config.unroll,
         fused=config.fused_lstm,
         dtype=config.dtype,
+        ensemble_size=config.ensemble_size,
     )

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from lstm_jax import checkpoints as ckpt
 from lstm_jax.errors import UserError
-from lstm_jax.models import SentimentClassifier
+from lstm_jax.models import build_model
 from lstm_jax.tokenizer import Vocabulary
 
 FORMATS = ("txt", "jsonl", "csv")
@@ -43,7 +43,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: SentimentClassifier,
+        model: nnx.Module,
         vocabulary: Vocabulary,
         max_len: int,
         batch_size: int = 256,
@@ -52,12 +52,18 @@ class Predictor:
         self.vocabulary, self.max_len, self.batch_size = vocabulary, max_len, batch_size
         self.length_bucket = length_bucket
         graphdef, self._params = nnx.split(model)
+        self._graphdef = graphdef
 
         @jax.jit
         def probabilities(params, tokens, lengths):
             return jax.nn.sigmoid(nnx.merge(graphdef, params)(tokens, lengths))
 
         self._probabilities = probabilities
+
+    @property
+    def model(self) -> nnx.Module:
+        """The restored model (a new NNX object sharing the predictor's weights)."""
+        return nnx.merge(self._graphdef, self._params)
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         results = []
@@ -105,7 +111,7 @@ def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int
     manager, step = find_checkpoint(workdir, step)
     meta = ckpt.read_meta(manager, step)
     try:
-        model = nnx.eval_shape(lambda: SentimentClassifier(**meta["model_kwargs"], rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda: build_model(meta["model_kwargs"], nnx.Rngs(0)))
         vocabulary, max_len = Vocabulary.from_json(meta["vocabulary"]), int(meta["max_len"])
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"checkpoint {step} in {manager.directory} has invalid metadata ({error}); retrain") from None

@@ -36,7 +36,7 @@ from lstm_jax import checkpoints as ckpt
 from lstm_jax import data as data_lib
 from lstm_jax.embeddings import ppmi_svd_embeddings
 from lstm_jax.errors import UserError
-from lstm_jax.models import SentimentClassifier, model_kwargs
+from lstm_jax.models import build_model, model_kwargs
 from lstm_jax.tokenizer import Vocabulary
 
 
@@ -51,8 +51,8 @@ RESUMABLE_CHANGES = frozenset(
 )  # fmt: skip
 
 
-def create_model(kwargs: dict, seed: int) -> SentimentClassifier:
-    return SentimentClassifier(**kwargs, rngs=nnx.Rngs(params=seed))
+def create_model(kwargs: dict, seed: int):
+    return build_model(kwargs, nnx.Rngs(params=seed))
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -74,14 +74,18 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     return optimizer
 
 
-def _batch_metrics(logits, labels, weights):
-    """Sums over the batch (divided by counts only when reported)."""
-    losses = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+def _batch_metrics(member_logits, labels, weights):
+    """Sums over the batch (divided by counts only when reported); ``member_logits <[members, batch]>``.
+
+    The loss is each member's own cross-entropy, averaged; accuracy is that of the averaged logit.
+    """
+    losses = optax.sigmoid_binary_cross_entropy(member_logits, labels.astype(jnp.float32)).mean(axis=0)
+    logits = member_logits.mean(axis=0)
     correct = ((logits > 0) == (labels == 1)).astype(jnp.float32)
     return {"loss": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
 
-def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int, ema_decay: float = 0.0):
+def make_steps(model: nnx.Module, optimizer: nnx.Optimizer, seed: int, ema_decay: float = 0.0):
     """Returns jitted ``train_step`` and ``eval_step`` working on NNX states (split once here).
 
     ``train_step(params, opt_state, ema, batch, step) -> (params, opt_state, ema, metrics)``; ``ema`` is an
@@ -97,7 +101,7 @@ def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int, 
         dropout_key = jax.random.fold_in(dropout_root, step)
 
         def loss_fn(model):
-            logits = model(batch["tokens"], batch["lengths"], rngs=nnx.Rngs(dropout=dropout_key))
+            logits = model.member_logits(batch["tokens"], batch["lengths"], rngs=nnx.Rngs(dropout=dropout_key))
             metrics = _batch_metrics(logits, batch["labels"], batch["weights"])
             return metrics["loss"] / jnp.maximum(metrics["count"], 1.0), metrics
 
@@ -115,7 +119,8 @@ def make_steps(model: SentimentClassifier, optimizer: nnx.Optimizer, seed: int, 
 
     def eval_step(params, batch):
         model = nnx.merge(model_def, params)
-        return _batch_metrics(model(batch["tokens"], batch["lengths"]), batch["labels"], batch["weights"])
+        logits = model.member_logits(batch["tokens"], batch["lengths"])
+        return _batch_metrics(logits, batch["labels"], batch["weights"])
 
     return jax.jit(train_step, donate_argnums=(0, 1, 2)), jax.jit(eval_step)
 
@@ -259,8 +264,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     model = create_model(kwargs, config.seed)
     if config.embedding_init == "ppmi_svd" and meta is None:  # a resumed run restores its embeddings instead
         vectors = ppmi_svd_embeddings(encoded["train"][0], vocabulary.size, config.embedding_dim, seed=config.seed)
-        scale = float(jnp.std(model.embed.embedding[...])) / max(float(vectors.std()), 1e-8)
-        model.embed.embedding[...] = jnp.asarray(vectors * scale)
+        for embed in model.embeddings():
+            scale = float(jnp.std(embed.embedding[...])) / max(float(vectors.std()), 1e-8)
+            embed.embedding[...] = jnp.asarray(vectors * scale)
     elif config.embedding_init not in ("random", "ppmi_svd"):
         raise UserError(f"unknown embedding_init {config.embedding_init!r}; use random or ppmi_svd")
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)

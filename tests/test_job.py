@@ -418,3 +418,18 @@ def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tm
     for used, ema in zip(jax.tree.leaves(predictor._params), jax.tree.leaves(averaged)):
         np.testing.assert_array_equal(used, ema)
     assert any(not np.array_equal(e, p) for e, p in zip(jax.tree.leaves(averaged), jax.tree.leaves(raw)))
+
+
+def test_an_ensemble_trains_saves_and_predicts_the_mean_of_its_members(review_files, tmp_path):
+    train, test = review_files
+    config = load_config(train_path=str(train), test_path=str(test), ensemble_size=3, num_epochs=2)
+    train_and_evaluate(config, tmp_path)
+    predictor = load_predictor(tmp_path)
+    model = predictor.model
+    tokens, lengths = predictor.vocabulary.encode(["a wonderful film", "awful mess"], predictor.max_len)
+    members = model.member_logits(tokens, lengths)
+    assert members.shape == (3, 2)
+    assert not np.allclose(members[0], members[1])  # independently initialised
+    np.testing.assert_allclose(
+        predictor.predict(["a wonderful film", "awful mess"]), jax.nn.sigmoid(members.mean(axis=0)), atol=1e-6
+    )
