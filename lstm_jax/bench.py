@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -248,10 +249,18 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
         impls["lstm_jax python loop"] = lambda s, c, w: build_lstm_jax(s, c, w, fused=False, loop="python")
     if cell in ("lstm", "gru"):
         impls["flax nn.RNN"] = build_flax
-    if cell != "peephole_lstm":
+    if cell != "peephole_lstm" and _has_torch():
         impls["torch eager"] = build_torch
         impls["torch eager 1 thread"] = lambda s, c, w: build_torch(s, c, w, threads=1)
     return impls
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _steps_for(runner: Runner, seconds: float) -> int:
@@ -314,7 +323,6 @@ def grid(quick: bool):
 
 def environment() -> dict:
     import flax
-    import torch
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -322,7 +330,7 @@ def environment() -> dict:
         "jax": jax.__version__,
         "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
         "flax": flax.__version__,
-        "torch": torch.__version__,
+        "torch": __import__("torch").__version__ if _has_torch() else None,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "machine": platform.machine(),
@@ -412,9 +420,12 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=None, help="target seconds per timed block")
     args = parser.parse_args(argv)
 
-    import torch
+    if _has_torch():
+        import torch
 
-    DEFAULT_TORCH_THREADS = torch.get_num_threads()
+        DEFAULT_TORCH_THREADS = torch.get_num_threads()
+    else:
+        print("PyTorch is not installed (pip install -e '.[dev]'): measuring without the PyTorch peers")
     repetitions = args.repetitions or (3 if args.quick else 5)
     seconds = args.seconds or (0.25 if args.quick else 1.0)
     tag = args.tag or f"{jax.default_backend()}-{'quick' if args.quick else 'full'}"
@@ -435,6 +446,14 @@ def main(argv=None):
     }
     json_path = out / f"{tag}.json"
     json_path.write_text(json.dumps(result, indent=1))
+    env = result["environment"]
+    header = (
+        f"# Benchmark `{tag}`\n\n`python -m lstm_jax.bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
+        f" on {env['processor']} ({env['cpu_count']} CPUs, {env['backend']}), jax {env['jax']}, flax {env['flax']}, "
+        f"torch {env['torch']} (default {env['torch_default_threads']} threads), {env['date']}; "
+        f"{repetitions} repetitions, medians; × torch = throughput relative to PyTorch eager at default threads.\n\n"
+    )
+    (out / f"{tag}.md").write_text(header + table(records) + "\n")
     paths = plots(records, out, tag)
     print()
     print(table(records))
