@@ -4,13 +4,21 @@ python predict.py --workdir DIR --input reviews.txt [--output predictions.txt] [
                   [--threshold 0.5] [--step N]
 """
 
+import os
 import sys
 
-from absl import app, flags, logging
+# One XLA CPU device per core, so prediction batches are split over all cores (XLA runs a recurrence's small
+# per-step matmuls on one core). Must be set before JAX starts; an explicit XLA_FLAGS setting wins.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}"
+    ).strip()
 
-from lstm_jax.cli import parse_flags
-from lstm_jax.errors import UserError, exit_on_user_error
-from lstm_jax.predict import FORMATS, check_output_path, load_predictor, predict_file
+from absl import app, flags, logging  # noqa: E402
+
+from lstm_jax.cli import parse_flags  # noqa: E402
+from lstm_jax.errors import UserError, exit_on_user_error  # noqa: E402
+from lstm_jax.predict import FORMATS, check_output_path, load_predictor, predict_file  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
 _INPUT = flags.DEFINE_string("input", None, "Text file with one statement per line; '-' reads stdin.")

@@ -84,7 +84,7 @@ def _compiled(jitted, *args):
 # ------------------------------------------------------------------------------------------ lstm_jax
 
 
-def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan") -> Runner:
+def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", shard=False) -> Runner:
     from flax import nnx
 
     from lstm_jax.config import base_config
@@ -103,6 +103,13 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan") 
         if isinstance(module, RNN):
             module.fused, module.loop = fused, loop
     tokens, lengths, labels = (jnp.asarray(a) for a in _batch(shape))
+    if shard:  # batch split over all devices, parameters replicated (as lstm_jax.train and predict do)
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        tokens, lengths, labels = jax.device_put((tokens, lengths, labels), split)
+        nnx.update(
+            model, jax.device_put(nnx.state(model), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        )
     if workload == "train":
         optimizer = nnx.Optimizer(model, make_optimizer(config, 100), wrt=nnx.Param)
         train_step, _ = make_steps(model, optimizer, seed=0)
@@ -242,6 +249,9 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     impls = {}
     if cell in ("lstm", "bilstm"):
         impls["lstm_jax fused"] = lambda s, c, w: build_lstm_jax(s, c, w, fused=True)
+    devices = len(jax.devices())
+    if devices > 1 and shape["batch"] % devices == 0:  # what predict.py does: the batch split over the cores
+        impls[f"lstm_jax batch over {devices} CPU devices"] = lambda s, c, w: build_lstm_jax(s, c, w, shard=True)
     # The unroll sweep on the LSTM at the seed and medium shapes; elsewhere unroll 1 (the default) only.
     if cell != "lstm" or shape["hidden"] > 128:
         unrolls = [1]
@@ -423,6 +433,13 @@ def main(argv=None):
     parser.add_argument("--repetitions", type=int, default=None, help="timed repetitions per case")
     parser.add_argument("--seconds", type=float, default=None, help="target seconds per timed block")
     args = parser.parse_args(argv)
+    if jax.default_backend() == "cpu" and len(jax.devices()) == 1 and (os.cpu_count() or 1) > 1 and argv is None:
+        # Re-run with one XLA CPU device per core so the "batch over N devices" variant can be measured
+        # (single-device implementations are unaffected: they run on device 0).
+        flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count()}"
+        os.execve(
+            sys.executable, [sys.executable, "-m", "lstm_jax.bench", *sys.argv[1:]], {**os.environ, "XLA_FLAGS": flags}
+        )
 
     if _has_torch():
         import torch

@@ -38,7 +38,9 @@ class Predictor:
     """``predict(texts) -> <float32>[n]`` probabilities of positive, in fixed-size jitted batches.
 
     Each batch is padded to ``batch_size`` rows and trimmed to its longest statement rounded up to
-    ``length_bucket`` tokens, so only a few shapes ever compile.
+    ``length_bucket`` tokens, so only a few shapes ever compile. Batches are split over all local devices
+    (parameters replicated): on a CPU started with ``--xla_force_host_platform_device_count`` equal to its
+    cores, as ``predict.py`` does, every core runs its share of the recurrence.
     """
 
     def __init__(
@@ -49,10 +51,14 @@ class Predictor:
         batch_size: int = 256,
         length_bucket: int = 16,
     ):
-        self.vocabulary, self.max_len, self.batch_size = vocabulary, max_len, batch_size
-        self.length_bucket = length_bucket
-        graphdef, self._params = nnx.split(model)
+        devices = jax.local_devices()
+        mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+        self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        self.batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
+        self.vocabulary, self.max_len, self.length_bucket = vocabulary, max_len, length_bucket
+        graphdef, params = nnx.split(model)
         self._graphdef = graphdef
+        self._params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
         @jax.jit
         def probabilities(params, tokens, lengths):
@@ -76,6 +82,7 @@ class Predictor:
                 tokens = tokens[:, : min(self.max_len, -(-max(int(lengths.max()), 1) // bucket) * bucket)]
             tokens = np.pad(tokens, ((0, pad), (0, 0)))
             lengths = np.pad(lengths, (0, pad))
+            tokens, lengths = jax.device_put((tokens, lengths), self._batch_sharding)
             results.append(np.asarray(self._probabilities(self._params, tokens, lengths))[: len(chunk)])
         return np.concatenate(results) if results else np.zeros((0,), np.float32)
 
