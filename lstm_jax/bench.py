@@ -389,11 +389,15 @@ def plots(records: list[dict], out: Path, tag: str) -> list[Path]:
     sweep = [r for r in records if r["shape"].startswith("seed") and r["cell"] == "lstm"]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, workload in zip(axes, ("train", "infer")):
+        axis.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])
         rows = [r for r in sweep if r["workload"] == workload]
         for name in dict.fromkeys(r["implementation"] for r in rows):
             points = sorted((r["time"], r["examples_per_second"]) for r in rows if r["implementation"] == name)
             axis.plot(*zip(*points), "o-", label=name)
         axis.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="examples / s", title=f"{workload}, LSTM")
+        lengths = sorted({r["time"] for r in rows})
+        axis.set_xticks(lengths, [str(n) for n in lengths])
+        axis.minorticks_off()
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
@@ -432,7 +436,13 @@ def main(argv=None):
     parser.add_argument("--tag", default=None, help="file name prefix (default: <backend>-<quick|full>)")
     parser.add_argument("--repetitions", type=int, default=None, help="timed repetitions per case")
     parser.add_argument("--seconds", type=float, default=None, help="target seconds per timed block")
+    parser.add_argument("--plot-only", default=None, help="redraw the plots of an earlier JSON result and exit")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        source = Path(args.plot_only)
+        for path in plots(json.loads(source.read_text())["records"], source.parent, source.stem):
+            print(f"wrote {path}")
+        return
     if jax.default_backend() == "cpu" and len(jax.devices()) == 1 and (os.cpu_count() or 1) > 1 and argv is None:
         # Re-run with one XLA CPU device per core so the "batch over N devices" variant can be measured
         # (single-device implementations are unaffected: they run on device 0).
