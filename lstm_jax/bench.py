@@ -399,7 +399,8 @@ def plots(records: list[dict], out: Path, tag: str) -> list[Path]:
         axis.set_xticks(lengths, [str(n) for n in lengths])
         axis.minorticks_off()
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     figure.tight_layout()
     paths.append(out / f"{tag}-throughput-vs-length.png")
     figure.savefig(paths[-1], dpi=100)
@@ -419,7 +420,8 @@ def plots(records: list[dict], out: Path, tag: str) -> list[Path]:
         if points:
             axis.plot(*zip(*points), marker + "-", label=f"{workload} {shape_name}")
     axis.set(xscale="log", xlabel="scan unroll", ylabel="compile seconds", title="JAX compile time vs unroll (LSTM)")
-    axis.legend()
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
     paths.append(out / f"{tag}-compile-vs-unroll.png")
