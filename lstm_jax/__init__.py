@@ -5,7 +5,19 @@ from lstm_jax.recurrent import RNN, Bidirectional, StackedRNN, make_recurrent
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name):
+    # The job's pieces load lazily so `import lstm_jax` for the layers does not import orbax.
+    if name == "load_predictor":
+        from lstm_jax.predict import load_predictor
+
+        return load_predictor
+    raise AttributeError(f"module 'lstm_jax' has no attribute {name!r}")
+
+
 __all__ = [
+    "load_predictor",
     "GRUCell",
     "LSTMCell",
     "PeepholeLSTMCell",

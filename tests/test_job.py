@@ -247,7 +247,9 @@ def test_predict_writes_the_tutorial_format_in_input_order(trained_workdir, tmp_
 
 
 def test_predict_library_call_and_formats(trained_workdir, tmp_path):
-    predictor = load_predictor(trained_workdir)
+    import lstm_jax
+
+    predictor = lstm_jax.load_predictor(trained_workdir)
     texts = [r for r in REVIEWS if r]
     probabilities = predictor.predict(texts)
     assert probabilities.shape == (3,) and np.all((probabilities > 0) & (probabilities < 1))
