@@ -6,6 +6,7 @@ python predict.py --workdir DIR --input reviews.txt [--output predictions.txt] [
 
 import os
 import sys
+from pathlib import Path
 
 # One XLA CPU device per core, so prediction batches are split over all cores (XLA runs a recurrence's small
 # per-step matmuls on one core). Must be set before JAX starts; an explicit XLA_FLAGS setting wins.
@@ -44,7 +45,10 @@ def main(argv):
     notes = [f"{stats['empty_lines']} empty lines skipped"]
     if stats["invalid_utf8_lines"]:
         notes.append(f"{stats['invalid_utf8_lines']} lines had invalid UTF-8 bytes, replaced by U+FFFD")
-    print(f"wrote {stats['statements']} predictions to {_OUTPUT.value} ({'; '.join(notes)})", file=sys.stderr)
+    print(
+        f"wrote {stats['statements']} predictions to {Path(_OUTPUT.value).resolve()} ({'; '.join(notes)})",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from lstm_jax.recurrent import RNN, Bidirectional, StackedRNN, make_recurrent
 __version__ = "0.1.0"
 
 
-
 def __getattr__(name):
     # The job's pieces load lazily so `import lstm_jax` for the layers does not import orbax.
     if name == "load_predictor":
