@@ -261,7 +261,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     )
 
     kwargs = model_kwargs(config, vocabulary.size)
-    model = create_model(kwargs, config.seed)
+    try:
+        model = create_model(kwargs, config.seed)
+    except (ValueError, TypeError) as error:  # e.g. an unknown cell, pooling or dtype name
+        raise UserError(f"invalid model settings: {error}; see lstm_jax/config.py for the choices") from None
     if config.embedding_init == "ppmi_svd" and meta is None:  # a resumed run restores its embeddings instead
         vectors = ppmi_svd_embeddings(encoded["train"][0], vocabulary.size, config.embedding_dim, seed=config.seed)
         for embed in model.embeddings():

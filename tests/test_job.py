@@ -215,10 +215,14 @@ def test_resuming_with_a_different_config_is_refused(trained_workdir, review_fil
         ("--config.bogus=1", "unknown config key 'bogus'"),
         ("--config.num_epochs=many", "--config.num_epochs=many"),
         ("--config=configs/missing.py", "config file configs/missing.py does not exist"),
+        ("--config.cell=transformer", "invalid model settings: unknown cell 'transformer'"),
     ],
 )
-def test_bad_config_flags_are_one_line_errors(flag, message, tmp_path):
-    result = run_tool("train.py", "--config", "configs/smoke.py", flag, "--workdir", str(tmp_path))
+def test_bad_config_flags_are_one_line_errors(flag, message, tmp_path, review_files):
+    train, test = review_files
+    # Real data paths, so only the flag under test is wrong (no paths with a config file that fails to load).
+    paths = [] if flag.startswith("--config=") else [f"--config.train_path={train}", f"--config.test_path={test}"]
+    result = run_tool("train.py", "--config", "configs/smoke.py", *paths, flag, "--workdir", str(tmp_path))
     assert result.returncode != 0
     stderr = result.stderr.decode().strip()
     assert message in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1
