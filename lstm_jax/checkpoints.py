@@ -83,15 +83,21 @@ class RunCheckpoints:
         self.best.close()
 
 
+def _restore_items(manager: ocp.CheckpointManager, step: int, what: str, **items):
+    """Restores some items of a checkpoint; a damaged one is a UserError naming it, not an orbax traceback."""
+    try:
+        return manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # orbax raises many kinds for damaged folders
+        detail = str(error).splitlines()[0][:200] if str(error) else ""
+        raise UserError(
+            f"the {what} of checkpoint {step} in {manager.directory} are unreadable or incomplete "
+            f"({type(error).__name__}: {detail}); choose another step or retrain"
+        ) from None
+
+
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     """The JSON item alone; a clear error for a checkpoint that is not ours or not whole."""
-    try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    except Exception as error:  # orbax raises many kinds for damaged folders
-        raise UserError(
-            f"checkpoint {step} in {manager.directory} is unreadable or incomplete ({type(error).__name__}); "
-            "choose another step or retrain"
-        ) from None
+    meta = _restore_items(manager, step, "metadata", meta=ocp.args.JsonRestore()).meta
     check_version(meta, f"checkpoint {step} in {manager.directory}")
     return meta
 
@@ -107,13 +113,6 @@ def check_version(meta, where: str) -> None:
 
 def restore_params(manager: ocp.CheckpointManager, step: int, params, item: str = "params"):
     """Restores only the inference weights (``params`` or ``ema``) into a tree shaped like ``params``."""
-    try:
-        leaves = _abstract(jax.tree.leaves(params))
-        restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(leaves)}))[item]
-    except Exception as error:
-        raise UserError(
-            f"the parameters of checkpoint {step} in {manager.directory} are unreadable or incomplete "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
-            "choose another step or retrain"
-        ) from None
+    leaves = _abstract(jax.tree.leaves(params))
+    restored = _restore_items(manager, step, "parameters", **{item: ocp.args.StandardRestore(leaves)})[item]
     return jax.tree.unflatten(jax.tree.structure(params), restored)

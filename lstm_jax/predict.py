@@ -29,7 +29,7 @@ from tqdm import tqdm
 from lstm_jax import checkpoints as ckpt
 from lstm_jax.errors import UserError
 from lstm_jax.models import build_model
-from lstm_jax.tokenizer import Vocabulary
+from lstm_jax.tokenizer import Vocabulary, trim_to_bucket
 
 FORMATS = ("txt", "jsonl", "csv")
 
@@ -77,9 +77,7 @@ class Predictor:
             chunk = texts[start : start + self.batch_size]
             tokens, lengths = self.vocabulary.encode(chunk, self.max_len)
             pad = self.batch_size - len(chunk)  # one shape only: never recompiles
-            if self.length_bucket:  # trim padding to a bucket: at most max_len / bucket shapes compile
-                bucket = self.length_bucket
-                tokens = tokens[:, : min(self.max_len, -(-max(int(lengths.max()), 1) // bucket) * bucket)]
+            tokens = trim_to_bucket(tokens, lengths, self.length_bucket)
             tokens = np.pad(tokens, ((0, pad), (0, 0)))
             lengths = np.pad(lengths, (0, pad))
             tokens, lengths = jax.device_put((tokens, lengths), self._batch_sharding)

@@ -37,7 +37,7 @@ from lstm_jax import data as data_lib
 from lstm_jax.embeddings import ppmi_svd_embeddings
 from lstm_jax.errors import UserError
 from lstm_jax.models import build_model, model_kwargs
-from lstm_jax.tokenizer import Vocabulary
+from lstm_jax.tokenizer import Vocabulary, trim_to_bucket
 
 
 class NonFiniteLoss(UserError):
@@ -144,14 +144,12 @@ class Batcher:
         real = len(indices)
         indices = np.concatenate([indices, np.zeros(self.batch_size - real, indices.dtype)])
         weights = (np.arange(self.batch_size) < real).astype(np.float32)
-        batch_tokens = tokens[indices]
-        if self.length_bucket:
-            # Trim padding to the batch's longest sequence, rounded up to a bucket: short batches stop paying
-            # for max_len steps, and only max_len / bucket shapes are ever compiled.
-            longest = max(int(lengths[indices].max()), 1)
-            trimmed = -(-longest // self.length_bucket) * self.length_bucket
-            batch_tokens = batch_tokens[:, : min(tokens.shape[1], trimmed)]
-        arrays = {"tokens": batch_tokens, "lengths": lengths[indices], "labels": labels[indices], "weights": weights}
+        arrays = {
+            "tokens": trim_to_bucket(tokens[indices], lengths[indices], self.length_bucket),
+            "lengths": lengths[indices],
+            "labels": labels[indices],
+            "weights": weights,
+        }
         start = jax.process_index() * self.per_process
         return {
             name: jax.make_array_from_process_local_data(
