@@ -17,9 +17,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 from absl import app, flags, logging  # noqa: E402
 
-from lstm_jax.cli import parse_flags  # noqa: E402
-from lstm_jax.errors import UserError, exit_on_user_error  # noqa: E402
-from lstm_jax.predict import FORMATS, check_output_path, load_predictor, predict_file  # noqa: E402
+from lstm_jax.sentiment.cli import enable_compilation_cache, parse_flags  # noqa: E402
+from lstm_jax.sentiment.errors import UserError, exit_on_user_error  # noqa: E402
+from lstm_jax.sentiment.predict import FORMATS, check_output_path, load_predictor, predict_file  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
 _INPUT = flags.DEFINE_string("input", None, "Text file with one statement per line; '-' reads stdin.")
@@ -40,6 +40,7 @@ def main(argv):
     if _BATCH_SIZE.value < 1:
         raise UserError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
     check_output_path(_OUTPUT.value)  # fail before loading anything
+    enable_compilation_cache("")
     predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)
     stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, _THRESHOLD.value)
     notes = [f"{stats['empty_lines']} empty lines skipped"]

@@ -10,9 +10,9 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lstm_jax.cli import parse_flags
-from lstm_jax.errors import UserError, exit_on_user_error
-from lstm_jax.train import train_and_evaluate
+from lstm_jax.sentiment.cli import parse_flags
+from lstm_jax.sentiment.errors import UserError, exit_on_user_error
+from lstm_jax.sentiment.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here (default: checkpoints/<config name>).")

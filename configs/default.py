@@ -8,7 +8,7 @@ accuracy and the test evaluated on the best validation checkpoint. See README "R
 accuracy and the experiments behind the choices.
 """
 
-from lstm_jax.config import base_config
+from lstm_jax.sentiment.config import base_config
 
 
 def get_config():

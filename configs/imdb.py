@@ -4,7 +4,7 @@ python train.py --config configs/imdb.py --config.data_path=/path/to/aclImdb_v1.
 (or --config.dataset=tfds:imdb_reviews with the tfds extra and network access)
 """
 
-from lstm_jax.config import base_config
+from lstm_jax.sentiment.config import base_config
 
 
 def get_config():

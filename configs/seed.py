@@ -4,7 +4,7 @@ Adam 1e-3, binary cross-entropy, 5 epochs, test on the final weights.
 python train.py --config configs/seed.py --workdir checkpoints/seed
 """
 
-from lstm_jax.config import base_config
+from lstm_jax.sentiment.config import base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Tiny and fast, for tests: python train.py --config configs/smoke.py --config.dataset=files ..."""
 
-from lstm_jax.config import base_config
+from lstm_jax.sentiment.config import base_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # The job's pieces load lazily so `import lstm_jax` for the layers does not import orbax.
     if name == "load_predictor":
-        from lstm_jax.predict import load_predictor
+        from lstm_jax.sentiment.predict import load_predictor
 
         return load_predictor
     raise AttributeError(f"module 'lstm_jax' has no attribute {name!r}")

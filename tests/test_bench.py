@@ -2,7 +2,7 @@
 
 import math
 
-from lstm_jax import bench
+from lstm_jax.sentiment import bench
 
 TINY = dict(vocab=50, embed=4, hidden=4, batch=4, time=6)
 

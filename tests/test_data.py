@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from lstm_jax import data
-from lstm_jax.errors import UserError
-from lstm_jax.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary, tokenize
+from lstm_jax.sentiment import data
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_keeps_contractions_and_sentiment_punctuation():
@@ -193,7 +193,7 @@ def test_unknown_dataset():
 
 
 def test_ppmi_svd_embeddings_put_words_from_the_same_contexts_together():
-    from lstm_jax.embeddings import ppmi_svd_embeddings
+    from lstm_jax.sentiment.embeddings import ppmi_svd_embeddings
 
     texts = ["the film was great fun", "the film was superb fun", "a dull boring mess", "a dull tedious mess"] * 20
     vocabulary = Vocabulary.fit(texts, vocab_size=50)

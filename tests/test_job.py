@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, load_config
 
-from lstm_jax import checkpoints as ckpt
-from lstm_jax.errors import UserError
-from lstm_jax.predict import find_checkpoint, load_predictor, predict_file
-from lstm_jax.train import NonFiniteLoss, train_and_evaluate
+from lstm_jax.sentiment import checkpoints as ckpt
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.predict import find_checkpoint, load_predictor, predict_file
+from lstm_jax.sentiment.train import NonFiniteLoss, train_and_evaluate
 
 REVIEWS = [
     "a wonderful brilliant film",
@@ -73,7 +73,7 @@ def test_every_parameter_changes_in_one_step(review_files, tmp_path):
     train, test = review_files
     from flax import nnx
 
-    from lstm_jax import train as train_lib
+    from lstm_jax.sentiment import train as train_lib
 
     config = load_config(train_path=str(train), test_path=str(test), bidirectional=True, num_layers=2)
     model = train_lib.create_model({**train_lib.model_kwargs(config, 50)}, seed=0)
@@ -160,7 +160,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(review_files, 
     import jax.numpy as jnp
     import optax
 
-    from lstm_jax import train as train_lib
+    from lstm_jax.sentiment import train as train_lib
 
     def poisoned_after_five_steps(config, steps_per_epoch):
         """Adam whose updates turn NaN from the sixth step on: a divergence we can place."""
@@ -416,7 +416,7 @@ def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tm
     meta = ckpt.read_meta(run.latest, step)
     assert meta["inference_item"] == "ema"
     predictor = load_predictor(tmp_path, step=step)
-    from lstm_jax.predict import _read_manager
+    from lstm_jax.sentiment.predict import _read_manager
 
     manager = _read_manager(tmp_path / "checkpoints")
     raw = ckpt.restore_params(manager, step, predictor._params, "params")

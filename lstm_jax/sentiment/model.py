@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax.recurrent import Bidirectional, make_recurrent
-from lstm_jax.tokenizer import PAD_ID, UNKNOWN_ID
+from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID
 
 POOLINGS = ("last", "max", "mean_max")
 

@@ -1,12 +1,12 @@
 """Benchmark: lstm_jax's recurrences against Flax's nn.RNN and PyTorch, training step and inference.
 
-python -m lstm_jax.bench --quick            # < 3 minutes on 2 CPU cores
-python -m lstm_jax.bench                    # the full grid
-python -m lstm_jax.bench --out benchmarks/results --tag cpu-2core
+python -m lstm_jax.sentiment.bench --quick            # < 3 minutes on 2 CPU cores
+python -m lstm_jax.sentiment.bench                    # the full grid
+python -m lstm_jax.sentiment.bench --out benchmarks/results --tag cpu-2core
 
 The workload is the sentiment model: Embedding(V, E) -> recurrent layer (final hidden state) -> Dense(1),
 binary cross-entropy, Adam. "train" is a whole step (forward, backward, update), "infer" the forward pass
-returning probabilities. lstm_jax runs its real training step (``lstm_jax.train.make_steps``) with true
+returning probabilities. lstm_jax runs its real training step (``lstm_jax.sentiment.train.train_step``) with true
 lengths passed (all equal to the sequence length here, as PyTorch eager does no masking).
 
 Method: every implementation is compiled first (JAX lower + compile timed apart, with XLA's peak buffer
@@ -87,10 +87,10 @@ def _compiled(jitted, *args):
 def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", shard=False) -> Runner:
     from flax import nnx
 
-    from lstm_jax.config import base_config
-    from lstm_jax.models import model_kwargs
     from lstm_jax.recurrent import RNN
-    from lstm_jax.train import create_model, make_optimizer, make_steps
+    from lstm_jax.sentiment.config import base_config
+    from lstm_jax.sentiment.model import model_kwargs
+    from lstm_jax.sentiment.train import create_model, make_optimizer, make_steps
 
     config = base_config()
     cell_name, bidirectional = CELL_MODELS[cell]
@@ -103,7 +103,7 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", 
         if isinstance(module, RNN):
             module.fused, module.loop = fused, loop
     tokens, lengths, labels = (jnp.asarray(a) for a in _batch(shape))
-    if shard:  # batch split over all devices, parameters replicated (as lstm_jax.train and predict do)
+    if shard:  # batch split over all devices, parameters replicated (as training and prediction do)
         mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
         split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         tokens, lengths, labels = jax.device_put((tokens, lengths, labels), split)
@@ -450,7 +450,9 @@ def main(argv=None):
         # (single-device implementations are unaffected: they run on device 0).
         flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count()}"
         os.execve(
-            sys.executable, [sys.executable, "-m", "lstm_jax.bench", *sys.argv[1:]], {**os.environ, "XLA_FLAGS": flags}
+            sys.executable,
+            [sys.executable, "-m", "lstm_jax.sentiment.bench", *sys.argv[1:]],
+            {**os.environ, "XLA_FLAGS": flags},
         )
 
     if _has_torch():
@@ -481,7 +483,8 @@ def main(argv=None):
     json_path.write_text(json.dumps(result, indent=1))
     env = result["environment"]
     header = (
-        f"# Benchmark `{tag}`\n\n`python -m lstm_jax.bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
+        f"# Benchmark `{tag}`\n\n"
+        f"`python -m lstm_jax.sentiment.bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
         f" on {env['processor']} ({env['cpu_count']} CPUs, {env['backend']}), jax {env['jax']}, flax {env['flax']}, "
         f"torch {env['torch']} (default {env['torch_default_threads']} threads), {env['date']}; "
         f"{repetitions} repetitions, medians; × torch = throughput relative to PyTorch eager at default threads.\n\n"

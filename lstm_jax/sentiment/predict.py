@@ -1,4 +1,4 @@
-"""Prediction from a checkpoint alone (library; the command line is ../predict.py).
+"""Prediction from a checkpoint alone (library; the command line is ../../predict.py).
 
 ``load_predictor(workdir)`` rebuilds the model, its vocabulary and ``max_len`` from the checkpoint's
 metadata (no config file) and returns a :class:`Predictor` whose ``predict(texts)`` gives the probability
@@ -13,6 +13,7 @@ predicted); a line longer than ``max_len`` tokens is truncated like training dat
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import sys
@@ -22,14 +23,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
-from lstm_jax import checkpoints as ckpt
-from lstm_jax.errors import UserError
-from lstm_jax.models import build_model
-from lstm_jax.tokenizer import Vocabulary, trim_to_bucket
+from lstm_jax.sentiment import batching
+from lstm_jax.sentiment import checkpoints as ckpt
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.model import build_model
+from lstm_jax.sentiment.tokenizer import Vocabulary
 
 FORMATS = ("txt", "jsonl", "csv")
 
@@ -37,34 +38,23 @@ FORMATS = ("txt", "jsonl", "csv")
 class Predictor:
     """``predict(texts) -> <float32>[n]`` probabilities of positive, in fixed-size jitted batches.
 
-    Each batch is padded to ``batch_size`` rows and trimmed to its longest statement rounded up to
-    ``length_bucket`` tokens, so only a few shapes ever compile. Batches are split over all local devices
+    Texts are encoded a chunk at a time and batched by :mod:`.batching` like evaluation data: sorted by
+    length, each batch padded to its longest text rounded up to the checkpoint's ``length_bucket``, so only
+    a few shapes ever compile; results come back in input order. Batches are split over all local devices
     (parameters replicated): on a CPU started with ``--xla_force_host_platform_device_count`` equal to its
     cores, as ``predict.py`` does, every core runs its share of the recurrence.
     """
 
-    def __init__(
-        self,
-        model: nnx.Module,
-        vocabulary: Vocabulary,
-        max_len: int,
-        batch_size: int = 256,
-        length_bucket: int = 16,
-    ):
+    def __init__(self, model: nnx.Module, vocabulary: Vocabulary, max_len: int, batch_size: int = 256,
+                 length_bucket: int = 16):  # fmt: skip
         devices = jax.local_devices()
         mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         self.batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
+        self.chunk_size = 8 * self.batch_size  # texts read per predict() call: room to sort them by length
         self.vocabulary, self.max_len, self.length_bucket = vocabulary, max_len, length_bucket
-        graphdef, params = nnx.split(model)
-        self._graphdef = graphdef
+        self._graphdef, params = nnx.split(model)
         self._params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-        @jax.jit
-        def probabilities(params, tokens, lengths):
-            return jax.nn.sigmoid(nnx.merge(graphdef, params)(tokens, lengths))
-
-        self._probabilities = probabilities
 
     @property
     def model(self) -> nnx.Module:
@@ -72,61 +62,38 @@ class Predictor:
         return nnx.merge(self._graphdef, self._params)
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        results = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
-            tokens, lengths = self.vocabulary.encode(chunk, self.max_len)
-            pad = self.batch_size - len(chunk)  # one shape only: never recompiles
-            tokens = trim_to_bucket(tokens, lengths, self.length_bucket)
-            tokens = np.pad(tokens, ((0, pad), (0, 0)))
-            lengths = np.pad(lengths, (0, pad))
-            tokens, lengths = jax.device_put((tokens, lengths), self._batch_sharding)
-            results.append(np.asarray(self._probabilities(self._params, tokens, lengths))[: len(chunk)])
-        return np.concatenate(results) if results else np.zeros((0,), np.float32)
+        tokens, lengths = self.vocabulary.encode(texts, self.max_len)
+        plan = batching.plan_batches(lengths, self.batch_size, self.length_bucket, self.max_len)
+        probabilities = np.zeros(len(texts), np.float32)
+        examples = {"tokens": tokens, "lengths": lengths}
+        for indices, time in zip(plan.indices, plan.time):
+            batch = batching.take_batch(examples, indices, time)
+            inputs = jax.device_put((batch["tokens"], batch["lengths"]), self._batch_sharding)
+            output = np.asarray(_probabilities(self._graphdef, self._params, *inputs))
+            probabilities[indices[indices >= 0]] = output[indices >= 0]
+        return probabilities
 
 
-def _read_manager(directory: Path) -> ocp.CheckpointManager | None:
-    if not directory.is_dir():
-        return None
-    return ocp.CheckpointManager(
-        directory.absolute(), options=ocp.CheckpointManagerOptions(create=False, read_only=True)
-    )
-
-
-def find_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[ocp.CheckpointManager, int]:
-    """The best checkpoint (by validation accuracy), else the latest; or the one with ``step``."""
-    workdir = Path(workdir)
-    if not workdir.is_dir():
-        raise UserError(f"workdir {workdir} does not exist; train first: python train.py --workdir {workdir}")
-    managers = [m for m in (_read_manager(workdir / "best"), _read_manager(workdir / "checkpoints")) if m]
-    for manager in managers:
-        steps = manager.all_steps()
-        if step is None and steps:
-            return manager, (manager.best_step() if manager.directory.name == "best" else None) or max(steps)
-        if step is not None and step in steps:
-            return manager, step
-    available = sorted({s for m in managers for s in m.all_steps()})
-    if step is not None and available:
-        raise UserError(f"no checkpoint for step {step} in {workdir}; available steps: {available}")
-    raise UserError(f"no checkpoint in {workdir}; train first: python train.py --workdir {workdir}")
+@functools.partial(jax.jit, static_argnums=0)
+def _probabilities(graphdef, params, tokens, lengths):
+    return jax.nn.sigmoid(nnx.merge(graphdef, params)(tokens, lengths))
 
 
 def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int = 256) -> Predictor:
     """Rebuilds the trained model from ``workdir`` alone (best checkpoint unless ``step`` is given)."""
-    manager, step = find_checkpoint(workdir, step)
-    meta = ckpt.read_meta(manager, step)
+    run, manager, step = ckpt.find(workdir, step)
+    meta = run.read_meta(step, manager)
     try:
         model = nnx.eval_shape(lambda: build_model(meta["model_kwargs"], nnx.Rngs(0)))
-        vocabulary, max_len = Vocabulary.from_json(meta["vocabulary"]), int(meta["max_len"])
+        vocabulary, settings = Vocabulary.from_json(meta["vocabulary"]), meta["data"]
+        max_len, length_bucket = int(settings["max_len"]), int(settings["length_bucket"])
+        if settings["tokenizer"] != ckpt.TOKENIZER:
+            raise ValueError(f"tokenizer {settings['tokenizer']!r}, this lstm_jax has {ckpt.TOKENIZER!r}")
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"checkpoint {step} in {manager.directory} has invalid metadata ({error}); retrain") from None
     graphdef, abstract = nnx.split(model)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-        abstract,
-    )
-    params = ckpt.restore_params(manager, step, abstract, meta.get("inference_item", "params"))
-    return Predictor(nnx.merge(graphdef, params), vocabulary, max_len, batch_size)
+    params = ckpt.restore_weights(run, manager, step, abstract, meta.get("inference_item", "params"))
+    return Predictor(nnx.merge(graphdef, params), vocabulary, max_len, batch_size, length_bucket)
 
 
 class _InputStats:
@@ -225,7 +192,7 @@ def predict_file(
     try:
         with stream, open(descriptor, "w", encoding="utf-8", newline="") as handle:
             write = _writer(handle, output_format)
-            for batch in _batches(_statements(stream, stats, progress), predictor.batch_size):
+            for batch in _batches(_statements(stream, stats, progress), predictor.chunk_size):
                 for text, probability in zip(batch, predictor.predict(batch)):
                     write(text, probability, probability >= threshold)
         if stats.statements == 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lstm_jax.tokenizer import UNKNOWN_ID
+from lstm_jax.sentiment.tokenizer import UNKNOWN_ID
 
 
 def ppmi_svd_embeddings(ids: np.ndarray, vocab_size: int, dim: int, window: int = 4, seed: int = 0) -> np.ndarray:

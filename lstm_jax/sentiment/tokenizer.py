@@ -74,15 +74,3 @@ class Vocabulary:
     @classmethod
     def from_json(cls, words: list[str]) -> Vocabulary:
         return cls(words)
-
-
-def trim_to_bucket(ids: np.ndarray, lengths: np.ndarray, bucket: int) -> np.ndarray:
-    """Drops padding columns past the longest sequence, rounded up to a multiple of ``bucket`` tokens.
-
-    Short batches then stop paying for ``max_len`` recurrent steps, while at most ``max_len / bucket``
-    shapes ever compile. ``bucket == 0`` keeps every column.
-    """
-    if not bucket:
-        return ids
-    longest = max(int(lengths.max(initial=0)), 1)
-    return ids[:, : -(-longest // bucket) * bucket]

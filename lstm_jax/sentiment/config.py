@@ -1,6 +1,16 @@
-"""Every setting of the sentiment job, with its meaning; the files in configs/ start from here."""
+"""Every setting of the sentiment job, with its meaning; the files in configs/ start from here.
+
+Also the rules on settings: :func:`validate` refuses nonsense values before anything runs, and
+:func:`check_resumable` says which settings a resumed run may change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import ml_collections
+
+from lstm_jax.sentiment.errors import UserError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Optimisation.
     config.batch_size = 32  # examples per step, across all devices (must divide by the device count)
     config.eval_batch_size = 256  # examples per evaluation step
-    config.length_bucket = 16  # trim each batch's padding to a multiple of this many tokens; 0 = always max_len
+    config.length_bucket = 16  # pad each batch to its longest text rounded up to a multiple of this; 0 = max_len
     config.num_epochs = 5  # passes over the training split
     config.learning_rate = 1e-3  # Adam step size (peak value with a schedule)
     config.schedule = "constant"  # constant | cosine (linear warm-up then cosine decay to 0)
@@ -50,4 +60,55 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 100  # also checkpoint every this many steps inside an epoch
     config.keep_checkpoints = 2  # most recent checkpoints kept (the best one is kept apart)
     config.distributed = False  # call jax.distributed.initialize() for a multi-host run
+    config.tensorboard = True  # write TensorBoard event files to <workdir>/tensorboard
+    config.compilation_cache_dir = ""  # JAX's persistent compilation cache; "" = <cache>/jax, "off" = none
     return config
+
+
+# Settings a resumed run may change: they steer the run, not what it computes. num_epochs too (training
+# longer continues the same run), unless a schedule depends on it.
+RESUMABLE_CHANGES = frozenset(
+    ["num_epochs", "early_stopping_patience", "checkpoint_every_steps", "keep_checkpoints", "distributed",
+     "eval_batch_size", "test_checkpoint", "tensorboard", "compilation_cache_dir", "cache_dir", "data_path",
+     "train_path", "val_path", "test_path"]
+)  # fmt: skip
+
+
+def check_resumable(config, saved: dict, workdir: Path) -> None:
+    """A one-line error when ``config`` would compute something else than the run saved in ``workdir``."""
+    allowed = RESUMABLE_CHANGES - ({"num_epochs"} if config.schedule != "constant" else set())
+    changed = sorted(key for key in config if key not in allowed and saved.get(key) != config[key])
+    if changed:
+        raise UserError(
+            f"{workdir} holds a run with a different config (changed: {', '.join(changed)}); "
+            "use a new --workdir or the same settings to resume"
+        )
+
+
+CHOICES = {
+    "cell": ("lstm", "peephole_lstm", "gru", "simple_rnn"),
+    "pooling": ("last", "max", "mean_max"),
+    "dtype": ("float32", "bfloat16"),
+    "schedule": ("constant", "cosine"),
+    "embedding_init": ("random", "ppmi_svd"),
+    "test_checkpoint": ("best", "last"),
+}
+AT_LEAST = {"vocab_size": 3, "max_len": 1, "embedding_dim": 1, "hidden_size": 1, "num_layers": 1,
+            "ensemble_size": 1, "unroll": 1, "batch_size": 1, "eval_batch_size": 1, "num_epochs": 0,
+            "checkpoint_every_steps": 1, "keep_checkpoints": 1, "length_bucket": 0, "early_stopping_patience": 0,
+            "learning_rate": 0.0, "weight_decay": 0.0, "grad_clip_norm": 0.0, "warmup_epochs": 0.0}  # fmt: skip
+RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay")  # in [0, 1)
+
+
+def validate(config) -> None:
+    """Refuses settings that cannot make sense, naming the key and the allowed values."""
+    for key, choices in CHOICES.items():
+        if config[key] not in choices:
+            raise UserError(f"--config.{key}={config[key]!r} is not one of {', '.join(choices)}")
+    for key, least in AT_LEAST.items():
+        if not config[key] >= least or (key == "learning_rate" and config[key] == 0):
+            relation = "> 0" if key == "learning_rate" else f">= {least}"
+            raise UserError(f"--config.{key}={config[key]} must be {relation}")
+    for key in RATES + ("validation_fraction",):
+        if not 0.0 <= config[key] < 1.0:
+            raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")

@@ -1,0 +1,75 @@
+"""The one batcher of the job: which examples form each batch, and how many time steps it is padded to.
+
+Training, evaluation and prediction all work the same way:
+
+1. the encoded examples (``tokens <int32>[n, max_len]``, ``lengths <int32>[n]``, ``labels <int32>[n]``)
+   sit in one place (on the devices, for training and evaluation: a few MB sent once);
+2. :func:`plan_batches` decides on the host, from the lengths alone, the example indices of every batch
+   (``<int32>[batches, batch_size]``, ``-1`` filling the last short batch) and each batch's padded time
+   length, a multiple of ``length_bucket`` (at most ``max_len``) so that few shapes ever compile;
+3. :func:`take_batch`, inside the jitted step, gathers a batch from the indices: rows marked ``-1`` get
+   weight 0, and the tokens are cut to the batch's padded length (a static shape).
+
+Training keeps the shuffled order (the batches are exactly what the shuffle gives); evaluation and
+prediction sort by length first, so each batch is padded only as far as its own longest example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    indices: np.ndarray  # <int32>[batches, batch_size]: example indices, -1 where the batch has no example
+    time: tuple[int, ...]  # each batch's padded time length (a static shape for the step that runs it)
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+
+def padded_time(longest: int, length_bucket: int, max_len: int) -> int:
+    """``longest`` rounded up to a multiple of ``length_bucket``, within [1, max_len]; bucket 0 = max_len."""
+    if not length_bucket:
+        return max_len
+    return min(max(-(-longest // length_bucket), 1) * length_bucket, max_len)
+
+
+def bucket_sizes(length_bucket: int, max_len: int) -> list[int]:
+    """Every padded time length a job with these settings can compile."""
+    return sorted({padded_time(n, length_bucket, max_len) for n in range(1, max_len + 1)})
+
+
+def plan_batches(
+    lengths: np.ndarray, batch_size: int, length_bucket: int, max_len: int, order: np.ndarray | None = None
+) -> BatchPlan:
+    """Batches of ``batch_size`` over ``order`` (default: by increasing length, for evaluation and prediction)."""
+    lengths = np.asarray(lengths)
+    if order is None:
+        order = np.argsort(lengths, kind="stable")
+    batches = -(-len(order) // batch_size)
+    indices = np.full(batches * batch_size, -1, np.int32)
+    indices[: len(order)] = order
+    indices = indices.reshape(batches, batch_size)
+    longest = np.where(indices >= 0, lengths[np.maximum(indices, 0)], 0).max(axis=1, initial=0)
+    return BatchPlan(indices, tuple(padded_time(int(n), length_bucket, max_len) for n in longest))
+
+
+def take_batch(examples: dict, indices, time: int) -> dict:
+    """The batch of ``indices`` from ``examples`` (NumPy or JAX arrays alike), padded to ``time`` steps.
+
+    Returns ``tokens <int32>[batch, time]``, ``lengths``, ``labels`` (when the examples have them) and
+    ``weights <float32>[batch]`` (0 for the ``-1`` rows that fill a short batch).
+    """
+    valid = indices >= 0
+    rows = indices * valid  # -1 -> row 0, weighted out
+    batch = {
+        "tokens": examples["tokens"][rows, :time],
+        "lengths": examples["lengths"][rows] * valid,
+        "weights": valid.astype(np.float32),
+    }
+    if "labels" in examples:
+        batch["labels"] = examples["labels"][rows]
+    return batch

@@ -1,0 +1,234 @@
+"""Every checkpoint of the job goes through here: training saves, resume, and prediction's restore.
+
+A work directory holds two orbax managers: ``DIR/checkpoints`` (the latest few) and ``DIR/best`` (the best
+by validation accuracy). Each checkpoint has two items:
+
+* ``state``: the whole train state as a nested tree **by name** (``params/encoder/layers/0/...``,
+  ``opt_state/0/mu/...``, ``step``, ``sums/loss``, ...), built from the state's pytree paths;
+* ``meta`` (JSON): the format version, config, model arguments, vocabulary, data settings
+  (``max_len``, ``length_bucket``, tokenizer), the finished epochs' history, which weights predict
+  (``params`` or the moving average ``ema``), and the name, shape and dtype of every saved array.
+
+Restoring first compares the saved names, shapes and dtypes with those of the state the current code
+builds, so a renamed, reordered or resized parameter is a one-line error instead of a silent mix-up.
+Saves are asynchronous (training goes on while orbax writes) and atomic: orbax writes to a temporary
+folder and renames it when complete, so a run killed while saving keeps its earlier checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from lstm_jax.sentiment.errors import UserError
+
+FORMAT_VERSION = 2
+TOKENIZER = "lowercase-words-v1"  # the tokenizer.py rules; a change of rules gets a new name
+
+
+# ------------------------------------------------------------------------------------------ names
+
+
+def _key_name(key) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _leaf_path(path) -> str:
+    # NNX variables add a trailing ".value" to every parameter's path: drop it, the name says enough.
+    names = [_key_name(key) for key in path]
+    if len(names) > 1 and names[-1] == "value":
+        names = names[:-1]
+    return "/".join(names)
+
+
+def named_leaves(tree) -> dict[str, object]:
+    """``{"params/embed/embedding": leaf, ...}``: every leaf of a pytree under its path."""
+    leaves = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        leaves[_leaf_path(path)] = leaf
+    return leaves
+
+
+def _nest(flat: dict[str, object]) -> dict:
+    nested: dict = {}
+    for name, leaf in flat.items():
+        *parents, last = name.split("/")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[last] = leaf
+    return nested
+
+
+def _flatten(nested: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for name, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}/"))
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
+def signature(tree) -> dict[str, list]:
+    """``{name: [shape, dtype]}`` of every leaf: what meta records and restore compares."""
+    return {name: [list(leaf.shape), str(leaf.dtype)] for name, leaf in named_leaves(tree).items()}
+
+
+def check_compatible(saved: dict, wanted: dict, where: str) -> None:
+    """A one-line error naming the first differences between two signatures."""
+    missing, unexpected = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    different = [f"{n} {saved[n]} != {wanted[n]}" for n in sorted(set(saved) & set(wanted)) if saved[n] != wanted[n]]
+    problems = (
+        [f"missing {', '.join(missing[:3])}"] * bool(missing)
+        + [f"unexpected {', '.join(unexpected[:3])}"] * bool(unexpected)
+        + [f"changed {', '.join(different[:3])}"] * bool(different)
+    )
+    if problems:
+        raise UserError(
+            f"{where} does not match the model this code builds ({'; '.join(problems)}); "
+            "use the lstm_jax version that wrote it, or retrain in a new --workdir"
+        )
+
+
+# ------------------------------------------------------------------------------------------ managers
+
+
+def _manager(directory: Path, read_only: bool = False, **options) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=not read_only,
+            **options,
+        ),
+    )
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, what: str, **items):
+    """Some items of a checkpoint; a damaged one is a UserError naming it, not an orbax traceback."""
+    try:
+        return manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # orbax raises many kinds for damaged folders
+        detail = str(error).splitlines()[0][:200] if str(error) else ""
+        raise UserError(
+            f"the {what} of checkpoint {step} in {manager.directory} are unreadable or incomplete "
+            f"({type(error).__name__}: {detail}); choose another step or retrain"
+        ) from None
+
+
+def check_version(meta, where: str) -> None:
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{where} has format version {version}, this lstm_jax reads version {FORMAT_VERSION}; "
+            "retrain with this version or use the lstm_jax that wrote it"
+        )
+
+
+class Checkpoints:
+    """The checkpoints of one work directory: ``latest`` (the last few) and ``best`` (by validation accuracy)."""
+
+    def __init__(self, workdir: str | Path, keep: int = 2, read_only: bool = False):
+        self.workdir = Path(workdir)
+        self.latest = _manager(self.workdir / "checkpoints", read_only, max_to_keep=keep)
+        self.best = _manager(
+            self.workdir / "best", read_only, max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max"
+        )
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def read_meta(self, step: int, manager: ocp.CheckpointManager | None = None) -> dict:
+        """The JSON item alone; a clear error for a checkpoint that is not ours or not whole."""
+        manager = manager or self.latest
+        meta = _restore(manager, step, "metadata", meta=ocp.args.JsonRestore()).meta
+        check_version(meta, f"checkpoint {step} in {manager.directory}")
+        return meta
+
+    def save(self, step: int, state, meta: dict, val_accuracy: float | None = None) -> None:
+        """Starts an asynchronous save of ``state`` to ``latest`` and, when ``val_accuracy`` is given, to ``best``.
+
+        ``best`` is written (and awaited) first: a run killed between the two then replays the epoch from
+        the older ``latest`` and writes ``best`` again, never the reverse.
+        """
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(_nest(named_leaves(state))),
+            meta=ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION, "arrays": signature(state)}),
+        )
+        if val_accuracy is not None and step not in self.best.all_steps():
+            self.best.wait_until_finished()
+            self.best.save(step, args=args, metrics={"val_accuracy": val_accuracy}, force=True)
+            self.best.wait_until_finished()
+        if step not in self.latest.all_steps():
+            self.latest.wait_until_finished()  # one save in flight at a time keeps memory flat
+            self.latest.save(step, args=args, force=True)
+
+    def restore(self, step: int, like, manager: ocp.CheckpointManager | None = None):
+        """The state saved at ``step``, in the structure (and shardings) of the pytree ``like``."""
+        manager = manager or self.latest
+        meta = self.read_meta(step, manager)
+        where = f"checkpoint {step} in {manager.directory}"
+        check_compatible(meta.get("arrays", {}), signature(like), where)
+        wanted = named_leaves(like)
+        abstract = {
+            name: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
+            for name, leaf in wanted.items()
+        }
+        restored = _flatten(_restore(manager, step, "arrays", state=ocp.args.StandardRestore(_nest(abstract))).state)
+        leaves = [restored[name] for name in wanted]  # named_leaves keeps the pytree's leaf order
+        return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def find(workdir: str | Path, step: int | None = None) -> tuple[Checkpoints, ocp.CheckpointManager, int]:
+    """For prediction: the best checkpoint (else the latest), or the one with ``step``, opened read-only."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise UserError(f"workdir {workdir} does not exist; train first: python train.py --workdir {workdir}")
+    if not (workdir / "best").is_dir() and not (workdir / "checkpoints").is_dir():
+        raise UserError(f"no checkpoint in {workdir}; train first: python train.py --workdir {workdir}")
+    run = Checkpoints(workdir, read_only=True)
+    managers = [m for m in (run.best, run.latest) if m.directory.is_dir()]
+    for manager in managers:
+        steps = manager.all_steps()
+        if step is None and steps:
+            return run, manager, (manager.best_step() if manager is run.best else None) or max(steps)
+        if step is not None and step in steps:
+            return run, manager, step
+    available = sorted({s for m in managers for s in m.all_steps()})
+    if step is not None and available:
+        raise UserError(f"no checkpoint for step {step} in {workdir}; available steps: {available}")
+    raise UserError(f"no checkpoint in {workdir}; train first: python train.py --workdir {workdir}")
+
+
+def restore_weights(run: Checkpoints, manager: ocp.CheckpointManager, step: int, like, item: str):
+    """Only the inference weights (``item`` = ``params`` or ``ema`` of the state) into a tree like ``like``.
+
+    The whole state is read by the names and shapes ``meta`` records (the optimizer's few MB included), so
+    prediction never needs to rebuild the optimizer that wrote it.
+    """
+    meta = run.read_meta(step, manager)
+    saved = meta.get("arrays", {})
+    weights = {k.removeprefix(item + "/"): v for k, v in saved.items() if k.startswith(item + "/")}
+    check_compatible(weights, signature(like), f"checkpoint {step} in {manager.directory}")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = {name: jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=device) for name, (shape, dtype)
+                in saved.items()}  # fmt: skip
+    restored = _flatten(_restore(manager, step, "parameters", state=ocp.args.StandardRestore(_nest(abstract))).state)
+    leaves = [restored[f"{item}/{name}"] for name in named_leaves(like)]
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)

@@ -1,0 +1,34 @@
+"""What both entry points share: flag parsing (a bad flag is one line on stderr and exit code 2, not a
+traceback) and JAX's persistent compilation cache."""
+
+import sys
+from pathlib import Path
+
+import jax
+from absl import flags
+
+from lstm_jax.sentiment.data import default_cache_dir
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with its errors (unknown config keys, wrong types, missing config files) made short."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:  # ml_collections: a key the config does not have
+        key = str(error).strip("'\"")
+        message = f"unknown config key {key!r}; see the config file for the keys it accepts"
+    except flags.Error as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = "; ".join(lines[:1] + [line for line in lines if "Errno" in line][:1])
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache, so a second run of the same job skips compiling ("off" = none)."""
+    if directory == "off":
+        return
+    path = Path(directory or default_cache_dir() / "jax").expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # our steps compile in < 1 s each
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

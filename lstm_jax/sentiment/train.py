@@ -1,0 +1,401 @@
+"""Training and evaluation of the sentiment classifier (library; the command line is ../../train.py).
+
+The whole run is one pytree, :class:`TrainState` (parameters, optimizer state, moving average, step, the
+epoch's position and metric sums, dropout key), taken and returned by the module-level jitted
+:func:`train_step` (which donates it) and read by :func:`eval_step`. The encoded data sit on the devices
+from the start; each step gathers its batch there from an index plan (:mod:`.batching`), so the host
+sends nothing per step. ``train_and_evaluate`` reads like Flax's sst2 example: create the state (or
+restore it), then ``train_epoch`` / ``evaluate`` / checkpoint until done, then test.
+
+Data parallelism: every device holds the data and the parameters (replicated); the batch indices are
+sharded over a ``Mesh`` of all devices (axis ``data``), so each device gathers and runs its share of the
+batch and XLA inserts the gradient all-reduce. One device is the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from time import perf_counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from lstm_jax.sentiment import batching
+from lstm_jax.sentiment import checkpoints as ckpt
+from lstm_jax.sentiment import data as data_lib
+from lstm_jax.sentiment.cli import enable_compilation_cache
+from lstm_jax.sentiment.config import check_resumable, validate
+from lstm_jax.sentiment.embeddings import ppmi_svd_embeddings
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.model import build_model, model_kwargs
+from lstm_jax.sentiment.reporting import RunReport
+from lstm_jax.sentiment.tokenizer import Vocabulary
+
+SUMS = ("loss", "correct", "count", "nonfinite")  # what a step adds up; divided by count when reported
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree (saved and restored by name)."""
+
+    step: jax.Array  # <int32>[]: optimizer steps taken in the whole run
+    epoch: jax.Array  # <int32>[]: finished epochs
+    batch: jax.Array  # <int32>[]: batches already taken in the current epoch
+    params: nnx.State  # the model's parameters
+    opt_state: optax.OptState
+    ema: nnx.State | None  # moving average of the parameters (ema_decay > 0), else None
+    sums: dict[str, jax.Array]  # the current epoch's running sums, keys SUMS
+    dropout_key: jax.Array  # <uint32>[2]; step s draws its dropout from fold_in(dropout_key, s)
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def inference_weights(self) -> nnx.State:
+        """The weights evaluated and used for prediction: the moving average when there is one."""
+        return self.ema if self.ema is not None else self.params
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    learning_rate = config.learning_rate
+    if config.schedule == "cosine":
+        total = max(1, config.num_epochs * steps_per_epoch)
+        warmup = int(config.warmup_epochs * steps_per_epoch)
+        learning_rate = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total)
+    if config.weight_decay > 0:
+        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = optax.adam(learning_rate)
+    if config.grad_clip_norm > 0:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    return optimizer
+
+
+def zero_sums() -> dict[str, jax.Array]:
+    return {name: jnp.zeros((), jnp.float32) for name in SUMS}
+
+
+def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh, embeddings=None) -> TrainState:
+    """A fresh state, built in one jitted call (eager initialisation costs hundreds of small dispatches).
+
+    ``embeddings <float32>[vocab, dim]``, when given, replace every embedding table, rescaled to its
+    initial standard deviation.
+    """
+    tx = make_optimizer(config, steps_per_epoch)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(kwargs, nnx.Rngs(params=config.seed))))
+
+    def init(embeddings):
+        model = build_model(kwargs, nnx.Rngs(params=config.seed))
+        if embeddings is not None:
+            for embed in model.embeddings():
+                scale = jnp.std(embed.embedding[...]) / jnp.maximum(jnp.std(embeddings), 1e-8)
+                embed.embedding[...] = embeddings * scale
+        params = nnx.state(model)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            epoch=jnp.zeros((), jnp.int32),
+            batch=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema=params if config.ema_decay > 0 else None,
+            sums=zero_sums(),
+            dropout_key=jax.random.PRNGKey(config.seed),
+            graphdef=graphdef,
+            tx=tx,
+            ema_decay=config.ema_decay,
+        )
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(embeddings)
+
+
+def batch_sums(member_logits, labels, weights) -> dict[str, jax.Array]:
+    """Sums over a batch; ``member_logits <[members, batch]>``. Each member's own loss, averaged over members;
+    the accuracy is that of the averaged logit."""
+    losses = optax.sigmoid_binary_cross_entropy(member_logits, labels.astype(jnp.float32)).mean(axis=0)
+    correct = ((member_logits.mean(axis=0) > 0) == (labels == 1)).astype(jnp.float32)
+    return {"loss": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+@functools.partial(jax.jit, static_argnames="time", donate_argnames="state")
+def train_step(state: TrainState, examples: dict, order: jax.Array, time: int) -> TrainState:
+    """One optimizer step on batch ``state.batch`` of the epoch's ``order <int32>[batches, batch_size]``."""
+    batch = batching.take_batch(examples, order[state.batch], time)
+    dropout = nnx.Rngs(dropout=jax.random.fold_in(state.dropout_key, state.step))
+
+    def loss_fn(params):
+        model = nnx.merge(state.graphdef, params)
+        sums = batch_sums(model.member_logits(batch["tokens"], batch["lengths"], rngs=dropout), batch["labels"],
+                          batch["weights"])  # fmt: skip
+        return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A diverged update can leave a finite loss this step but NaN parameters: count both.
+    sums["nonfinite"] = 1.0 - (jnp.isfinite(sums["loss"]) & _all_finite(params)).astype(jnp.float32)
+    ema = state.ema
+    if ema is not None:
+        ema = jax.tree.map(lambda e, p: state.ema_decay * e + (1.0 - state.ema_decay) * p, ema, params)
+    return state.replace(
+        step=state.step + 1,
+        batch=state.batch + 1,
+        params=params,
+        opt_state=opt_state,
+        ema=ema,
+        sums=jax.tree.map(jnp.add, state.sums, sums),
+    )
+
+
+@functools.partial(jax.jit, static_argnames="time")
+def eval_step(state: TrainState, sums: dict, examples: dict, indices: jax.Array, time: int) -> dict:
+    """Adds one evaluation batch (``indices <int32>[batch_size]``) to ``sums``."""
+    batch = batching.take_batch(examples, indices, time)
+    model = nnx.merge(state.graphdef, state.inference_weights())
+    logits = model.member_logits(batch["tokens"], batch["lengths"])
+    return jax.tree.map(jnp.add, sums, {**batch_sums(logits, batch["labels"], batch["weights"]), "nonfinite": 0.0})
+
+
+@functools.partial(jax.jit, donate_argnames="state")
+def next_epoch(state: TrainState) -> TrainState:
+    return state.replace(epoch=state.epoch + 1, batch=jnp.zeros((), jnp.int32), sums=zero_sums())
+
+
+@dataclasses.dataclass
+class DeviceSplit:
+    """One encoded split on the devices, with what the host needs to plan its batches."""
+
+    examples: dict  # tokens <int32>[n, max_len], lengths, labels: replicated on every device
+    lengths: np.ndarray  # host copy, for planning
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds in full (works for one or many processes)."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def device_split(vocabulary: Vocabulary, split: data_lib.Split, max_len: int, mesh: Mesh) -> DeviceSplit:
+    tokens, lengths = vocabulary.encode(split.texts, max_len)
+    arrays = {"tokens": tokens, "lengths": lengths, "labels": np.asarray(split.labels, np.int32)}
+    return DeviceSplit({k: put(v, NamedSharding(mesh, P())) for k, v in arrays.items()}, lengths)
+
+
+class Evaluator:
+    """Evaluates a split; its batches (sorted by length) are planned and sent to the devices once."""
+
+    def __init__(self, split: DeviceSplit, config, mesh: Mesh):
+        plan = batching.plan_batches(split.lengths, config.eval_batch_size, config.length_bucket, config.max_len)
+        sharding = NamedSharding(mesh, P("data"))
+        self.split, self.batches = split, [(put(row, sharding), time) for row, time in zip(plan.indices, plan.time)]
+
+    def __call__(self, state: TrainState) -> dict:
+        sums = zero_sums()
+        for indices, time in self.batches:
+            sums = eval_step(state, sums, self.split.examples, indices, time)
+        sums = jax.device_get(sums)
+        count = max(float(sums["count"]), 1.0)
+        return {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def checked_sums(state: TrainState) -> dict[str, float]:
+    """Fetches the epoch's sums; a non-finite loss or parameter stops training before anything bad is saved."""
+    sums = {name: float(value) for name, value in jax.device_get(state.sums).items()}
+    if sums["nonfinite"] or not math.isfinite(sums["loss"]):
+        raise NonFiniteLoss(
+            f"the training loss or parameters became non-finite by step {int(state.step)}; "
+            "the last good checkpoint is kept. Lower --config.learning_rate or set --config.grad_clip_norm"
+        )
+    return sums
+
+
+def train_epoch(state: TrainState, split: DeviceSplit, config, mesh: Mesh, save, stop, show: bool) -> TrainState:
+    """Runs the rest of the current epoch (from ``state.batch``), calling ``save(state)`` every
+    ``checkpoint_every_steps`` steps; returns early, mid-epoch, when ``stop.requested``."""
+    epoch, first, step = int(state.epoch), int(state.batch), int(state.step)
+    order = epoch_order(config.seed, epoch, len(split))
+    plan = batching.plan_batches(split.lengths, config.batch_size, config.length_bucket, config.max_len, order)
+    indices = put(plan.indices, NamedSharding(mesh, P(None, "data")))
+    bar = tqdm(range(first, len(plan)), desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=first,
+               total=len(plan), disable=None if show else True, leave=False)  # fmt: skip
+    for index in bar:
+        if stop.requested:
+            break
+        state = train_step(state, split.examples, indices, plan.time[index])
+        step += 1
+        if step % config.checkpoint_every_steps == 0 and index + 1 < len(plan):
+            checked_sums(state)
+            save(state)
+    bar.close()
+    return state
+
+
+def finished_early(history: list[dict], patience: int) -> bool:
+    if not patience or len(history) <= patience:
+        return False
+    best_epoch = max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
+    return len(history) - 1 - best_epoch >= patience
+
+
+def maybe_initialize_distributed(config) -> None:
+    if config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+
+
+def train_and_evaluate(config, workdir: str | Path) -> dict:
+    """Trains (or resumes) the run in ``workdir``, evaluates the test split once, returns the final metrics."""
+    validate(config)
+    enable_compilation_cache(config.compilation_cache_dir)
+    maybe_initialize_distributed(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    log = print if is_main else (lambda *args, **kwargs: None)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    for name in ("batch_size", "eval_batch_size"):
+        if config[name] % mesh.size:
+            raise UserError(f"{name} {config[name]} does not divide by the {mesh.size} devices; "
+                            f"use a multiple of {mesh.size} (--config.{name})")  # fmt: skip
+
+    run = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
+    resume_step = run.latest_step()
+    meta = run.read_meta(resume_step) if resume_step is not None else None
+    if meta is not None:
+        check_resumable(config, meta["config"], workdir)
+
+    splits = data_lib.load_splits(config)
+    vocabulary = Vocabulary.from_json(meta["vocabulary"]) if meta else Vocabulary.fit(splits.train.texts,
+                                                                                        config.vocab_size)
+    train, validation, test = (device_split(vocabulary, s, config.max_len, mesh)
+                               for s in (splits.train, splits.validation, splits.test))  # fmt: skip
+    log(f"data {config.dataset}: train {len(train)}, validation {len(validation)}, test {len(test)}; "
+        f"vocabulary {vocabulary.size} ids; {mesh.size} device(s)")  # fmt: skip
+
+    kwargs = model_kwargs(config, vocabulary.size)
+    embeddings = None
+    if config.embedding_init == "ppmi_svd" and meta is None:  # a resumed run restores its embeddings instead
+        tokens, _ = vocabulary.encode(splits.train.texts, config.max_len)
+        embeddings = ppmi_svd_embeddings(tokens, vocabulary.size, config.embedding_dim, seed=config.seed)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    state = create_train_state(config, kwargs, steps_per_epoch, mesh, embeddings)
+    history: list[dict] = []
+    if meta is not None:
+        state, history = run.restore(resume_step, state), meta["history"]
+        log(f"resumed from step {resume_step} (epoch {int(state.epoch) + 1}, batch {int(state.batch)})")
+
+    def save(state, val_accuracy=None):
+        meta = {
+            "config": config.to_dict(),
+            "model_kwargs": kwargs,
+            "vocabulary": vocabulary.to_json(),
+            "data": {"max_len": config.max_len, "length_bucket": config.length_bucket, "tokenizer": ckpt.TOKENIZER},
+            "history": report.history,
+            "inference_item": "ema" if state.ema is not None else "params",
+        }
+        run.save(int(state.step), state, meta, val_accuracy)
+
+    report = RunReport(workdir, history, enabled=is_main, tensorboard=config.tensorboard)
+    validate_split, test_split = Evaluator(validation, config, mesh), Evaluator(test, config, mesh)
+    stop = StopRequest()
+    try:
+        while (int(state.epoch) < config.num_epochs and not stop.requested
+               and not finished_early(history, config.early_stopping_patience)):  # fmt: skip
+            start = perf_counter()
+            state = train_epoch(state, train, config, mesh, save, stop, show=is_main)
+            if stop.requested:
+                break
+            sums, val = checked_sums(state), validate_split(state)
+            state = next_epoch(state)
+            entry = {"epoch": int(state.epoch), "step": int(state.step),
+                     "train_loss": sums["loss"] / max(sums["count"], 1.0),
+                     "train_accuracy": sums["correct"] / max(sums["count"], 1.0),
+                     "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                     "epoch_seconds": perf_counter() - start}  # fmt: skip
+            report.add_epoch(entry)
+            improved = all(val["accuracy"] > h["val_accuracy"] for h in history[:-1])
+            save(state, val_accuracy=val["accuracy"] if improved else None)
+            log(f"epoch {entry['epoch']:3d}/{config.num_epochs}  train loss {entry['train_loss']:.4f}  "
+                f"train acc {100 * entry['train_accuracy']:.2f}%  val loss {entry['val_loss']:.4f}  "
+                f"val acc {100 * entry['val_accuracy']:.2f}%  ({entry['epoch_seconds']:.1f}s)")  # fmt: skip
+    finally:
+        stop.release()
+    if stop.requested:
+        checked_sums(state)
+        save(state)
+        run.wait()
+        run.close()
+        report.finish()
+        print(f"interrupted: saved step {int(state.step)} in {workdir}; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        raise KeyboardInterrupt
+    if finished_early(history, config.early_stopping_patience):
+        log(f"early stopping: no better validation accuracy for {config.early_stopping_patience} epochs")
+    return test_and_finish(state, config, run, report, test_split, log)
+
+
+def test_and_finish(state: TrainState, config, run: ckpt.Checkpoints, report: RunReport, evaluate, log) -> dict:
+    """Evaluates the test split once (on the best validation checkpoint, or the last), writes the final logs."""
+    run.wait()
+    test_step = int(state.step)
+    if config.test_checkpoint == "best" and run.best.best_step() is not None:
+        test_step = run.best.best_step()
+        state = run.restore(test_step, state, manager=run.best)
+    test = evaluate(state)
+    final = {
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "test_checkpoint_step": test_step,
+        "best_val_accuracy": max((h["val_accuracy"] for h in report.history), default=None),
+    }
+    run.close()
+    report.finish(final)
+    log(f"Test loss {test['loss']:.4f} (checkpoint step {test_step})")
+    log(f"Accuracy: {100 * test['accuracy']:.2f}%")
+    return final
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) asks the loop to stop after the current step; a second Ctrl-C interrupts at once.
+
+    A flag rather than KeyboardInterrupt, because libraries on the path (checkpointing, plotting) may swallow
+    the exception or be left half-way by it.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def release(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
