@@ -2,7 +2,6 @@
 and every bad input of the command-line tools."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from conftest import ROOT, load_config
 
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.predict import find_checkpoint, load_predictor, predict_file
+from lstm_jax.sentiment.predict import load_predictor, predict_file
 from lstm_jax.sentiment.train import NonFiniteLoss, train_and_evaluate
 
 REVIEWS = [
@@ -46,9 +45,9 @@ def smoke_args(review_files, workdir, *extra):
 
 def final_state(workdir):
     """(parameter leaves of the latest checkpoint, final metrics line) of a finished run."""
-    manager = ckpt.RunCheckpoints(workdir).latest
-    step = manager.latest_step()
-    meta = ckpt.read_meta(manager, step)
+    run = ckpt.Checkpoints(workdir, read_only=True)
+    step = run.latest_step()
+    meta = run.read_meta(step)
     predictor = load_predictor(workdir, step=step)
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
     return [np.asarray(x) for x in jax.tree.leaves(predictor._params)], json.loads(lines[-1]), meta
@@ -65,35 +64,63 @@ def test_training_learns_and_writes_its_outputs(trained_workdir):
     assert final["test_accuracy"] >= 0.75  # the sentiment words make this easy
     assert (trained_workdir / "training_curves.png").stat().st_size > 1000
     assert list((trained_workdir / "tensorboard").glob("events.out.tfevents.*"))
-    meta = ckpt.read_meta(ckpt.RunCheckpoints(trained_workdir).best, find_checkpoint(trained_workdir)[1])
+    run, manager, step = ckpt.find(trained_workdir)
+    assert manager is run.best
+    meta = run.read_meta(step, manager)
     assert meta["vocabulary"][:1] and meta["model_kwargs"]["vocab_size"] == len(meta["vocabulary"]) + 2
+    assert meta["data"] == {"max_len": 12, "length_bucket": 16, "tokenizer": ckpt.TOKENIZER}
+    assert "params/embed/embedding" in meta["arrays"] and "opt_state/0/mu/embed/embedding" in meta["arrays"]
 
 
-def test_every_parameter_changes_in_one_step(review_files, tmp_path):
-    train, test = review_files
-    from flax import nnx
+def tiny_state(config, vocab_size=50):
+    from jax.sharding import Mesh
 
-    from lstm_jax.sentiment import train as train_lib
+    from lstm_jax.sentiment.model import model_kwargs
+    from lstm_jax.sentiment.train import create_train_state
 
-    config = load_config(train_path=str(train), test_path=str(test), bidirectional=True, num_layers=2)
-    model = train_lib.create_model({**train_lib.model_kwargs(config, 50)}, seed=0)
-    optimizer = nnx.Optimizer(model, train_lib.make_optimizer(config, 10), wrt=nnx.Param)
-    train_step, _ = train_lib.make_steps(model, optimizer, seed=0)
-    before = jax.tree.map(np.asarray, nnx.state(model))
-    rng = np.random.default_rng(0)
-    batch = {
-        "tokens": rng.integers(0, 50, (8, 12)).astype(np.int32),
-        "lengths": rng.integers(1, 13, 8).astype(np.int32),
-        "labels": rng.integers(0, 2, 8).astype(np.int32),
-        "weights": np.ones(8, np.float32),
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    return create_train_state(config, model_kwargs(config, vocab_size), 10, mesh)
+
+
+def tiny_examples(count=8, time=12, vocab_size=50, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "tokens": rng.integers(2, vocab_size, (count, time)).astype(np.int32),
+        "lengths": rng.integers(1, time + 1, count).astype(np.int32),
+        "labels": rng.integers(0, 2, count).astype(np.int32),
     }
-    params, _, _, metrics = train_step(nnx.state(model), nnx.state(optimizer), None, batch, 0)
-    for path, old, new in zip(
-        jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(before), jax.tree.leaves(params)
-    ):
-        if old.dtype.kind == "f":
-            assert not np.array_equal(old, np.asarray(new)), f"{jax.tree_util.keystr(path[0])} did not change"
-    assert float(metrics["count"]) == 8
+
+
+def test_every_parameter_changes_in_one_step(review_files):
+    from lstm_jax.sentiment.train import train_step
+
+    config = load_config(bidirectional=True, num_layers=2, ema_decay=0.5)
+    state = tiny_state(config)
+    before = jax.tree.map(np.asarray, ckpt.named_leaves(state))
+    order = np.arange(8, dtype=np.int32)[None]
+    state = train_step(state, tiny_examples(), order, 12)
+    after = ckpt.named_leaves(state)
+    for name, old in before.items():
+        if name.startswith(("params/", "ema/")):
+            assert not np.array_equal(old, np.asarray(after[name])), f"{name} did not change"
+    assert int(state.step) == 1 and int(state.batch) == 1 and float(state.sums["count"]) == 8
+
+
+def test_train_step_compiles_once_per_padded_length():
+    from lstm_jax.sentiment import batching
+    from lstm_jax.sentiment.train import train_step
+
+    config = load_config()
+    state = tiny_state(config)
+    examples = tiny_examples(count=64)
+    before = train_step._cache_size()
+    for epoch in range(2):
+        order = np.random.default_rng(epoch).permutation(64)
+        plan = batching.plan_batches(examples["lengths"], 8, 4, 12, order)
+        for time in plan.time:
+            state = train_step(state, examples, plan.indices, time)
+        state = state.replace(batch=np.int32(0))
+    assert 1 <= train_step._cache_size() - before <= len(batching.bucket_sizes(4, 12))
 
 
 def test_sigkill_at_any_moment_then_rerun_gives_the_same_result(review_files, tmp_path):
@@ -147,7 +174,7 @@ def test_ctrl_c_saves_and_the_rerun_finishes(review_files, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert b"rerun the same command to resume" in stderr and b"Traceback" not in stderr
-    saved = ckpt.RunCheckpoints(workdir).latest.latest_step()
+    saved = ckpt.Checkpoints(workdir, read_only=True).latest_step()
     assert saved is not None and saved >= 8
     finished = run_tool(
         *smoke_args(review_files, workdir, "--config.num_epochs=50", "--config.early_stopping_patience=2")
@@ -177,8 +204,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(review_files, 
     config = load_config(train_path=str(train), test_path=str(test), num_epochs=4)
     with pytest.raises(NonFiniteLoss, match="non-finite by step 6"):
         train_and_evaluate(config, tmp_path)
-    manager = ckpt.RunCheckpoints(tmp_path).latest
-    assert manager.all_steps() == [3]  # saved before the divergence; nothing after it
+    assert ckpt.Checkpoints(tmp_path, read_only=True).latest.all_steps() == [3]  # saved before the divergence
     predictor = load_predictor(tmp_path, step=3)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(predictor._params))
 
@@ -215,7 +241,9 @@ def test_resuming_with_a_different_config_is_refused(trained_workdir, review_fil
         ("--config.bogus=1", "unknown config key 'bogus'"),
         ("--config.num_epochs=many", "--config.num_epochs=many"),
         ("--config=configs/missing.py", "config file configs/missing.py does not exist"),
-        ("--config.cell=transformer", "invalid model settings: unknown cell 'transformer'"),
+        ("--config.cell=transformer", "--config.cell='transformer' is not one of lstm, peephole_lstm"),
+        ("--config.batch_size=0", "--config.batch_size=0 must be >= 1"),
+        ("--config.dropout_rate=1.5", "--config.dropout_rate=1.5 must be in [0, 1)"),
     ],
 )
 def test_bad_config_flags_are_one_line_errors(flag, message, tmp_path, review_files):
@@ -291,10 +319,10 @@ def test_predict_truncates_a_ten_megabyte_line(trained_workdir, tmp_path):
 
 
 def test_predict_step_selection(trained_workdir):
-    steps = ckpt.RunCheckpoints(trained_workdir).latest.all_steps()
-    assert find_checkpoint(trained_workdir, steps[-1])[1] == steps[-1]
+    steps = ckpt.Checkpoints(trained_workdir, read_only=True).latest.all_steps()
+    assert ckpt.find(trained_workdir, steps[-1])[2] == steps[-1]
     with pytest.raises(UserError, match="no checkpoint for step 99999"):
-        find_checkpoint(trained_workdir, 99999)
+        ckpt.find(trained_workdir, 99999)
 
 
 def _copy_run(trained_workdir, tmp_path):
@@ -307,13 +335,13 @@ def _copy_run(trained_workdir, tmp_path):
 
 def _corrupt_params(workdir):
     for path in (workdir / "best").rglob("*"):
-        if path.is_file() and "params" in path.parts and path.stat().st_size > 0:
+        if path.is_file() and "state" in path.parts and path.stat().st_size > 0:
             path.write_bytes(b"\x00garbage")
 
 
 def _partial_checkpoint(workdir):
     for path in (workdir / "best").rglob("*"):
-        if path.is_file() and "params" in path.parts:
+        if path.is_file() and "state" in path.parts:
             path.unlink()
 
 
@@ -330,7 +358,7 @@ def _old_version(workdir):
     [
         (_corrupt_params, "unreadable or incomplete"),
         (_partial_checkpoint, "unreadable or incomplete"),
-        (_old_version, "format version 0, this lstm_jax reads version 1"),
+        (_old_version, "format version 0, this lstm_jax reads version 2"),
     ],
 )
 def test_damaged_checkpoints_are_clear_errors_and_existing_output_survives(trained_workdir, tmp_path, damage, message):
@@ -381,13 +409,13 @@ def test_bad_prediction_inputs(trained_workdir, tmp_path, case, message):
     stderr = result.stderr.decode().strip()
     assert message in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
     assert not output.exists()
-    assert not list(output.parent.glob(".predictions.txt.*")) if output.parent.exists() else True
+    assert not list(tmp_path.rglob(".predictions.txt.*"))  # no temporary file left anywhere
 
 
 def test_interrupted_prediction_leaves_no_partial_file(trained_workdir, tmp_path, monkeypatch):
     predictor = load_predictor(trained_workdir, batch_size=2)
     source, output = tmp_path / "in.txt", tmp_path / "predictions.txt"
-    source.write_text("good\n" * 10)
+    source.write_text("good\n" * 100)  # 100 statements, predicted 16 at a time (chunks of 8 batches of 2)
     calls = []
 
     def failing_predict(texts, original=predictor.predict):
@@ -402,25 +430,25 @@ def test_interrupted_prediction_leaves_no_partial_file(trained_workdir, tmp_path
     assert not output.exists() and not list(tmp_path.glob(".predictions.txt.*"))
 
 
-def test_length_zero_statements_still_get_a_prediction(trained_workdir):
-    probabilities = load_predictor(trained_workdir).predict(["...", "good"])
-    assert probabilities.shape == (2,) and all(math.isfinite(p) for p in probabilities)
+def test_a_statement_without_words_is_predicted_from_the_bias_alone(trained_workdir):
+    predictor = load_predictor(trained_workdir)
+    probabilities = predictor.predict(["...", "good", "--"])
+    # Length 0: the final LSTM state is the initial zeros, so the logit is the head's bias alone.
+    bias_only = float(jax.nn.sigmoid(predictor.model.head.bias[...][0]))
+    np.testing.assert_allclose(probabilities[[0, 2]], [bias_only, bias_only], rtol=1e-6)
+    assert abs(probabilities[1] - bias_only) > 1e-4
 
 
 def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tmp_path):
     train, test = review_files
     config = load_config(train_path=str(train), test_path=str(test), ema_decay=0.5, num_epochs=2)
     train_and_evaluate(config, tmp_path)
-    run = ckpt.RunCheckpoints(tmp_path)
-    step = run.latest.latest_step()
-    meta = ckpt.read_meta(run.latest, step)
-    assert meta["inference_item"] == "ema"
+    run = ckpt.Checkpoints(tmp_path, read_only=True)
+    step = run.latest_step()
+    assert run.read_meta(step)["inference_item"] == "ema"
     predictor = load_predictor(tmp_path, step=step)
-    from lstm_jax.sentiment.predict import _read_manager
-
-    manager = _read_manager(tmp_path / "checkpoints")
-    raw = ckpt.restore_params(manager, step, predictor._params, "params")
-    averaged = ckpt.restore_params(manager, step, predictor._params, "ema")
+    raw = ckpt.restore_weights(run, run.latest, step, predictor._params, "params")
+    averaged = ckpt.restore_weights(run, run.latest, step, predictor._params, "ema")
     for used, ema in zip(jax.tree.leaves(predictor._params), jax.tree.leaves(averaged)):
         np.testing.assert_array_equal(used, ema)
     assert any(not np.array_equal(e, p) for e, p in zip(jax.tree.leaves(averaged), jax.tree.leaves(raw)))
@@ -439,3 +467,80 @@ def test_an_ensemble_trains_saves_and_predicts_the_mean_of_its_members(review_fi
     np.testing.assert_allclose(
         predictor.predict(["a wonderful film", "awful mess"]), jax.nn.sigmoid(members.mean(axis=0)), atol=1e-6
     )
+
+
+# ------------------------------------------------------------------------------------------ the rebuilt job
+
+
+def test_the_readme_default_config_with_every_option_trains_on_tiny_data(review_files, tmp_path):
+    """configs/default.py (mean+max pooling, PPMI-SVD, word and embedding dropout, early stopping) plus a cosine
+    schedule, weight decay, clipping and EMA, shrunk to tiny data."""
+    train, test = review_files
+    config = load_config(
+        "default", dataset="files", train_path=str(train), test_path=str(test), vocab_size=60, max_len=12,
+        embedding_dim=8, hidden_size=8, batch_size=8, eval_batch_size=16, num_epochs=8, learning_rate=2e-2,
+        schedule="cosine", warmup_epochs=1.0, weight_decay=1e-4, grad_clip_norm=1.0, ema_decay=0.5,
+        early_stopping_patience=2, length_bucket=4,
+    )  # fmt: skip
+    final = train_and_evaluate(config, tmp_path)
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][:-1]
+    assert 3 <= len(history) <= 8 and final["test_accuracy"] >= 0.75
+    best_epoch = max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
+    assert final["test_checkpoint_step"] == history[best_epoch]["step"]  # the first best epoch is tested
+    predictor = load_predictor(tmp_path)
+    assert predictor.length_bucket == 4 and predictor.max_len == 12  # data settings come from the checkpoint
+    probabilities = predictor.predict(["wonderful brilliant", "awful boring"])
+    assert probabilities[0] > 0.5 > probabilities[1]
+
+
+def test_restoring_into_a_model_with_other_names_or_shapes_is_refused(trained_workdir):
+    run = ckpt.Checkpoints(trained_workdir, read_only=True)
+    step = run.latest_step()
+    state = tiny_state(load_config(), vocab_size=run.read_meta(step)["model_kwargs"]["vocab_size"])
+    restored = run.restore(step, state)  # same names and shapes: fine, and the values are the saved ones
+    assert int(restored.step) == step and not np.array_equal(restored.params["head"]["kernel"][...],
+                                                              state.params["head"]["kernel"][...])  # fmt: skip
+    renamed = state.replace(params=nnx_state_with_renamed_head(state.params))
+    with pytest.raises(UserError, match="missing params/classifier/bias, params/classifier/kernel; unexpected params/head/bias"):
+        run.restore(step, renamed)
+    wider = tiny_state(load_config(hidden_size=16), vocab_size=restored.params["embed"]["embedding"].shape[0])
+    with pytest.raises(UserError, match=r"changed opt_state/\S+ \[8, "):
+        run.restore(step, wider)
+
+
+def nnx_state_with_renamed_head(params):
+    """The same arrays with the head under another name: what a refactor of the model would do."""
+    from flax import nnx
+
+    pure = nnx.to_pure_dict(params)
+    pure["classifier"] = pure.pop("head")
+    return nnx.State(pure)
+
+
+def test_training_longer_continues_the_same_run(review_files, tmp_path):
+    extra = ["--config.test_checkpoint=last"]
+    short = run_tool(*smoke_args(review_files, tmp_path / "short", "--config.num_epochs=2", *extra))
+    assert short.returncode == 0, short.stderr.decode()[-2000:]
+    longer = run_tool(*smoke_args(review_files, tmp_path / "short", "--config.num_epochs=3", *extra))
+    assert longer.returncode == 0, longer.stderr.decode()[-2000:]
+    assert b"resumed from step 16 (epoch 3, batch 0)" in longer.stdout
+    whole = run_tool(*smoke_args(review_files, tmp_path / "whole", "--config.num_epochs=3", *extra))
+    for got, want in zip(final_state(tmp_path / "short")[0], final_state(tmp_path / "whole")[0]):
+        np.testing.assert_array_equal(got, want)
+    assert whole.returncode == 0
+    cosine = run_tool(*smoke_args(review_files, tmp_path / "short", "--config.num_epochs=4", "--config.schedule=cosine"))
+    assert cosine.returncode == 2 and b"changed: num_epochs, schedule" in cosine.stderr
+
+
+def test_a_second_run_reuses_the_compilation_cache(review_files, tmp_path):
+    cache = tmp_path / "jax_cache"
+    args = [f"--config.compilation_cache_dir={cache}", "--config.num_epochs=1"]
+    first = run_tool(*smoke_args(review_files, tmp_path / "one", *args))
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) >= 3  # init, train and eval steps at least
+    second = run_tool(*smoke_args(review_files, tmp_path / "two", *args))
+    assert second.returncode == 0 and sorted(p.name for p in cache.iterdir()) == entries  # all hits
+    off = run_tool(*smoke_args(review_files, tmp_path / "three", "--config.compilation_cache_dir=off",
+                               "--config.num_epochs=1", f"--config.cache_dir={tmp_path / 'other'}"))  # fmt: skip
+    assert off.returncode == 0 and not (tmp_path / "other").exists()

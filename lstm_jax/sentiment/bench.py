@@ -85,51 +85,54 @@ def _compiled(jitted, *args):
 
 
 def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", shard=False) -> Runner:
+    """The job's own ``train_step`` (train) or the predictor's forward pass (infer) on one fixed batch."""
     from flax import nnx
 
     from lstm_jax.recurrent import RNN
     from lstm_jax.sentiment.config import base_config
     from lstm_jax.sentiment.model import model_kwargs
-    from lstm_jax.sentiment.train import create_model, make_optimizer, make_steps
+    from lstm_jax.sentiment.train import create_train_state, train_step
 
     config = base_config()
     cell_name, bidirectional = CELL_MODELS[cell]
-    config.update(
-        dict(cell=cell_name, bidirectional=bidirectional, embedding_dim=shape["embed"], hidden_size=shape["hidden"])
-    )
-    config.unroll = unroll
-    model = create_model(model_kwargs(config, shape["vocab"]), seed=0)
-    for _, module in model.iter_modules():
-        if isinstance(module, RNN):
-            module.fused, module.loop = fused, loop
-    tokens, lengths, labels = (jnp.asarray(a) for a in _batch(shape))
-    if shard:  # batch split over all devices, parameters replicated (as training and prediction do)
-        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        tokens, lengths, labels = jax.device_put((tokens, lengths, labels), split)
-        nnx.update(
-            model, jax.device_put(nnx.state(model), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        )
+    config.update(dict(cell=cell_name, bidirectional=bidirectional, embedding_dim=shape["embed"],
+                       hidden_size=shape["hidden"], unroll=unroll, fused_lstm=fused))  # fmt: skip
+    kwargs = model_kwargs(config, shape["vocab"])
+    devices = jax.devices() if shard else jax.devices()[:1]
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    tokens, lengths, labels = _batch(shape)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    state = create_train_state(config, kwargs, 100, mesh)
+    if loop != "scan":
+        model = nnx.merge(state.graphdef, state.params)
+        for _, module in model.iter_modules():
+            if isinstance(module, RNN):
+                module.loop = loop
+        state = state.replace(graphdef=nnx.graphdef(model))
     if workload == "train":
-        optimizer = nnx.Optimizer(model, make_optimizer(config, 100), wrt=nnx.Param)
-        train_step, _ = make_steps(model, optimizer, seed=0)
-        batch = {"tokens": tokens, "lengths": lengths, "labels": labels, "weights": jnp.ones(labels.shape)}
-        state = [nnx.state(model), nnx.state(optimizer)]
-        compiled, seconds = _compiled(train_step, *state, None, batch, 0)
-
-        def run(n):
-            for step in range(n):
-                state[0], state[1], _, metrics = compiled(state[0], state[1], None, batch, step)
-            jax.block_until_ready(metrics["loss"])
-
-    else:
-        graphdef, params = nnx.split(model)
-        forward = jax.jit(lambda params, t, l: jax.nn.sigmoid(nnx.merge(graphdef, params)(t, l)))
-        compiled, seconds = _compiled(forward, params, tokens, lengths)
+        examples = jax.device_put({"tokens": tokens, "lengths": lengths, "labels": labels}, replicated)
+        # A one-batch plan (all rows, in order): JAX clamps out-of-range retrieval indices, so every later
+        # step takes that batch again. What varies between the runners is only the implementation.
+        order = np.arange(shape["batch"], dtype=np.int32)[None]
+        order = jax.device_put(order, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
+        compiled, seconds = _compiled(train_step, state, examples, order, shape["time"])
+        holder = [state]
 
         def run(n):
             for _ in range(n):
-                out = compiled(params, tokens, lengths)
+                holder[0] = compiled(holder[0], examples, order)
+            jax.block_until_ready(holder[0].step)
+
+    else:
+        graphdef = state.graphdef
+        tokens, lengths = jax.device_put((tokens, lengths), split)
+        forward = jax.jit(lambda params, t, l: jax.nn.sigmoid(nnx.merge(graphdef, params)(t, l)))
+        compiled, seconds = _compiled(forward, state.params, tokens, lengths)
+
+        def run(n):
+            for _ in range(n):
+                out = compiled(state.params, tokens, lengths)
             jax.block_until_ready(out)
 
     return Runner(run, seconds, _memory(compiled))

@@ -191,6 +191,7 @@ class Checkpoints:
         self.best.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the saves in flight, then stops orbax's background threads (safe to call twice)."""
         self.latest.close()
         self.best.close()
 

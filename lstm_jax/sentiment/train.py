@@ -140,10 +140,11 @@ def _all_finite(tree) -> jax.Array:
 def train_step(state: TrainState, examples: dict, order: jax.Array, time: int) -> TrainState:
     """One optimizer step on batch ``state.batch`` of the epoch's ``order <int32>[batches, batch_size]``."""
     batch = batching.take_batch(examples, order[state.batch], time)
-    dropout = nnx.Rngs(dropout=jax.random.fold_in(state.dropout_key, state.step))
+    dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
     def loss_fn(params):
         model = nnx.merge(state.graphdef, params)
+        dropout = nnx.Rngs(dropout=dropout_key)  # made inside: NNX RNG counters belong to the trace using them
         sums = batch_sums(model.member_logits(batch["tokens"], batch["lengths"], rngs=dropout), batch["labels"],
                           batch["weights"])  # fmt: skip
         return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
@@ -283,6 +284,13 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                             f"use a multiple of {mesh.size} (--config.{name})")  # fmt: skip
 
     run = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
+    try:  # whatever happens, finish the saves in flight (a half-written one would be lost)
+        return _train_and_evaluate(config, workdir, run, mesh, log, is_main)
+    finally:
+        run.close()
+
+
+def _train_and_evaluate(config, workdir: Path, run: ckpt.Checkpoints, mesh: Mesh, log, is_main: bool) -> dict:
     resume_step = run.latest_step()
     meta = run.read_meta(resume_step) if resume_step is not None else None
     if meta is not None:
@@ -348,7 +356,6 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         checked_sums(state)
         save(state)
         run.wait()
-        run.close()
         report.finish()
         print(f"interrupted: saved step {int(state.step)} in {workdir}; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
@@ -372,7 +379,6 @@ def test_and_finish(state: TrainState, config, run: ckpt.Checkpoints, report: Ru
         "test_checkpoint_step": test_step,
         "best_val_accuracy": max((h["val_accuracy"] for h in report.history), default=None),
     }
-    run.close()
     report.finish(final)
     log(f"Test loss {test['loss']:.4f} (checkpoint step {test_step})")
     log(f"Accuracy: {100 * test['accuracy']:.2f}%")
