@@ -83,7 +83,9 @@ def signature(tree) -> dict[str, list]:
 def check_compatible(saved: dict, wanted: dict, where: str) -> None:
     """A one-line error naming the first differences between two signatures."""
     missing, unexpected = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
-    different = [f"{n} {saved[n]} != {wanted[n]}" for n in sorted(set(saved) & set(wanted)) if saved[n] != wanted[n]]
+    describe = lambda shape_dtype: f"{tuple(shape_dtype[0])} {shape_dtype[1]}"  # noqa: E731
+    different = [f"{n}: saved {describe(saved[n])}, model {describe(wanted[n])}"
+                 for n in sorted(set(saved) & set(wanted)) if saved[n] != wanted[n]]  # fmt: skip
     problems = (
         [f"missing {', '.join(missing[:3])}"] * bool(missing)
         + [f"unexpected {', '.join(unexpected[:3])}"] * bool(unexpected)
