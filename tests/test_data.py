@@ -206,3 +206,26 @@ def test_ppmi_svd_embeddings_put_words_from_the_same_contexts_together():
     assert unit[word["great"]] @ unit[word["superb"]] > unit[word["great"]] @ unit[word["tedious"]]
     assert unit[word["boring"]] @ unit[word["tedious"]] > unit[word["boring"]] @ unit[word["superb"]]
     np.testing.assert_array_equal(vectors, ppmi_svd_embeddings(ids, vocabulary.size, dim=4, window=2))
+
+
+def test_sparse_ppmi_equals_the_dense_definition():
+    from lstm_jax.sentiment.embeddings import _ppmi
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 12, (30, 9))  # 0 padding and 1 unknown included: never counted
+    vocab, window = 12, 3
+    counts = np.zeros((vocab, vocab))
+    for row in ids:
+        for i in range(len(row)):
+            for offset in range(1, window + 1):
+                if i + offset < len(row) and row[i] > 1 and row[i + offset] > 1:
+                    counts[row[i], row[i + offset]] += 1 / offset
+                    counts[row[i + offset], row[i]] += 1 / offset
+    with np.errstate(divide="ignore"):
+        pmi = np.log(counts * counts.sum() / np.outer(counts.sum(1), counts.sum(0)))
+    dense = np.where(pmi > 0, pmi, 0.0)
+    rows, cols, values = _ppmi(ids, vocab, window)
+    sparse = np.zeros((vocab, vocab))
+    sparse[rows, cols] = values
+    np.testing.assert_allclose(sparse, dense, rtol=1e-12)
+    assert np.all(np.diff(rows) >= 0) and np.all(values > 0)
