@@ -146,41 +146,10 @@ class Bidirectional(nnx.Module):
         self.backward_rnn = backward_rnn
 
     def __call__(self, inputs: Array, lengths: Array | None = None):
-        if self._can_run_as_one_loop():
-            forward_outputs, backward_outputs, carries = self._one_loop(inputs, lengths)
-        else:
-            forward_outputs, forward_carry = self.forward_rnn(inputs, lengths)
-            backward_outputs, backward_carry = self.backward_rnn(inputs, lengths)
-            carries = (forward_carry, backward_carry)
-        return jnp.concatenate([forward_outputs, backward_outputs], axis=-1), carries
-
-    def _can_run_as_one_loop(self) -> bool:
-        forward, backward = self.forward_rnn, self.backward_rnn
-        same = (type(forward.cell) is type(backward.cell)) and forward.loop == backward.loop == "scan"
-        same = same and (forward.unroll, forward.fused) == (backward.unroll, backward.fused)
-        shapes = lambda rnn: [(x.shape, x.dtype) for x in jax.tree.leaves(nnx.state(rnn))]  # noqa: E731
-        return same and shapes(forward) == shapes(backward)
-
-    def _one_loop(self, inputs: Array, lengths: Array | None):
-        """Both directions in one scan: the backward direction is the forward one run over the reversed real
-        tokens, so the two become one loop over a leading direction axis (``jax.vmap`` over stacked
-        parameters). Half the sequential steps; the same function as running them one after the other."""
-        time_axis = 0 if self.forward_rnn.time_major else 1
-        time = inputs.shape[time_axis]
-        if lengths is None:
-            lengths = jnp.full((inputs.shape[1 - time_axis],), time, jnp.int32)
-        lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 0, time)
-
-        def flip(x):  # reverse each sequence's real tokens, in the layer's layout
-            x = jnp.moveaxis(x, time_axis, 0)
-            return jnp.moveaxis(reverse_padded(x, lengths), 0, time_axis)
-
-        graphdef, forward_state = nnx.split(self.forward_rnn)
-        stacked = jax.tree.map(lambda f, b: jnp.stack([f, b]), forward_state, nnx.state(self.backward_rnn))
-        run = lambda state, x: nnx.merge(graphdef, state)(x, lengths)  # noqa: E731
-        outputs, carries = jax.vmap(run)(stacked, jnp.stack([inputs, flip(inputs)]))
-        carries = (jax.tree.map(lambda c: c[0], carries), jax.tree.map(lambda c: c[1], carries))
-        return outputs[0], flip(outputs[1]), carries
+        forward_outputs, forward_carry = self.forward_rnn(inputs, lengths)
+        backward_outputs, backward_carry = self.backward_rnn(inputs, lengths)
+        outputs = jnp.concatenate([forward_outputs, backward_outputs], axis=-1)
+        return outputs, (forward_carry, backward_carry)
 
 
 class StackedRNN(nnx.Module):
