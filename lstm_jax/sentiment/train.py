@@ -268,6 +268,36 @@ def maybe_initialize_distributed(config) -> None:
         jax.distributed.initialize()
 
 
+@dataclasses.dataclass
+class Job:
+    """What a run needs beside its train state: settings, data, vocabulary, checkpoints, logs."""
+
+    config: object
+    mesh: Mesh
+    run: ckpt.Checkpoints
+    report: RunReport
+    vocabulary: Vocabulary
+    model_kwargs: dict
+    train: DeviceSplit
+    validate: Evaluator
+    test: Evaluator
+    log: object  # print on the main process, a no-op on the others
+
+    def save(self, state: TrainState, val_accuracy: float | None = None) -> None:
+        config = self.config
+        self.run.save(int(state.step), state, {
+            "config": config.to_dict(),
+            "model_kwargs": self.model_kwargs,
+            "vocabulary": self.vocabulary.to_json(),
+            "data": {"max_len": config.max_len, "length_bucket": config.length_bucket, "tokenizer": ckpt.TOKENIZER},
+            "history": self.report.history,
+            "inference_item": "ema" if state.ema is not None else "params",
+        }, val_accuracy)  # fmt: skip
+
+    def finished_early(self) -> bool:
+        return finished_early(self.report.history, self.config.early_stopping_patience)
+
+
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Trains (or resumes) the run in ``workdir``, evaluates the test split once, returns the final metrics."""
     validate(config)
@@ -275,113 +305,113 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     maybe_initialize_distributed(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    is_main = jax.process_index() == 0
-    log = print if is_main else (lambda *args, **kwargs: None)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % mesh.size:
             raise UserError(f"{name} {config[name]} does not divide by the {mesh.size} devices; "
                             f"use a multiple of {mesh.size} (--config.{name})")  # fmt: skip
-
     run = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
     try:  # whatever happens, finish the saves in flight (a half-written one would be lost)
-        return _train_and_evaluate(config, workdir, run, mesh, log, is_main)
+        job, state = prepare(config, workdir, mesh, run)
+        state = train(job, state)
+        return test_and_finish(job, state)
     finally:
         run.close()
 
 
-def _train_and_evaluate(config, workdir: Path, run: ckpt.Checkpoints, mesh: Mesh, log, is_main: bool) -> dict:
+def prepare(config, workdir: Path, mesh: Mesh, run: ckpt.Checkpoints) -> tuple[Job, TrainState]:
+    """Data on the devices and the train state: fresh, or restored from the latest checkpoint."""
+    is_main = jax.process_index() == 0
+    log = print if is_main else (lambda *args, **kwargs: None)
     resume_step = run.latest_step()
     meta = run.read_meta(resume_step) if resume_step is not None else None
     if meta is not None:
         check_resumable(config, meta["config"], workdir)
-
     splits = data_lib.load_splits(config)
-    vocabulary = Vocabulary.from_json(meta["vocabulary"]) if meta else Vocabulary.fit(splits.train.texts,
-                                                                                        config.vocab_size)
+    if meta is not None:
+        vocabulary = Vocabulary.from_json(meta["vocabulary"])
+    else:
+        vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size)
     train, validation, test = (device_split(vocabulary, s, config.max_len, mesh)
                                for s in (splits.train, splits.validation, splits.test))  # fmt: skip
     log(f"data {config.dataset}: train {len(train)}, validation {len(validation)}, test {len(test)}; "
         f"vocabulary {vocabulary.size} ids; {mesh.size} device(s)")  # fmt: skip
-
-    kwargs = model_kwargs(config, vocabulary.size)
     embeddings = None
     if config.embedding_init == "ppmi_svd" and meta is None:  # a resumed run restores its embeddings instead
         tokens, _ = vocabulary.encode(splits.train.texts, config.max_len)
         embeddings = ppmi_svd_embeddings(tokens, vocabulary.size, config.embedding_dim, seed=config.seed)
-    steps_per_epoch = -(-len(train) // config.batch_size)
-    state = create_train_state(config, kwargs, steps_per_epoch, mesh, embeddings)
-    history: list[dict] = []
+    kwargs = model_kwargs(config, vocabulary.size)
+    state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, embeddings)
     if meta is not None:
-        state, history = run.restore(resume_step, state), meta["history"]
+        state = run.restore(resume_step, state)
         log(f"resumed from step {resume_step} (epoch {int(state.epoch) + 1}, batch {int(state.batch)})")
+    report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard)
+    job = Job(config, mesh, run, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
+              Evaluator(test, config, mesh), log)  # fmt: skip
+    return job, state
 
-    def save(state, val_accuracy=None):
-        meta = {
-            "config": config.to_dict(),
-            "model_kwargs": kwargs,
-            "vocabulary": vocabulary.to_json(),
-            "data": {"max_len": config.max_len, "length_bucket": config.length_bucket, "tokenizer": ckpt.TOKENIZER},
-            "history": report.history,
-            "inference_item": "ema" if state.ema is not None else "params",
-        }
-        run.save(int(state.step), state, meta, val_accuracy)
 
-    report = RunReport(workdir, history, enabled=is_main, tensorboard=config.tensorboard)
-    validate_split, test_split = Evaluator(validation, config, mesh), Evaluator(test, config, mesh)
-    stop = StopRequest()
+def train(job: Job, state: TrainState) -> TrainState:
+    """Epochs until ``num_epochs`` or early stopping; Ctrl-C saves the state and raises KeyboardInterrupt."""
+    config, stop = job.config, StopRequest()
     try:
-        while (int(state.epoch) < config.num_epochs and not stop.requested
-               and not finished_early(history, config.early_stopping_patience)):  # fmt: skip
+        while int(state.epoch) < config.num_epochs and not job.finished_early() and not stop.requested:
             start = perf_counter()
-            state = train_epoch(state, train, config, mesh, save, stop, show=is_main)
-            if stop.requested:
-                break
-            sums, val = checked_sums(state), validate_split(state)
-            state = next_epoch(state)
-            entry = {"epoch": int(state.epoch), "step": int(state.step),
-                     "train_loss": sums["loss"] / max(sums["count"], 1.0),
-                     "train_accuracy": sums["correct"] / max(sums["count"], 1.0),
-                     "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                     "epoch_seconds": perf_counter() - start}  # fmt: skip
-            report.add_epoch(entry)
-            improved = all(val["accuracy"] > h["val_accuracy"] for h in history[:-1])
-            save(state, val_accuracy=val["accuracy"] if improved else None)
-            log(f"epoch {entry['epoch']:3d}/{config.num_epochs}  train loss {entry['train_loss']:.4f}  "
-                f"train acc {100 * entry['train_accuracy']:.2f}%  val loss {entry['val_loss']:.4f}  "
-                f"val acc {100 * entry['val_accuracy']:.2f}%  ({entry['epoch_seconds']:.1f}s)")  # fmt: skip
+            state = train_epoch(state, job.train, config, job.mesh, job.save, stop, show=job.report.enabled)
+            if not stop.requested:
+                state = end_epoch(job, state, perf_counter() - start)
     finally:
         stop.release()
     if stop.requested:
         checked_sums(state)
-        save(state)
-        run.wait()
-        report.finish()
-        print(f"interrupted: saved step {int(state.step)} in {workdir}; rerun the same command to resume",
+        job.save(state)
+        job.run.wait()
+        job.report.finish()
+        print(f"interrupted: saved step {int(state.step)} in {job.run.workdir}; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
         raise KeyboardInterrupt
-    if finished_early(history, config.early_stopping_patience):
-        log(f"early stopping: no better validation accuracy for {config.early_stopping_patience} epochs")
-    return test_and_finish(state, config, run, report, test_split, log)
+    if job.finished_early():
+        job.log(f"early stopping: no better validation accuracy for {config.early_stopping_patience} epochs")
+    return state
 
 
-def test_and_finish(state: TrainState, config, run: ckpt.Checkpoints, report: RunReport, evaluate, log) -> dict:
+def end_epoch(job: Job, state: TrainState, seconds: float) -> TrainState:
+    """Validation, the epoch's log line and history entry, and the epoch-end checkpoint (also ``best`` if better)."""
+    sums, val = checked_sums(state), job.validate(state)
+    state = next_epoch(state)
+    count = max(sums["count"], 1.0)
+    entry = {"epoch": int(state.epoch), "step": int(state.step), "train_loss": sums["loss"] / count,
+             "train_accuracy": sums["correct"] / count, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+             "epoch_seconds": seconds}  # fmt: skip
+    earlier = list(job.report.history)
+    job.report.add_epoch(entry)
+    # The first best epoch stays the best (as early stopping counts from it).
+    improved = all(val["accuracy"] > h["val_accuracy"] for h in earlier)
+    job.save(state, val_accuracy=val["accuracy"] if improved else None)
+    job.log(f"epoch {entry['epoch']:3d}/{job.config.num_epochs}  train loss {entry['train_loss']:.4f}  "
+            f"train acc {100 * entry['train_accuracy']:.2f}%  val loss {entry['val_loss']:.4f}  "
+            f"val acc {100 * entry['val_accuracy']:.2f}%  ({entry['epoch_seconds']:.1f}s)")  # fmt: skip
+    return state
+
+
+def test_and_finish(job: Job, state: TrainState) -> dict:
     """Evaluates the test split once (on the best validation checkpoint, or the last), writes the final logs."""
+    run = job.run
     run.wait()
     test_step = int(state.step)
-    if config.test_checkpoint == "best" and run.best.best_step() is not None:
+    if job.config.test_checkpoint == "best" and run.best.best_step() is not None:
         test_step = run.best.best_step()
         state = run.restore(test_step, state, manager=run.best)
-    test = evaluate(state)
+    test = job.test(state)
     final = {
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "test_checkpoint_step": test_step,
-        "best_val_accuracy": max((h["val_accuracy"] for h in report.history), default=None),
+        "best_val_accuracy": max((h["val_accuracy"] for h in job.report.history), default=None),
     }
-    report.finish(final)
-    log(f"Test loss {test['loss']:.4f} (checkpoint step {test_step})")
-    log(f"Accuracy: {100 * test['accuracy']:.2f}%")
+    job.report.finish(final)
+    job.log(f"Test loss {test['loss']:.4f} (checkpoint step {test_step})")
+    job.log(f"Accuracy: {100 * test['accuracy']:.2f}%")
     return final
 
 
