@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 
@@ -38,7 +39,7 @@ class RunReport:
 
     def __init__(self, workdir: Path, history: list[dict], enabled: bool = True, tensorboard: bool = True):
         self.workdir, self.history, self.enabled = Path(workdir), history, enabled
-        self._writer = None
+        self._writer, self._curves = None, None
         if enabled and tensorboard:
             with _without_torch():
                 from tensorboardX import SummaryWriter
@@ -56,13 +57,21 @@ class RunReport:
                     self._writer.add_scalar(key, value, entry["epoch"])
             self._writer.flush()
 
+    def start_curves(self) -> None:
+        """Draws the curves PNG in a background thread (about half a second: matplotlib's import and Agg), so it
+        overlaps the test evaluation; :meth:`finish` waits for it."""
+        if self.enabled and self.history and self._curves is None:
+            self._curves = threading.Thread(target=self._write_curves, args=(list(self.history),), daemon=True)
+            self._curves.start()
+
     def finish(self, final: dict | None = None) -> None:
         """Writes the final line (when given) and the curves; closes TensorBoard."""
         if not self.enabled:
             return
         self._write_jsonl(final)
-        if self.history:
-            self._write_curves()
+        self.start_curves()
+        if self._curves is not None:
+            self._curves.join()
         if self._writer is not None:
             self._writer.close()
 
@@ -70,22 +79,22 @@ class RunReport:
         lines = [json.dumps(entry) for entry in self.history] + ([json.dumps(final)] if final else [])
         write_atomic(self.workdir / "metrics.jsonl", "".join(line + "\n" for line in lines))
 
-    def _write_curves(self) -> None:
-        import matplotlib
+    def _write_curves(self, history: list[dict]) -> None:
+        # The object API, not pyplot: no global state (safe in a thread), and pyplot's import is the slow part.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        epochs = [entry["epoch"] for entry in self.history]
-        figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        epochs = [entry["epoch"] for entry in history]
+        figure = Figure(figsize=(9, 3.5))
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(1, 2)
         for axis, metric, label in zip(axes, ("loss", "accuracy"), ("binary cross-entropy", "accuracy")):
             for split, name in (("train", "train"), ("val", "validation")):
-                axis.plot(epochs, [entry[f"{split}_{metric}"] for entry in self.history], "o-", label=name)
+                axis.plot(epochs, [entry[f"{split}_{metric}"] for entry in history], "o-", label=name)
             axis.set(xlabel="epoch", ylabel=label, title=metric)
             axis.legend()
             axis.grid(alpha=0.3)
         figure.tight_layout()
         temporary = self.workdir / ".training_curves.tmp.png"
         figure.savefig(temporary, dpi=100)
-        plt.close(figure)
         os.replace(temporary, self.workdir / "training_curves.png")

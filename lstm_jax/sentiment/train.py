@@ -372,6 +372,7 @@ def train(job: Job, state: TrainState) -> TrainState:
         raise KeyboardInterrupt
     if job.finished_early():
         job.log(f"early stopping: no better validation accuracy for {config.early_stopping_patience} epochs")
+    job.report.start_curves()
     return state
 
 
