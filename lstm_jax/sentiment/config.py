@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.test_checkpoint = "best"  # which weights the final test uses: best (by validation accuracy) | last
     # Run.
     config.seed = 0  # initialisation, shuffling and dropout all derive from it
-    config.checkpoint_every_steps = 100  # also checkpoint every this many steps inside an epoch
+    config.checkpoint_every_steps = 500  # also checkpoint every this many steps inside an epoch (each epoch end too)
     config.keep_checkpoints = 2  # most recent checkpoints kept (the best one is kept apart)
     config.distributed = False  # call jax.distributed.initialize() for a multi-host run
     config.tensorboard = True  # write TensorBoard event files to <workdir>/tensorboard

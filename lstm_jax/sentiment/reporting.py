@@ -28,6 +28,11 @@ def _without_torch():
         del sys.modules["torch"]
 
 
+def _import_matplotlib() -> None:
+    from matplotlib import figure  # noqa: F401
+    from matplotlib.backends import backend_agg  # noqa: F401
+
+
 def write_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
@@ -40,6 +45,8 @@ class RunReport:
     def __init__(self, workdir: Path, history: list[dict], enabled: bool = True, tensorboard: bool = True):
         self.workdir, self.history, self.enabled = Path(workdir), history, enabled
         self._writer, self._curves = None, None
+        if enabled:  # import matplotlib (0.3 s) while training runs: the thread mostly waits on XLA, not Python
+            threading.Thread(target=_import_matplotlib, daemon=True).start()
         if enabled and tensorboard:
             with _without_torch():
                 from tensorboardX import SummaryWriter
