@@ -547,3 +547,27 @@ def test_a_second_run_reuses_the_compilation_cache(review_files, tmp_path):
     off = run_tool(*smoke_args(review_files, tmp_path / "three", "--config.compilation_cache_dir=off",
                                "--config.num_epochs=1", f"--config.cache_dir={tmp_path / 'other'}"))  # fmt: skip
     assert off.returncode == 0 and not (tmp_path / "other").exists()
+
+
+def test_validation_and_test_share_arrays_and_compilations():
+    from jax.sharding import Mesh
+
+    from lstm_jax.sentiment import data as data_lib
+    from lstm_jax.sentiment.tokenizer import Vocabulary
+    from lstm_jax.sentiment.train import Evaluator, device_splits, eval_step
+
+    config = load_config(eval_batch_size=4, length_bucket=4)
+    state = tiny_state(config, vocab_size=12)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    vocabulary = Vocabulary([f"w{i}" for i in range(10)])
+    first = data_lib.Split([" ".join(f"w{i % 10}" for i in range(n)) for n in (1, 5, 9, 2, 7)],
+                           np.array([0, 1, 0, 1, 1]))  # fmt: skip
+    second = data_lib.Split([" ".join(f"w{(3 * i) % 10}" for i in range(n)) for n in (6, 3, 11)], np.array([1, 0, 1]))
+    shared = device_splits(vocabulary, [first, second], config.max_len, mesh)
+    assert shared[0].examples is shared[1].examples and shared[1].first_row == 5
+    Evaluator(shared[0], config, mesh)(state)  # padded lengths 8 and 12
+    compiled = eval_step._cache_size()
+    got = Evaluator(shared[1], config, mesh)(state)  # padded length 12 only: compiled already
+    assert eval_step._cache_size() == compiled
+    alone = device_splits(vocabulary, [second], config.max_len, mesh)[0]
+    assert got == pytest.approx(Evaluator(alone, config, mesh)(state), rel=1e-6)

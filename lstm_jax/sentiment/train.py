@@ -186,9 +186,10 @@ def next_epoch(state: TrainState) -> TrainState:
 class DeviceSplit:
     """One encoded split on the devices, with what the host needs to plan its batches."""
 
-    examples: dict  # tokens <int32>[n, max_len], lengths, labels: replicated on every device
-    tokens: np.ndarray  # host copies: tokens for the PPMI embeddings, lengths for planning
+    examples: dict  # tokens <int32>[rows, max_len], lengths, labels: replicated on every device
+    tokens: np.ndarray  # host copies of this split's rows: tokens for the PPMI embeddings, lengths for planning
     lengths: np.ndarray
+    first_row: int = 0  # where this split starts in ``examples`` (splits may share one array)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -199,10 +200,18 @@ def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def device_split(vocabulary: Vocabulary, split: data_lib.Split, max_len: int, mesh: Mesh) -> DeviceSplit:
-    tokens, lengths = vocabulary.encode(split.texts, max_len)
-    arrays = {"tokens": tokens, "lengths": lengths, "labels": np.asarray(split.labels, np.int32)}
-    return DeviceSplit({k: put(v, NamedSharding(mesh, P())) for k, v in arrays.items()}, tokens, lengths)
+def device_splits(vocabulary: Vocabulary, splits: list, max_len: int, mesh: Mesh) -> list[DeviceSplit]:
+    """The splits encoded into one set of arrays on the devices: evaluation steps see one shape for all of
+    them, so each padded length compiles once for validation and test together."""
+    encoded = [vocabulary.encode(split.texts, max_len) for split in splits]
+    arrays = {
+        "tokens": np.concatenate([tokens for tokens, _ in encoded]),
+        "lengths": np.concatenate([lengths for _, lengths in encoded]),
+        "labels": np.concatenate([np.asarray(split.labels, np.int32) for split in splits]),
+    }
+    examples = {name: put(array, NamedSharding(mesh, P())) for name, array in arrays.items()}
+    starts = np.cumsum([0] + [len(split) for split in splits])
+    return [DeviceSplit(examples, tokens, lengths, int(start)) for (tokens, lengths), start in zip(encoded, starts)]
 
 
 class Evaluator:
@@ -210,8 +219,9 @@ class Evaluator:
 
     def __init__(self, split: DeviceSplit, config, mesh: Mesh):
         plan = batching.plan_batches(split.lengths, config.eval_batch_size, config.length_bucket, config.max_len)
+        indices = np.where(plan.indices >= 0, plan.indices + split.first_row, -1).astype(np.int32)
         sharding = NamedSharding(mesh, P("data"))
-        self.split, self.batches = split, [(put(row, sharding), time) for row, time in zip(plan.indices, plan.time)]
+        self.split, self.batches = split, [(put(row, sharding), time) for row, time in zip(indices, plan.time)]
 
     def __call__(self, state: TrainState) -> dict:
         sums = zero_sums()
@@ -335,8 +345,8 @@ def prepare(config, workdir: Path, mesh: Mesh, run: ckpt.Checkpoints) -> tuple[J
         vocabulary = Vocabulary.from_json(meta["vocabulary"])
     else:
         vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size)
-    train, validation, test = (device_split(vocabulary, s, config.max_len, mesh)
-                               for s in (splits.train, splits.validation, splits.test))  # fmt: skip
+    [train] = device_splits(vocabulary, [splits.train], config.max_len, mesh)
+    validation, test = device_splits(vocabulary, [splits.validation, splits.test], config.max_len, mesh)
     log(f"data {config.dataset}: train {len(train)}, validation {len(validation)}, test {len(test)}; "
         f"vocabulary {vocabulary.size} ids; {mesh.size} device(s)")  # fmt: skip
     embeddings = None
