@@ -18,12 +18,13 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 from absl import app, flags, logging  # noqa: E402
 
 from lstm_jax.sentiment.cli import enable_compilation_cache, parse_flags  # noqa: E402
-from lstm_jax.sentiment.errors import UserError, exit_on_user_error  # noqa: E402
-from lstm_jax.sentiment.predict import FORMATS, check_output_path, load_predictor, predict_file  # noqa: E402
+from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm  # noqa: E402
+from lstm_jax.sentiment.files import SafeOutput  # noqa: E402
+from lstm_jax.sentiment.predict import FORMATS, load_predictor, predict_file  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
 _INPUT = flags.DEFINE_string("input", None, "Text file with one statement per line; '-' reads stdin.")
-_OUTPUT = flags.DEFINE_string("output", "predictions.txt", "Where to write the predictions.")
+_OUTPUT = flags.DEFINE_string("output", "predictions.txt", "Where to write the predictions; '-' writes stdout.")
 _FORMAT = flags.DEFINE_enum("format", "txt", FORMATS, "txt (the tutorial's blocks), jsonl or csv.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability of positive at or above which a statement is positive.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the best by validation accuracy).")
@@ -39,17 +40,16 @@ def main(argv):
         raise UserError("--workdir and --input are required, e.g. --workdir checkpoints/default --input reviews.txt")
     if _BATCH_SIZE.value < 1:
         raise UserError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
-    check_output_path(_OUTPUT.value)  # fail before loading anything
+    interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: no partial output, no temporary file
+    SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,))  # refuse a bad output before loading anything
     enable_compilation_cache("")
     predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)
     stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, _THRESHOLD.value)
     notes = [f"{stats['empty_lines']} empty lines skipped"]
     if stats["invalid_utf8_lines"]:
         notes.append(f"{stats['invalid_utf8_lines']} lines had invalid UTF-8 bytes, replaced by U+FFFD")
-    print(
-        f"wrote {stats['statements']} predictions to {Path(_OUTPUT.value).resolve()} ({'; '.join(notes)})",
-        file=sys.stderr,
-    )
+    where = "standard output" if _OUTPUT.value == "-" else Path(_OUTPUT.value).resolve()
+    print(f"wrote {stats['statements']} predictions to {where} ({'; '.join(notes)})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -11,7 +13,8 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main):
-    """Wraps an entry point: UserError -> `error: <message>` on stderr, exit 2; Ctrl-C -> exit 130."""
+    """Wraps an entry point: UserError -> `error: <message>` on stderr, exit 2; an OSError (permissions, a full
+    disk, a file-size limit) -> the same with the system's reason; Ctrl-C or SIGTERM -> exit 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -20,8 +23,23 @@ def exit_on_user_error(main):
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except OSError as error:
+            where = f" ({error.filename})" if error.filename else ""
+            print(f"error: {error.strerror or error}{where}; free space or fix permissions, then rerun",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
 
     return wrapper
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (what schedulers send before preemption) raises KeyboardInterrupt, like Ctrl-C."""
+
+    def handle(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handle)

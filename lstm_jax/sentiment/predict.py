@@ -5,9 +5,10 @@ metadata (no config file) and returns a :class:`Predictor` whose ``predict(texts
 of positive sentiment. ``predict_file`` streams a text file (one statement per line) through it in batches
 and writes the predictions to a temporary file that is renamed into place only when complete.
 
-Input rules: surrounding whitespace is stripped; empty lines are skipped and counted; bytes that are not
-valid UTF-8 are replaced with U+FFFD and the lines counted in a warning (the rest of the line is still
-predicted); a line longer than ``max_len`` tokens is truncated like training data.
+Input rules (see :mod:`.files`): a byte-order mark selects UTF-8, UTF-16 or UTF-32, else UTF-8; surrounding
+whitespace is stripped; empty lines are skipped and counted; undecodable bytes are replaced with U+FFFD and
+the lines counted in a warning (the rest of the line is still predicted); a line longer than ``max_len``
+tokens is truncated like training data (and one over 1 MiB is cut there while reading).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from lstm_jax.sentiment import batching
+from lstm_jax.sentiment import batching, files
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model
@@ -102,13 +101,9 @@ class _InputStats:
 
 
 def _statements(stream, stats: _InputStats, progress) -> Iterator[str]:
-    for raw in stream:
-        progress.update(len(raw))
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
-            stats.invalid_utf8 += 1
+    for line, size, replaced in files.read_lines(stream):
+        progress.update(size)
+        stats.invalid_utf8 += replaced
         line = line.strip()
         if not line:
             stats.empty += 1
@@ -156,24 +151,18 @@ def _writer(handle, output_format: str):
     return write
 
 
-def check_output_path(output: str | Path) -> Path:
-    output = Path(output)
-    if output.is_dir():
-        raise UserError(f"output {output} is a directory; give a file path such as {output / 'predictions.txt'}")
-    if not output.absolute().parent.is_dir():
-        raise UserError(f"the folder of output {output} does not exist; create it or choose another --output")
-    return output
-
-
 def predict_file(
     predictor: Predictor, input_path: str, output: str | Path, output_format: str = "txt", threshold: float = 0.5
 ) -> dict:
-    """Streams ``input_path`` (``-`` = stdin) to ``output``; returns counts. Nothing is left on failure."""
+    """Streams ``input_path`` (``-`` = stdin) to ``output`` (``-`` = stdout); returns counts.
+
+    The output is written as :class:`~lstm_jax.sentiment.files.SafeOutput` does: never over the input, never
+    half-written, devices and links written through."""
     if output_format not in FORMATS:
         raise UserError(f"unknown format {output_format!r}; use one of {', '.join(FORMATS)}")
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"threshold must be between 0 and 1, got {threshold}")
-    output = check_output_path(output)
+    destination = files.SafeOutput(output, inputs=(input_path,))
     if input_path == "-":
         stream, size = sys.stdin.buffer, None
     else:
@@ -185,23 +174,19 @@ def predict_file(
         except OSError as error:
             raise UserError(f"cannot read input {path} ({error.strerror}); check its permissions") from None
     stats = _InputStats()
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.absolute().parent)
     # A bar only for inputs over 1 MiB, and (disable=None) only when stderr is a terminal.
-    disable = True if not size or size < 2**20 else None
-    progress = tqdm(total=size, unit="B", unit_scale=True, desc="predicting", disable=disable)
+    progress = tqdm(total=size, unit="B", unit_scale=True, desc="predicting",
+                    disable=True if not size or size < 2**20 else None)  # fmt: skip
     try:
-        with stream, open(descriptor, "w", encoding="utf-8", newline="") as handle:
+        with stream, destination as handle:
             write = _writer(handle, output_format)
             for batch in _batches(_statements(stream, stats, progress), predictor.chunk_size):
                 for text, probability in zip(batch, predictor.predict(batch)):
                     write(text, probability, probability >= threshold)
-        if stats.statements == 0:
-            raise UserError(
-                f"input {input_path} has no statements ({stats.empty} empty lines); put one statement per line"
-            )
-        os.replace(temporary, output)
+            if stats.statements == 0:
+                raise UserError(
+                    f"input {input_path} has no statements ({stats.empty} empty lines); put one statement per line"
+                )
     finally:
         progress.close()
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return {"statements": stats.statements, "empty_lines": stats.empty, "invalid_utf8_lines": stats.invalid_utf8}

@@ -431,22 +431,26 @@ def test_and_finish(job: Job, state: TrainState) -> dict:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) asks the loop to stop after the current step; a second Ctrl-C interrupts at once.
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's notice before preemption) asks the loop to stop after the
+    current step, save, and exit; a second signal interrupts at once.
 
     A flag rather than KeyboardInterrupt, because libraries on the path (checkpointing, plotting) may swallow
     the exception or be left half-way by it.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def _handle(self, signum, frame):
         self.requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def release(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)

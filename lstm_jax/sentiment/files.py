@@ -1,0 +1,158 @@
+"""Reading what users have and writing without losing anything: the job's file handling in one place.
+
+Reading: a byte-order mark selects the encoding (UTF-8, UTF-16 or UTF-32, as Excel and Windows Notepad
+write them); without one the text is UTF-8. Undecodable bytes become U+FFFD and the line is counted.
+Lines are read in bounded pieces: a line longer than ``MAX_LINE_BYTES`` keeps its first ``MAX_LINE_BYTES``
+(far more than ``max_len`` tokens) and the rest is skipped without being held in memory.
+
+Writing (:class:`SafeOutput`): ``-`` is standard output; an output that is the input (however spelled,
+links resolved) is refused; an existing device or FIFO is written in place (never replaced by a file);
+a symbolic link writes through to its target (the link stays); a regular file is written to a temporary
+file beside it and renamed over it only when complete, keeping the mode of the file it replaces (new
+files get the usual mode from the umask). An interrupted or failed write leaves no temporary file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from lstm_jax.sentiment.errors import UserError
+
+MAX_LINE_BYTES = 1 << 20  # 1 MiB per line: about 150,000 words, far past any max_len
+_BOMS = [  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+]
+
+
+def sniff_encoding(head: bytes) -> tuple[str, int]:
+    """(encoding, length of its byte-order mark) for a file starting with ``head``; UTF-8 without a mark."""
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding, len(bom)
+    return "utf-8", 0
+
+
+def file_encoding(path: Path) -> str:
+    """The Python codec that reads ``path`` with its byte-order mark removed."""
+    with open(path, "rb") as handle:
+        encoding, _ = sniff_encoding(handle.read(4))
+    # utf-8-sig drops a mark if there is one; utf-16 / utf-32 read the mark and take the byte order from it.
+    return "utf-8-sig" if encoding == "utf-8" else encoding[:6]
+
+
+def _bounded_lines(stream) -> Iterator[bytes]:
+    """Byte lines of at most MAX_LINE_BYTES; the rest of a longer line is read and dropped in pieces."""
+    while True:
+        line = stream.readline(MAX_LINE_BYTES)
+        if not line:
+            return
+        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while True:
+                rest = stream.readline(MAX_LINE_BYTES)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield line
+
+
+def read_lines(stream) -> Iterator[tuple[str, int, bool]]:
+    """``(line, bytes read, had undecodable bytes)`` from a binary stream, honouring a byte-order mark."""
+    head = stream.read(4)
+    encoding, bom = sniff_encoding(head)
+    if encoding.startswith(("utf-16", "utf-32")):
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        text = decoder.decode(head[bom:])
+        for chunk in iter(lambda: stream.read(1 << 16), b""):
+            text += decoder.decode(chunk)
+            *lines, text = text.split("\n")
+            for line in lines:
+                yield line[: MAX_LINE_BYTES // 2], len(line.encode(encoding)), "\ufffd" in line
+        text += decoder.decode(b"", final=True)
+        if text:
+            yield text[: MAX_LINE_BYTES // 2], len(text.encode(encoding)), "\ufffd" in text
+        return
+    first = True
+    for raw in _bounded_lines(_Prepend(head, stream)):
+        size = len(raw)
+        if first and bom:
+            raw, first = raw[bom:], False
+        try:
+            yield raw.decode("utf-8"), size, False
+        except UnicodeDecodeError:
+            yield raw.decode("utf-8", errors="replace"), size, True
+
+
+class _Prepend:
+    """A binary stream with some bytes already read put back in front (for readline)."""
+
+    def __init__(self, head: bytes, stream):
+        self.head, self.stream = head, stream
+
+    def readline(self, limit: int) -> bytes:
+        if self.head:
+            newline = self.head.find(b"\n")
+            if newline >= 0:
+                line, self.head = self.head[: newline + 1], self.head[newline + 1 :]
+                return line
+            line, self.head = self.head, b""
+            return line + self.stream.readline(limit - len(line))
+        return self.stream.readline(limit)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class SafeOutput:
+    """``with SafeOutput(path, inputs=[...]) as handle:`` writes a text file safely (see the module docstring)."""
+
+    def __init__(self, path: str | Path, inputs: tuple = ()):
+        self.path = str(path)
+        self._temporary = None
+        if self.path == "-":
+            return
+        target = Path(os.path.realpath(self.path))  # a symbolic link writes through to its target
+        for source in inputs:
+            if source != "-" and target.exists() and Path(source).exists() and os.path.samefile(source, target):
+                raise UserError(f"output {self.path} is the input file {source}; choose another --output")
+        if target.is_dir():
+            raise UserError(f"output {self.path} is a directory; give a file path such as {target / 'predictions.txt'}")
+        if not target.parent.is_dir():
+            raise UserError(f"the folder of output {self.path} does not exist; create it or choose another --output")
+        self.target = target
+        self.in_place = target.exists() and not stat.S_ISREG(target.stat().st_mode)  # a device or FIFO
+        if not self.in_place and not os.access(target.parent, os.W_OK):
+            raise UserError(f"cannot write in the folder of output {self.path}; check its permissions")
+
+    def __enter__(self):
+        if self.path == "-":
+            self.handle = open(sys.stdout.fileno(), "w", encoding="utf-8", newline="", closefd=False)
+        elif self.in_place:
+            self.handle = open(self.target, "w", encoding="utf-8", newline="")
+        else:
+            descriptor, self._temporary = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp",
+                                                           dir=self.target.parent)  # fmt: skip
+            self.handle = open(descriptor, "w", encoding="utf-8", newline="")
+        return self.handle
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self.handle.close()
+            if self._temporary is not None and kind is None:
+                mode = self.target.stat().st_mode & 0o7777 if self.target.exists() else 0o666 & ~_umask()
+                os.chmod(self._temporary, mode)
+                os.replace(self._temporary, self.target)
+        finally:
+            if self._temporary is not None and os.path.exists(self._temporary):
+                os.unlink(self._temporary)

@@ -1,0 +1,339 @@
+"""Careless users, hostile files and schedulers: each case runs the real command and checks that nothing is lost,
+the error is one line, and no traceback escapes."""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, load_config
+from test_job import run_tool, smoke_args
+
+from lstm_jax.sentiment import checkpoints as ckpt
+from lstm_jax.sentiment.errors import UserError
+
+
+def one_line_error(result, message):
+    stderr = result.stderr.decode().strip()
+    assert result.returncode not in (0, None), stderr
+    assert "Traceback" not in stderr, stderr
+    assert message in stderr, stderr
+    assert len(stderr.splitlines()) == 1, stderr
+
+
+def predict(workdir, source, output, *extra, **kwargs):
+    return run_tool("predict.py", "--workdir", str(workdir), "--input", str(source), "--output", str(output), *extra,
+                    **kwargs)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "link"])
+def test_the_output_can_never_be_the_input(trained_workdir, tmp_path, spelling):
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    source = folder / "r.txt"
+    source.write_text("a wonderful film\n")
+    output = {"same": source, "dotted": f"{folder}/./../dir/r.txt", "link": tmp_path / "link.txt"}[spelling]
+    if spelling == "link":
+        os.symlink(source, output)
+    one_line_error(predict(trained_workdir, source, output), "is the input file")
+    assert source.read_text() == "a wonderful film\n"
+
+
+def test_devices_fifos_links_and_stdout_are_written_through(trained_workdir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("a wonderful film\nan awful mess\n")
+    to_stdout = predict(trained_workdir, source, "-")
+    assert to_stdout.returncode == 0 and to_stdout.stdout.decode().count("Predicted Sentiment:") == 2
+    assert b"to standard output" in to_stdout.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo).read()))
+    reader.start()
+    assert predict(trained_workdir, source, fifo).returncode == 0
+    reader.join(timeout=60)
+    assert received and received[0].count("-----") == 2 and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("old\n")
+    os.symlink(target, link)
+    assert predict(trained_workdir, source, link).returncode == 0
+    assert os.path.islink(link) and target.read_text().count("-----") == 2
+    null = predict(trained_workdir, source, "/dev/null")
+    assert null.returncode == 0 and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_new_outputs_follow_the_umask_and_existing_ones_keep_their_mode(trained_workdir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("fine\n")
+    fresh, kept = tmp_path / "fresh.txt", tmp_path / "kept.txt"
+    kept.write_text("old\n")
+    kept.chmod(0o640)
+    previous = os.umask(0o022)
+    try:
+        assert predict(trained_workdir, source, fresh).returncode == 0
+        assert predict(trained_workdir, source, kept).returncode == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and "Statement: fine" in kept.read_text()
+
+
+def test_sigterm_during_prediction_leaves_no_temporary_file(trained_workdir, tmp_path):
+    source = tmp_path / "big.txt"
+    source.write_text("a long and winding film with many words in it\n" * 400_000)
+    output = tmp_path / "out.txt"
+    output.write_text("precious\n")
+    process = subprocess.Popen(
+        [sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input", str(source), "--output",
+         str(output)], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".out.txt.*")):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and b"Traceback" not in stderr
+    assert output.read_text() == "precious\n" and not list(tmp_path.glob(".out.txt.*"))
+
+
+def test_a_file_size_limit_is_one_line_and_loses_nothing(trained_workdir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("a wonderful film\n" * 5000)
+    output = tmp_path / "out.txt"
+    output.write_text("precious\n")
+
+    def limit():  # what a full disk or a quota looks like to the writer
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    result = subprocess.run(
+        [sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input", str(source), "--output",
+         str(output)], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, preexec_fn=limit,
+    )  # fmt: skip
+    one_line_error(result, "File too large")
+    assert output.read_text() == "precious\n" and not list(tmp_path.glob(".out.txt.*"))
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-32"])
+def test_byte_order_marked_input_reads_like_utf8(trained_workdir, tmp_path, encoding):
+    lines = "a wonderful film\nan awful mess ☹\n"
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text(lines, encoding="utf-8")
+    marked.write_bytes(lines.encode(encoding))
+    assert predict(trained_workdir, plain, tmp_path / "a.txt").returncode == 0
+    result = predict(trained_workdir, marked, tmp_path / "b.txt")
+    assert result.returncode == 0 and b"wrote 2 predictions" in result.stderr and b"invalid" not in result.stderr
+    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
+
+
+def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_files):
+    from lstm_jax.sentiment.data import read_labelled_file
+
+    train, _ = review_files
+    text = train.read_text()
+    for encoding in ("utf-8-sig", "utf-16"):
+        marked = tmp_path / f"{encoding}.csv"
+        marked.write_bytes(text.encode(encoding))
+        split = read_labelled_file(str(marked))
+        assert len(split) == 64 and split.texts == read_labelled_file(str(train)).texts
+    duplicated = tmp_path / "dup.csv"
+    duplicated.write_text("text,label,label\ngood,1,0\n")
+    with pytest.raises(UserError, match="dup.csv: the header repeats column 'label'"):
+        read_labelled_file(str(duplicated))
+    extra = tmp_path / "extra.csv"
+    extra.write_text("text,label\ngood,1\nbad,0,surprise\n")
+    with pytest.raises(UserError, match="extra.csv:3: 3 fields, the header has 2"):
+        read_labelled_file(str(extra))
+    short = tmp_path / "short.csv"
+    short.write_text("text,label\ngood\n")
+    with pytest.raises(UserError, match="short.csv:2: 1 fields, the header has 2"):
+        read_labelled_file(str(short))
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.batch_size=-8", "--config.batch_size=-8 must be"),
+        ("--config.learning_rate=-1", "--config.learning_rate=-1.0 must be"),
+        ("--config.max_len=0", "--config.max_len=0 must be"),
+        ("--config.num_epochs=-1", "--config.num_epochs=-1 must be"),
+        ("--config.ema_decay=1.5", "--config.ema_decay=1.5 must be in [0, 1)"),
+        ("--config.ensemble_size=0", "--config.ensemble_size=0 must be"),
+        ("--config.dtype=int8", "--config.dtype='int8' is not one of float32, bfloat16"),
+        ("--config.hidden_size=0", "--config.hidden_size=0 must be"),
+        ("--config.embedding_dim=0", "--config.embedding_dim=0 must be"),
+        ("--config.checkpoint_every_steps=0", "--config.checkpoint_every_steps=0 must be"),
+        ("--config.vocab_size=2", "--config.vocab_size=2 must be"),
+        ("--config.ensemble_size=100000", "--config.ensemble_size=100000 must be"),
+    ],
+)
+def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):
+    workdir = tmp_path / "run"
+    one_line_error(run_tool(*smoke_args(review_files, workdir, flag)), message)
+    assert not workdir.exists()
+
+
+def test_a_workdir_that_is_a_file_or_read_only(tmp_path, review_files):
+    as_file = tmp_path / "file"
+    as_file.write_text("keep me\n")
+    one_line_error(run_tool(*smoke_args(review_files, as_file)), "is not a folder")
+    assert as_file.read_text() == "keep me\n"
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    one_line_error(run_tool(*smoke_args(review_files, read_only)), "cannot write in workdir")
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def test_sigterm_saves_like_ctrl_c_and_the_rerun_resumes_exactly(review_files, tmp_path):
+    extra = ["--config.num_epochs=40", "--config.test_checkpoint=last"]
+    workdir = tmp_path / "preempted"
+    process = subprocess.Popen([sys.executable, *smoke_args(review_files, workdir, *extra)], cwd=ROOT,
+                               env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and b"rerun the same command to resume" in stderr and b"Traceback" not in stderr
+    saved = ckpt.Checkpoints(workdir, read_only=True).latest_step()
+    resumed = run_tool(*smoke_args(review_files, workdir, *extra))
+    assert resumed.returncode == 0 and f"resumed from step {saved}".encode() in resumed.stdout
+    whole = run_tool(*smoke_args(review_files, tmp_path / "whole", *extra))
+    assert whole.returncode == 0
+    want = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1]) == want
+
+
+def test_one_writer_per_workdir(review_files, tmp_path):
+    workdir = tmp_path / "shared"
+    first = subprocess.Popen([sys.executable, *smoke_args(review_files, workdir, "--config.num_epochs=60")], cwd=ROOT,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    second = run_tool(*smoke_args(review_files, workdir, "--config.num_epochs=60"))
+    first.kill()
+    first.wait()
+    one_line_error(second, f"is in use by another training run (process {first.pid})")
+    # A dead holder does not block: the lock went with its process.
+    finished = run_tool(*smoke_args(review_files, workdir, "--config.num_epochs=2"))
+    assert finished.returncode in (0, 2), finished.stderr.decode()
+    assert b"is in use" not in finished.stderr
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(review_files, tmp_path):
+    extra = ["--config.num_epochs=2", "--config.keep_checkpoints=3", "--config.test_checkpoint=last"]
+    workdir = tmp_path / "damaged"
+    assert run_tool(*smoke_args(review_files, workdir, *extra)).returncode == 0
+    steps = ckpt.Checkpoints(workdir, read_only=True).latest.all_steps()
+    for path in (workdir / "checkpoints" / str(steps[-1]) / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\x00garbage")
+    resumed = run_tool(*smoke_args(review_files, workdir, *extra))
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert f"checkpoint {steps[-1]} is damaged".encode() in resumed.stderr
+    assert f"resumed from step {steps[-2]}".encode() in resumed.stdout
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_non_finite_weights_never_reach_a_predictions_file(trained_workdir, tmp_path):
+    workdir = tmp_path / "nan"
+    shutil.copytree(trained_workdir, workdir)
+    run = ckpt.Checkpoints(workdir)
+    step = run.latest_step()
+    from test_job import tiny_state
+
+    state = tiny_state(load_config(), vocab_size=run.read_meta(step)["model_kwargs"]["vocab_size"])
+    state = run.restore(step, state)
+    state = state.replace(params=jax_tree_map(lambda x: x * np.nan, state.params))
+    shutil.rmtree(workdir / "best")
+    meta = run.read_meta(step)
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+    run.save(step, state, meta)
+    run.close()
+    source, output = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    source.write_text("fine\n")
+    one_line_error(predict(workdir, source, output, "--format", "jsonl"), "non-finite weights")
+    assert not output.exists()
+
+
+def jax_tree_map(function, tree):
+    import jax
+
+    return jax.tree.map(function, tree)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("ensemble_size", 200000, "ensemble_size=200000 must be"), ("max_len", -1, "max_len=-1 must be"),
+     ("dtype", "object", "dtype='object' is not one of")],
+)  # fmt: skip
+def test_hostile_checkpoint_metadata_is_refused_before_building_anything(trained_workdir, tmp_path, key, value,
+                                                                         message):  # fmt: skip
+    workdir = tmp_path / "hostile"
+    shutil.copytree(trained_workdir, workdir)
+    for path in workdir.rglob("meta/metadata"):
+        meta = json.loads(path.read_text())
+        meta["config"][key] = value
+        for part in ("model_kwargs", "data"):
+            if key in meta[part]:
+                meta[part][key] = value
+        path.write_text(json.dumps(meta))
+    source = tmp_path / "in.txt"
+    source.write_text("fine\n")
+    started = time.time()
+    one_line_error(predict(workdir, source, tmp_path / "out.txt"), message)
+    assert time.time() - started < 60
+
+
+# ------------------------------------------------------------------------------------------ hostile data
+
+
+def test_the_imdb_folder_reader_ignores_links_out_of_the_dataset(tmp_path):
+    from lstm_jax.sentiment.data import _imdb_files
+
+    root = tmp_path / "aclImdb"
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            (root / split / label).mkdir(parents=True)
+            (root / split / label / "0_7.txt").write_text(f"a {label} review")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    os.symlink(secret, root / "train" / "pos" / "1_9.txt")
+    texts = [text for _, _, _, text in _imdb_files(root)]
+    assert len(texts) == 4 and not any("root:x" in text for text in texts)
+
+
+def test_training_csv_lines_are_bounded(tmp_path):
+    from lstm_jax.sentiment.data import read_labelled_file
+    from lstm_jax.sentiment.files import MAX_LINE_BYTES
+
+    path = tmp_path / "huge.csv"
+    path.write_text("text,label\n" + "word " * (MAX_LINE_BYTES // 2) + ",1\n")
+    with pytest.raises(UserError, match="huge.csv:2: a field longer than"):
+        read_labelled_file(str(path))
