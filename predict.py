@@ -15,9 +15,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
         os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}"
     ).strip()
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from lstm_jax.sentiment.cli import enable_compilation_cache, parse_flags  # noqa: E402
+from lstm_jax.sentiment.cli import enable_compilation_cache, run  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm  # noqa: E402
 from lstm_jax.sentiment.files import SafeOutput  # noqa: E402
 from lstm_jax.sentiment.predict import FORMATS, load_predictor, predict_file  # noqa: E402
@@ -53,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

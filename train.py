@@ -10,7 +10,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lstm_jax.sentiment.cli import parse_flags
+from lstm_jax.sentiment.cli import run
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error
 from lstm_jax.sentiment.train import train_and_evaluate
 
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(main)

@@ -84,6 +84,9 @@ class RNN(nnx.Module):
     def __call__(self, inputs: Array, lengths: Array | None = None, *, initial_carry: Any = None):
         if inputs.ndim != 3:
             raise ValueError(f"inputs must be [batch, time, features] (or time-major), got shape {inputs.shape}")
+        expected = getattr(self.cell, "in_features", inputs.shape[-1])
+        if inputs.shape[-1] != expected:
+            raise ValueError(f"inputs have {inputs.shape[-1]} features, the cell expects {expected}")
         x = inputs if self.time_major else jnp.swapaxes(inputs, 0, 1)  # [T, B, F]
         time, batch = x.shape[:2]
         if lengths is None:
@@ -94,6 +97,9 @@ class RNN(nnx.Module):
         if self.reverse:
             x = reverse_padded(x, lengths)
         masks = jnp.arange(time)[:, None] < lengths[None, :]  # [T, B]
+        # Padded inputs are replaced by zeros before any cell math, so whatever they hold (even NaN or inf)
+        # reaches neither the outputs nor any gradient.
+        x = jnp.where(masks[..., None], x, jnp.zeros((), x.dtype))
 
         def step(carry, x_and_mask):
             x_t, mask_t = x_and_mask

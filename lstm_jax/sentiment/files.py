@@ -15,6 +15,7 @@ files get the usual mode from the umask). An interrupted or failed write leaves 
 from __future__ import annotations
 
 import codecs
+import fcntl
 import os
 import stat
 import sys
@@ -156,3 +157,35 @@ class SafeOutput:
         finally:
             if self._temporary is not None and os.path.exists(self._temporary):
                 os.unlink(self._temporary)
+
+
+class WorkdirLock:
+    """``with WorkdirLock(workdir):`` one training run per work directory.
+
+    An OS lock (``flock``) on ``workdir/.lock``: a second writer fails at once naming the holder's process id;
+    the lock goes with its process, so a killed run never blocks the next one. Readers (predict) take no lock.
+    """
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / ".lock"
+
+    def __enter__(self):
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "unknown"
+            self._handle.close()
+            raise UserError(
+                f"workdir {self.path.parent} is in use by another training run (process {holder}); "
+                "wait for it to finish or choose another --workdir"
+            ) from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"{os.getpid()}\n")
+        self._handle.flush()
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self._handle.close()  # closing releases the lock

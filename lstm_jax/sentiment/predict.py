@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from lstm_jax.sentiment import batching, files
 from lstm_jax.sentiment import checkpoints as ckpt
+from lstm_jax.sentiment.config import base_config, validate
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.model import build_model
+from lstm_jax.sentiment.model import build_model, model_kwargs
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 FORMATS = ("txt", "jsonl", "csv")
@@ -78,20 +79,38 @@ def _probabilities(graphdef, params, tokens, lengths):
     return jax.nn.sigmoid(nnx.merge(graphdef, params)(tokens, lengths))
 
 
+def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
+    """(model arguments, vocabulary, max_len, length_bucket) from a checkpoint's metadata, validated like a
+    config before anything is built (a hostile file could ask for a 200,000-member ensemble)."""
+    config = base_config()
+    config.update(meta["config"])
+    validate(config)
+    vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]])
+    kwargs, settings = meta["model_kwargs"], meta["data"]
+    if kwargs != model_kwargs(config, vocabulary.size):
+        raise ValueError("the model arguments disagree with the config")
+    if (settings["max_len"], settings["length_bucket"]) != (config.max_len, config.length_bucket):
+        raise ValueError("the data settings disagree with the config")
+    if settings["tokenizer"] != ckpt.TOKENIZER:
+        raise ValueError(f"tokenizer {settings['tokenizer']!r}, this lstm_jax has {ckpt.TOKENIZER!r}")
+    return kwargs, vocabulary, config.max_len, config.length_bucket
+
+
 def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int = 256) -> Predictor:
     """Rebuilds the trained model from ``workdir`` alone (best checkpoint unless ``step`` is given)."""
     run, manager, step = ckpt.find(workdir, step)
     meta = run.read_meta(step, manager)
+    where = f"checkpoint {step} in {manager.directory}"
     try:
-        model = nnx.eval_shape(lambda: build_model(meta["model_kwargs"], nnx.Rngs(0)))
-        vocabulary, settings = Vocabulary.from_json(meta["vocabulary"]), meta["data"]
-        max_len, length_bucket = int(settings["max_len"]), int(settings["length_bucket"])
-        if settings["tokenizer"] != ckpt.TOKENIZER:
-            raise ValueError(f"tokenizer {settings['tokenizer']!r}, this lstm_jax has {ckpt.TOKENIZER!r}")
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"checkpoint {step} in {manager.directory} has invalid metadata ({error}); retrain") from None
-    graphdef, abstract = nnx.split(model)
+        kwargs, vocabulary, max_len, length_bucket = _checked_settings(meta)
+    except UserError as error:
+        raise UserError(f"{where} has invalid settings: {error}; retrain") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UserError(f"{where} has invalid metadata ({error}); retrain") from None
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(kwargs, nnx.Rngs(0))))
     params = ckpt.restore_weights(run, manager, step, abstract, meta.get("inference_item", "params"))
+    if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params)):
+        raise UserError(f"{where} has non-finite weights (the run diverged); choose another --step or retrain")
     return Predictor(nnx.merge(graphdef, params), vocabulary, max_len, batch_size, length_bucket)
 
 

@@ -14,6 +14,7 @@ batch and XLA inserts the gradient all-reduce. One device is the same code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -33,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from lstm_jax.sentiment import batching
+from lstm_jax.sentiment import batching, files
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment import data as data_lib
 from lstm_jax.sentiment.cli import enable_compilation_cache
@@ -318,28 +319,33 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     validate(config)
     enable_compilation_cache(config.compilation_cache_dir)
     maybe_initialize_distributed(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % mesh.size:
             raise UserError(f"{name} {config[name]} does not divide by the {mesh.size} devices; "
                             f"use a multiple of {mesh.size} (--config.{name})")  # fmt: skip
-    run = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
-    try:  # whatever happens, finish the saves in flight (a half-written one would be lost)
-        job, state = prepare(config, workdir, mesh, run)
-        state = train(job, state)
-        return test_and_finish(job, state)
-    finally:
-        run.close()
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"workdir {workdir} is not a folder; choose another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in workdir {workdir}; check its permissions or choose another --workdir")
+    # One writer per work directory (in a multi-process run, the main process holds the lock for all).
+    with files.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        run = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
+        try:  # whatever happens, finish the saves in flight (a half-written one would be lost)
+            job, state = prepare(config, workdir, mesh, run)
+            state = train(job, state)
+            return test_and_finish(job, state)
+        finally:
+            run.close()
 
 
 def prepare(config, workdir: Path, mesh: Mesh, run: ckpt.Checkpoints) -> tuple[Job, TrainState]:
     """Data on the devices and the train state: fresh, or restored from the latest checkpoint."""
     is_main = jax.process_index() == 0
     log = print if is_main else (lambda *args, **kwargs: None)
-    resume_step = run.latest_step()
-    meta = run.read_meta(resume_step) if resume_step is not None else None
+    meta = run.newest_meta()
     if meta is not None:
         check_resumable(config, meta["config"], workdir)
     splits = data_lib.load_splits(config)
@@ -357,7 +363,7 @@ def prepare(config, workdir: Path, mesh: Mesh, run: ckpt.Checkpoints) -> tuple[J
     kwargs = model_kwargs(config, vocabulary.size)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, embeddings)
     if meta is not None:
-        state = run.restore(resume_step, state)
+        resume_step, state, meta = run.restore_newest(state)
         log(f"resumed from step {resume_step} (epoch {int(state.epoch) + 1}, batch {int(state.batch)})")
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard)
     job = Job(config, mesh, run, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
