@@ -3,7 +3,6 @@ the error is one line, and no traceback escapes."""
 
 import json
 import os
-import resource
 import shutil
 import signal
 import stat
@@ -113,12 +112,11 @@ def test_a_file_size_limit_is_one_line_and_loses_nothing(trained_workdir, tmp_pa
     output = tmp_path / "out.txt"
     output.write_text("precious\n")
 
-    def limit():  # what a full disk or a quota looks like to the writer
-        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
-
+    # A file-size limit (in KiB) is what a full disk or a quota looks like to the writer.
     result = subprocess.run(
-        [sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input", str(source), "--output",
-         str(output)], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, preexec_fn=limit,
+        ["bash", "-c", 'ulimit -f 48 && exec "$0" "$@"', sys.executable, "predict.py", "--workdir",
+         str(trained_workdir), "--input", str(source), "--output", str(output)],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
     )  # fmt: skip
     one_line_error(result, "File too large")
     assert output.read_text() == "precious\n" and not list(tmp_path.glob(".out.txt.*"))
@@ -264,16 +262,16 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(review_files, tmp_pat
 def test_non_finite_weights_never_reach_a_predictions_file(trained_workdir, tmp_path):
     workdir = tmp_path / "nan"
     shutil.copytree(trained_workdir, workdir)
-    run = ckpt.Checkpoints(workdir)
+    run = ckpt.Checkpoints(workdir, read_only=True)
     step = run.latest_step()
+    meta = run.read_meta(step)
     from test_job import tiny_state
 
-    state = tiny_state(load_config(), vocab_size=run.read_meta(step)["model_kwargs"]["vocab_size"])
-    state = run.restore(step, state)
-    state = state.replace(params=jax_tree_map(lambda x: x * np.nan, state.params))
+    state = run.restore(step, tiny_state(load_config(), vocab_size=meta["model_kwargs"]["vocab_size"]))
+    state = state.replace(params=jax_tree_map(lambda x: x * np.nan, state.params))  # a diverged run's weights
     shutil.rmtree(workdir / "best")
-    meta = run.read_meta(step)
-    shutil.rmtree(workdir / "checkpoints" / str(step))
+    shutil.rmtree(workdir / "checkpoints")
+    run = ckpt.Checkpoints(workdir)
     run.save(step, state, meta)
     run.close()
     source, output = tmp_path / "in.txt", tmp_path / "out.jsonl"
@@ -337,3 +335,29 @@ def test_training_csv_lines_are_bounded(tmp_path):
     path.write_text("text,label\n" + "word " * (MAX_LINE_BYTES // 2) + ",1\n")
     with pytest.raises(UserError, match="huge.csv:2: a field longer than"):
         read_labelled_file(str(path))
+
+
+def test_imdb_archive_members_are_read_bounded(tmp_path):
+    import io
+    import tarfile
+
+    from lstm_jax.sentiment.data import MAX_REVIEW_BYTES, _imdb_files
+
+    archive = tmp_path / "aclImdb_v1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in [("aclImdb/train/pos/0_9.txt", b"fine film"),
+                           ("aclImdb/train/neg/0_1.txt", b"a" * (8 * MAX_REVIEW_BYTES))]:  # fmt: skip
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    assert archive.stat().st_size < 100_000  # a small archive that expands to 8 MiB
+    texts = sorted(text for _, _, _, text in _imdb_files(archive))
+    assert texts[1] == "fine film" and len(texts[0]) == MAX_REVIEW_BYTES
+
+
+def test_a_data_error_after_the_checkpoints_exist_is_still_one_line(review_files, tmp_path):
+    workdir = tmp_path / "run"
+    missing = tmp_path / "nope.csv"
+    result = run_tool("train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
+                      f"--config.train_path={missing}", f"--config.test_path={missing}")  # fmt: skip
+    one_line_error(result, f"data file {missing} does not exist")
