@@ -218,7 +218,11 @@ class Checkpoints:
         self.best.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for the saves in flight, then stops orbax's background threads (safe to call twice)."""
+        """Waits for the saves in flight, then stops orbax's background threads (safe to call twice).
+
+        The explicit wait matters even without saves: orbax starts a thread when a manager is created, and
+        closing without waiting let it print a traceback at interpreter exit."""
+        self.wait()
         self.latest.close()
         self.best.close()
 
