@@ -88,11 +88,16 @@ def test_new_outputs_follow_the_umask_and_existing_ones_keep_their_mode(trained_
     assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and "Statement: fine" in kept.read_text()
 
 
-def test_sigterm_during_prediction_leaves_no_temporary_file(trained_workdir, tmp_path):
-    source = tmp_path / "big.txt"
-    source.write_text("a long and winding film with many words in it\n" * 400_000)
-    output = tmp_path / "out.txt"
+def statements_and_a_precious_output(tmp_path, text):
+    """An input file and an existing output that a failed run must leave as it was."""
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text(text)
     output.write_text("precious\n")
+    return source, output
+
+
+def test_sigterm_during_prediction_leaves_no_temporary_file(trained_workdir, tmp_path):
+    source, output = statements_and_a_precious_output(tmp_path, "a long and winding film with many words\n" * 400_000)
     process = subprocess.Popen(
         [sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input", str(source), "--output",
          str(output)], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stderr=subprocess.PIPE,
@@ -107,11 +112,7 @@ def test_sigterm_during_prediction_leaves_no_temporary_file(trained_workdir, tmp
 
 
 def test_a_file_size_limit_is_one_line_and_loses_nothing(trained_workdir, tmp_path):
-    source = tmp_path / "in.txt"
-    source.write_text("a wonderful film\n" * 5000)
-    output = tmp_path / "out.txt"
-    output.write_text("precious\n")
-
+    source, output = statements_and_a_precious_output(tmp_path, "a wonderful film\n" * 5000)
     # A file-size limit (in KiB) is what a full disk or a quota looks like to the writer.
     result = subprocess.run(
         ["bash", "-c", 'ulimit -f 48 && exec "$0" "$@"', sys.executable, "predict.py", "--workdir",
