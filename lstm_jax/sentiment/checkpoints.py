@@ -190,12 +190,13 @@ class Checkpoints:
             state=ocp.args.StandardSave(_nest(named_leaves(state))),
             meta=ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION, "arrays": signature(state)}),
         )
+        # One save in flight at a time: it keeps memory flat, and in a multi-process run two managers saving
+        # at once collide in orbax's cross-process barriers.
+        self.wait()
         if val_accuracy is not None and step not in self.best.all_steps():
-            self.best.wait_until_finished()
             self.best.save(step, args=args, metrics={"val_accuracy": val_accuracy}, force=True)
             self.best.wait_until_finished()
         if step not in self.latest.all_steps():
-            self.latest.wait_until_finished()  # one save in flight at a time keeps memory flat
             self.latest.save(step, args=args, force=True)
 
     def restore(self, step: int, like, manager: ocp.CheckpointManager | None = None):

@@ -59,7 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0  # initialisation, shuffling and dropout all derive from it
     config.checkpoint_every_steps = 500  # also checkpoint every this many steps inside an epoch (each epoch end too)
     config.keep_checkpoints = 2  # most recent checkpoints kept (the best one is kept apart)
-    config.distributed = False  # call jax.distributed.initialize() for a multi-host run
+    config.distributed = False  # call jax.distributed.initialize() (on clusters JAX detects the rest: TPU, SLURM, MPI)
+    config.coordinator_address = ""  # host:port of process 0, for a multi-process run JAX cannot detect
+    config.num_processes = 0  # processes in that run (0 = one, or what JAX detects)
+    config.process_id = -1  # this process's index in it (-1 = detected)
     config.tensorboard = True  # write TensorBoard event files to <workdir>/tensorboard
     config.compilation_cache_dir = ""  # JAX's persistent compilation cache; "" = <cache>/jax, "off" = none
     return config
@@ -70,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
 RESUMABLE_CHANGES = frozenset(
     ["num_epochs", "early_stopping_patience", "checkpoint_every_steps", "keep_checkpoints", "distributed",
      "eval_batch_size", "test_checkpoint", "tensorboard", "compilation_cache_dir", "cache_dir", "data_path",
+     "coordinator_address", "num_processes", "process_id",
      "train_path", "val_path", "test_path"]
 )  # fmt: skip
 
@@ -100,7 +104,8 @@ RANGES = {"vocab_size": (3, 10_000_000), "max_len": (1, 100_000), "embedding_dim
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
           "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3), "weight_decay": (0.0, 1e3),
-          "grad_clip_norm": (0.0, 1e9), "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1)}  # fmt: skip
+          "grad_clip_norm": (0.0, 1e9), "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1),
+          "num_processes": (0, 1 << 20), "process_id": (-1, 1 << 20)}  # fmt: skip
 RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction")
 
 
