@@ -20,7 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here (d
 
 @exit_on_user_error
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and every read-only open at WARNING
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config_file = Path(config_flags.get_config_filename(flags.FLAGS["config"]))

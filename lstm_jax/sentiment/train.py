@@ -311,7 +311,7 @@ class Job:
 
     config: object
     mesh: Mesh
-    run: ckpt.Checkpoints
+    run: ckpt.Checkpoints | None  # created once the data and state are ready
     report: RunReport
     vocabulary: Vocabulary
     model_kwargs: dict
@@ -353,20 +353,25 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         raise UserError(f"cannot write in workdir {workdir}; check its permissions or choose another --workdir")
     # One writer per work directory (in a multi-process run, the main process holds the lock for all).
     with files.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-        run = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
+        job, state = prepare(config, workdir, mesh)
+        # Orbax's writer starts only now, after everything that can fail on bad data or settings: a manager
+        # created and dropped at once can leave a background thread that prints a traceback at exit.
+        job.run = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
         try:  # whatever happens, finish the saves in flight (a half-written one would be lost)
-            job, state = prepare(config, workdir, mesh, run)
+            if job.run.latest_step() is not None:
+                state = resume(job, state)
             state = train(job, state)
             return test_and_finish(job, state)
         finally:
-            run.close()
+            job.run.close()
 
 
-def prepare(config, workdir: Path, mesh: Mesh, run: ckpt.Checkpoints) -> tuple[Job, TrainState]:
-    """Data on the devices and the train state: fresh, or restored from the latest checkpoint."""
+def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
+    """Data on the devices and a fresh train state; the vocabulary and history of the run in ``workdir``
+    when there is one (its checkpoints are only read here)."""
     is_main = jax.process_index() == 0
     log = print if is_main else (lambda *args, **kwargs: None)
-    meta = run.newest_meta()
+    meta = ckpt.Checkpoints(workdir, read_only=True).newest_meta()
     if meta is not None:
         check_resumable(config, meta["config"], workdir)
     splits = data_lib.load_splits(config)
@@ -383,13 +388,18 @@ def prepare(config, workdir: Path, mesh: Mesh, run: ckpt.Checkpoints) -> tuple[J
         embeddings = ppmi_svd_embeddings(train.tokens, vocabulary.size, config.embedding_dim, seed=config.seed)
     kwargs = model_kwargs(config, vocabulary.size)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, embeddings)
-    if meta is not None:
-        resume_step, state, meta = run.restore_newest(state)
-        log(f"resumed from step {resume_step} (epoch {int(state.epoch) + 1}, batch {int(state.batch)})")
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard)
-    job = Job(config, mesh, run, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
+    job = Job(config, mesh, None, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
               Evaluator(test, config, mesh), log)  # fmt: skip
     return job, state
+
+
+def resume(job: Job, state: TrainState) -> TrainState:
+    """The state of the newest intact checkpoint (a damaged newer one is reported and skipped)."""
+    step, state, meta = job.run.restore_newest(state)
+    job.report.history[:] = meta["history"]
+    job.log(f"resumed from step {step} (epoch {int(state.epoch) + 1}, batch {int(state.batch)})")
+    return state
 
 
 def train(job: Job, state: TrainState) -> TrainState:
