@@ -33,7 +33,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Statements per prediction
 
 @exit_on_user_error
 def main(argv):
-    logging.set_verbosity(logging.ERROR)  # orbax warns that read-only managers do not save
+    logging.set_verbosity(logging.FATAL)  # orbax warns that read-only managers do not save
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value or not _INPUT.value:

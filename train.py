@@ -20,7 +20,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here (d
 
 @exit_on_user_error
 def main(argv):
-    logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and every read-only open at WARNING
+    # Orbax logs every save at INFO, every read-only open at WARNING, and a failed background write at ERROR
+    # with tracebacks; the failures it reports reach us as exceptions and become one-line errors.
+    logging.set_verbosity(logging.FATAL)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config_file = Path(config_flags.get_config_filename(flags.FLAGS["config"]))

@@ -362,3 +362,15 @@ def test_a_data_error_after_the_checkpoints_exist_is_still_one_line(review_files
     result = run_tool("train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
                       f"--config.train_path={missing}", f"--config.test_path={missing}")  # fmt: skip
     one_line_error(result, f"data file {missing} does not exist")
+
+
+@pytest.mark.parametrize("limit_kib", [6, 20])  # 6: a checkpoint write fails; 20: only the curves PNG does
+def test_a_file_size_limit_during_training_is_one_line_and_the_rerun_finishes(review_files, tmp_path, limit_kib):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        ["bash", "-c", f'ulimit -f {limit_kib} && exec "$0" "$@"', sys.executable, *smoke_args(review_files, workdir)],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+    )  # fmt: skip
+    one_line_error(result, "File too large")
+    rerun = run_tool(*smoke_args(review_files, workdir))
+    assert rerun.returncode == 0 and b"Accuracy: " in rerun.stdout, rerun.stderr.decode()[-2000:]

@@ -17,6 +17,7 @@ folder and renames it when complete, so a run killed while saving keeps its earl
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -193,11 +194,12 @@ class Checkpoints:
         # One save in flight at a time: it keeps memory flat, and in a multi-process run two managers saving
         # at once collide in orbax's cross-process barriers.
         self.wait()
-        if val_accuracy is not None and step not in self.best.all_steps():
-            self.best.save(step, args=args, metrics={"val_accuracy": val_accuracy}, force=True)
-            self.best.wait_until_finished()
-        if step not in self.latest.all_steps():
-            self.latest.save(step, args=args, force=True)
+        with self._writing():
+            if val_accuracy is not None and step not in self.best.all_steps():
+                self.best.save(step, args=args, metrics={"val_accuracy": val_accuracy}, force=True)
+                self.best.wait_until_finished()
+            if step not in self.latest.all_steps():
+                self.latest.save(step, args=args, force=True)
 
     def restore(self, step: int, like, manager: ocp.CheckpointManager | None = None):
         """The state saved at ``step``, in the structure (and shardings) of the pytree ``like``."""
@@ -215,17 +217,34 @@ class Checkpoints:
         return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._writing():
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed background write (a full disk, a quota) surfaces here, as one line: earlier checkpoints stay."""
+        try:
+            yield
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            # Tensorstore's messages end in the system's reason: "...: Failed to write 44 bytes...: File too large"
+            detail = (str(error).splitlines() or [type(error).__name__])[0].rsplit(": ", 1)[-1].split(" [")[0]
+            raise UserError(f"could not write a checkpoint in {self.workdir} ({detail}); free space or fix "
+                            "permissions, then rerun: the run resumes from its last complete checkpoint") from None
 
     def close(self) -> None:
         """Waits for the saves in flight, then stops orbax's background threads (safe to call twice).
 
         The explicit wait matters even without saves: orbax starts a thread when a manager is created, and
         closing without waiting let it print a traceback at interpreter exit."""
-        self.wait()
-        self.latest.close()
-        self.best.close()
+        try:
+            self.wait()
+        finally:
+            with self._writing():
+                self.latest.close()
+                self.best.close()
 
 
 def find(workdir: str | Path, step: int | None = None) -> tuple[Checkpoints, ocp.CheckpointManager, int]:

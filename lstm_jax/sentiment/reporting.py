@@ -68,8 +68,17 @@ class RunReport:
         """Draws the curves PNG in a background thread (about half a second: matplotlib's import and Agg), so it
         overlaps the test evaluation; :meth:`finish` waits for it."""
         if self.enabled and self.history and self._curves is None:
-            self._curves = threading.Thread(target=self._write_curves, args=(list(self.history),), daemon=True)
+            self._curves_error = None
+            self._curves = threading.Thread(target=self._write_curves_reporting, args=(list(self.history),),
+                                            daemon=True)  # fmt: skip
             self._curves.start()
+
+    def _write_curves_reporting(self, history: list[dict]) -> None:
+        try:
+            self._write_curves(history)
+        except Exception as error:  # e.g. a full disk: raised again on the main thread by finish()
+            self._curves_error = error
+            (self.workdir / ".training_curves.tmp.png").unlink(missing_ok=True)
 
     def finish(self, final: dict | None = None) -> None:
         """Writes the final line (when given) and the curves; closes TensorBoard."""
@@ -81,6 +90,8 @@ class RunReport:
             self._curves.join()
         if self._writer is not None:
             self._writer.close()
+        if self._curves is not None and self._curves_error is not None:
+            raise self._curves_error
 
     def _write_jsonl(self, final: dict | None = None) -> None:
         lines = [json.dumps(entry) for entry in self.history] + ([json.dumps(final)] if final else [])
