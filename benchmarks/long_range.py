@@ -325,11 +325,14 @@ def main(argv=None) -> dict:
         jobs += [dict(task="adding", cell=cell, length=args.profile_length, seed=args.seeds[0],
                       max_steps=args.max_steps, profile=True) for cell in args.cells]  # fmt: skip
     start, records = time.perf_counter(), []
-    context = multiprocessing.get_context("spawn")  # JAX does not survive fork
-    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        futures = [pool.submit(_run_in_worker, job) for job in jobs]
-        for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="runs"):
-            records.append(future.result())
+    if args.workers == 1:
+        records = [train_run(**job) for job in tqdm(jobs, desc="runs")]
+    else:
+        context = multiprocessing.get_context("spawn")  # JAX does not survive fork
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_in_worker, job) for job in jobs]
+            for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="runs"):
+                records.append(future.result())
     summary = summarize([r for r in records if r["length"] in args.lengths])
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "settings": {"hidden": HIDDEN, "batch": BATCH, "learning_rate": LEARNING_RATE, "test_size": TEST_SIZE,
