@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.errors import CheckpointWriteError, UserError
 
 FORMAT_VERSION = 2
 TOKENIZER = "lowercase-words-v1"  # the tokenizer.py rules; a change of rules gets a new name
@@ -229,9 +229,10 @@ class Checkpoints:
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as error:
+            self._write_failed = True
             # Tensorstore's messages end in the system's reason: "...: Failed to write 44 bytes...: File too large"
             detail = (str(error).splitlines() or [type(error).__name__])[0].rsplit(": ", 1)[-1].split(" [")[0]
-            raise UserError(f"could not write a checkpoint in {self.workdir} ({detail}); free space or fix "
+            raise CheckpointWriteError(f"could not write a checkpoint in {self.workdir} ({detail}); free space or fix "
                             "permissions, then rerun: the run resumes from its last complete checkpoint") from None
 
     def close(self) -> None:
@@ -239,6 +240,8 @@ class Checkpoints:
 
         The explicit wait matters even without saves: orbax starts a thread when a manager is created, and
         closing without waiting let it print a traceback at interpreter exit."""
+        if getattr(self, "_write_failed", False):
+            return  # closing the managers after a failed write makes orbax's threads print; the process ends now
         try:
             self.wait()
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,12 @@ import threading
 
 class UserError(Exception):
     """A problem with the user's input, files or settings; the message names it and says what to do."""
+
+
+class CheckpointWriteError(UserError):
+    """Orbax failed to write in the background (a full disk, a quota). Its worker threads are then left
+    mid-operation and print tracebacks while the interpreter shuts down, so the entry point ends the process
+    at once after the message (everything of ours is already closed; earlier checkpoints are complete)."""
 
 
 def exit_on_user_error(main):
@@ -25,6 +32,10 @@ def exit_on_user_error(main):
             return result
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
+            if isinstance(error, CheckpointWriteError):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(2)
             sys.exit(2)
         except OSError as error:
             where = f" ({error.filename})" if error.filename else ""
