@@ -27,6 +27,14 @@ import orbax.checkpoint as ocp
 from lstm_jax.sentiment.errors import CheckpointWriteError, UserError
 
 FORMAT_VERSION = 2
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint folder that cannot be read (partly written, corrupted): an older one may still serve."""
+
+
+class IncompatibleCheckpoint(UserError):
+    """A whole checkpoint that this code cannot use (another format, another model): no older one will do."""
 TOKENIZER = "lowercase-words-v1"  # the tokenizer.py rules; a change of rules gets a new name
 
 
@@ -94,7 +102,7 @@ def check_compatible(saved: dict, wanted: dict, where: str) -> None:
         + [f"changed {', '.join(different[:3])}"] * bool(different)
     )
     if problems:
-        raise UserError(
+        raise IncompatibleCheckpoint(
             f"{where} does not match the model this code builds ({'; '.join(problems)}); "
             "use the lstm_jax version that wrote it, or retrain in a new --workdir"
         )
@@ -122,7 +130,7 @@ def _restore(manager: ocp.CheckpointManager, step: int, what: str, **items):
         return manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax raises many kinds for damaged folders
         detail = str(error).splitlines()[0][:200] if str(error) else ""
-        raise UserError(
+        raise DamagedCheckpoint(
             f"the {what} of checkpoint {step} in {manager.directory} are unreadable or incomplete "
             f"({type(error).__name__}: {detail}); choose another step or retrain"
         ) from None
@@ -131,7 +139,7 @@ def _restore(manager: ocp.CheckpointManager, step: int, what: str, **items):
 def check_version(meta, where: str) -> None:
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
-        raise UserError(
+        raise IncompatibleCheckpoint(
             f"{where} has format version {version}, this lstm_jax reads version {FORMAT_VERSION}; "
             "retrain with this version or use the lstm_jax that wrote it"
         )
@@ -142,6 +150,7 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 2, read_only: bool = False):
         self.workdir = Path(workdir)
+        self._write_failed = False
         self.latest = _manager(self.workdir / "checkpoints", read_only, max_to_keep=keep)
         self.best = _manager(
             self.workdir / "best", read_only, max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max"
@@ -162,9 +171,7 @@ class Checkpoints:
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
                 return self.read_meta(step)
-            except UserError as error:
-                if "format version" in str(error):
-                    raise
+            except DamagedCheckpoint as error:
                 print(f"warning: checkpoint {step} is damaged ({error}); trying an older one", file=sys.stderr)
         return None
 
@@ -173,10 +180,9 @@ class Checkpoints:
         resumed run can save those steps again."""
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
-                return step, self.restore(step, like), self.read_meta(step)
-            except UserError as error:
-                if "does not match the model" in str(error) or "format version" in str(error):
-                    raise
+                state, meta = self._restore_state(step, like, self.latest)
+                return step, state, meta
+            except DamagedCheckpoint as error:
                 print(f"warning: checkpoint {step} is damaged; resuming from an older one ({error})", file=sys.stderr)
                 self.latest.delete(step)
         raise UserError(f"no intact checkpoint in {self.latest.directory}; remove it or use a new --workdir")
@@ -203,10 +209,11 @@ class Checkpoints:
 
     def restore(self, step: int, like, manager: ocp.CheckpointManager | None = None):
         """The state saved at ``step``, in the structure (and shardings) of the pytree ``like``."""
-        manager = manager or self.latest
+        return self._restore_state(step, like, manager or self.latest)[0]
+
+    def _restore_state(self, step: int, like, manager: ocp.CheckpointManager) -> tuple[object, dict]:
         meta = self.read_meta(step, manager)
-        where = f"checkpoint {step} in {manager.directory}"
-        check_compatible(meta.get("arrays", {}), signature(like), where)
+        check_compatible(meta.get("arrays", {}), signature(like), f"checkpoint {step} in {manager.directory}")
         wanted = named_leaves(like)
         abstract = {
             name: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
@@ -214,7 +221,7 @@ class Checkpoints:
         }
         restored = _flatten(_restore(manager, step, "arrays", state=ocp.args.StandardRestore(_nest(abstract))).state)
         leaves = [restored[name] for name in wanted]  # named_leaves keeps the pytree's leaf order
-        return jax.tree.unflatten(jax.tree.structure(like), leaves)
+        return jax.tree.unflatten(jax.tree.structure(like), leaves), meta
 
     def wait(self) -> None:
         with self._writing():
@@ -232,15 +239,17 @@ class Checkpoints:
             self._write_failed = True
             # Tensorstore's messages end in the system's reason: "...: Failed to write 44 bytes...: File too large"
             detail = (str(error).splitlines() or [type(error).__name__])[0].rsplit(": ", 1)[-1].split(" [")[0]
-            raise CheckpointWriteError(f"could not write a checkpoint in {self.workdir} ({detail}); free space or fix "
-                            "permissions, then rerun: the run resumes from its last complete checkpoint") from None
+            raise CheckpointWriteError(
+                f"could not write a checkpoint in {self.workdir} ({detail}); free space or fix permissions, then "
+                "rerun: the run resumes from its last complete checkpoint"
+            ) from None
 
     def close(self) -> None:
         """Waits for the saves in flight, then stops orbax's background threads (safe to call twice).
 
         The explicit wait matters even without saves: orbax starts a thread when a manager is created, and
         closing without waiting let it print a traceback at interpreter exit."""
-        if getattr(self, "_write_failed", False):
+        if self._write_failed:
             return  # closing the managers after a failed write makes orbax's threads print; the process ends now
         try:
             self.wait()
@@ -271,13 +280,14 @@ def find(workdir: str | Path, step: int | None = None) -> tuple[Checkpoints, ocp
     raise UserError(f"no checkpoint in {workdir}; train first: python train.py --workdir {workdir}")
 
 
-def restore_weights(run: Checkpoints, manager: ocp.CheckpointManager, step: int, like, item: str):
+def restore_weights(run: Checkpoints, manager: ocp.CheckpointManager, step: int, like, item: str,
+                    meta: dict | None = None):
     """Only the inference weights (``item`` = ``params`` or ``ema`` of the state) into a tree like ``like``.
 
     The whole state is read by the names and shapes ``meta`` records (the optimizer's few MB included), so
     prediction never needs to rebuild the optimizer that wrote it.
     """
-    meta = run.read_meta(step, manager)
+    meta = meta if meta is not None else run.read_meta(step, manager)
     saved = meta.get("arrays", {})
     weights = {k.removeprefix(item + "/"): v for k, v in saved.items() if k.startswith(item + "/")}
     check_compatible(weights, signature(like), f"checkpoint {step} in {manager.directory}")

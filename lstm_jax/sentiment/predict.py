@@ -108,7 +108,7 @@ def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise UserError(f"{where} has invalid metadata ({error}); retrain") from None
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(kwargs, nnx.Rngs(0))))
-    params = ckpt.restore_weights(run, manager, step, abstract, meta.get("inference_item", "params"))
+    params = ckpt.restore_weights(run, manager, step, abstract, meta.get("inference_item", "params"), meta)
     if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params)):
         raise UserError(f"{where} has non-finite weights (the run diverged); choose another --step or retrain")
     return Predictor(nnx.merge(graphdef, params), vocabulary, max_len, batch_size, length_bucket)

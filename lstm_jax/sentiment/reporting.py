@@ -44,7 +44,7 @@ class RunReport:
 
     def __init__(self, workdir: Path, history: list[dict], enabled: bool = True, tensorboard: bool = True):
         self.workdir, self.history, self.enabled = Path(workdir), history, enabled
-        self._writer, self._curves = None, None
+        self._writer, self._curves, self._curves_error = None, None, None
         if enabled:  # import matplotlib (0.3 s) while training runs: the thread mostly waits on XLA, not Python
             threading.Thread(target=_import_matplotlib, daemon=True).start()
         if enabled and tensorboard:
@@ -68,7 +68,6 @@ class RunReport:
         """Draws the curves PNG in a background thread (about half a second: matplotlib's import and Agg), so it
         overlaps the test evaluation; :meth:`finish` waits for it."""
         if self.enabled and self.history and self._curves is None:
-            self._curves_error = None
             self._curves = threading.Thread(target=self._write_curves_reporting, args=(list(self.history),),
                                             daemon=True)  # fmt: skip
             self._curves.start()
@@ -90,7 +89,7 @@ class RunReport:
             self._curves.join()
         if self._writer is not None:
             self._writer.close()
-        if self._curves is not None and self._curves_error is not None:
+        if self._curves_error is not None:
             raise self._curves_error
 
     def _write_jsonl(self, final: dict | None = None) -> None:

@@ -285,7 +285,7 @@ def maybe_initialize_distributed(config) -> None:
     """Joins a multi-process run through ``jax.distributed`` (CPU processes talk through gloo)."""
     if not (config.distributed or config.num_processes > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS")):
         return
-    if config.process_id >= max(config.num_processes, 1) and config.num_processes:
+    if config.num_processes and config.process_id >= config.num_processes:
         raise UserError(f"--config.process_id={config.process_id} must be below --config.num_processes="
                         f"{config.num_processes}")  # fmt: skip
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
