@@ -41,3 +41,20 @@ def test_other_cells_run_through_the_jobs_train_step(cell):
     runner.run(3)  # three real optimizer steps of the job's train_step
     records = bench.measure_case("infer", "tiny", TINY, cell, impls, repetitions=1, seconds=0.01)
     assert all(r["examples_per_second"] > 0 for r in records) and len(records) == len(impls)
+
+
+def test_the_accelerator_grid_runs_every_backend_and_reports_the_one_picked():
+    pytest.importorskip("torch")
+    bench.DEFAULT_TORCH_THREADS = 1
+    impls = bench.accelerator_implementations()
+    for name in ("lstm_jax auto", "lstm_jax fused", "lstm_jax scan u16", "lstm_jax scan u4 bf16", "flax nn.RNN"):
+        assert name in impls
+    assert "lstm_jax cudnn" not in impls  # no GPU here
+    records = bench.measure_case("train", "tiny", TINY, "lstm", impls, repetitions=1, seconds=0.01)
+    backends = {r["implementation"]: r["backend"] for r in records}
+    assert backends["lstm_jax auto"] == "fused"  # what auto picks on a CPU
+    assert backends["lstm_jax fused bf16"] == "fused" and backends["lstm_jax scan u1 bf16"] == "scan"
+    assert backends["torch eager"] is None and all(r["ratio_vs_torch"] > 0 for r in records)
+    assert [(w, s) for w, s, _, _ in bench.grid(quick=False, accelerator=True)] == [
+        (w, s) for w in ("train", "infer") for s in ("seed", "medium", "large")
+    ]

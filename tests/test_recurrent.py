@@ -115,7 +115,7 @@ def test_length_zero_keeps_the_initial_carry():
 def test_scan_equals_python_loop_and_every_unroll(name):
     cell = make_cell(name)
     x, lengths = inputs(), jnp.asarray(LENGTHS)
-    want_outputs, want_carry = RNN(cell, reverse=True, loop="python")(x, lengths)
+    want_outputs, want_carry = RNN(cell, reverse=True, backend="python")(x, lengths)
     for unroll in [1, 2, 3, 4, 8, True]:
         outputs, carry = RNN(cell, reverse=True, unroll=unroll)(x, lengths)
         np.testing.assert_allclose(outputs, want_outputs, atol=1e-6, err_msg=f"unroll={unroll}")
@@ -193,8 +193,10 @@ def test_bad_arguments_raise_clear_errors():
         RNN(make_cell("lstm"))(jnp.zeros((TIME, IN)))
     with pytest.raises(ValueError, match="unknown cell"):
         lstm_jax.make_recurrent("transformer", IN, HIDDEN, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="loop"):
-        RNN(make_cell("lstm"), loop="while")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        RNN(make_cell("lstm"), backend="while")
+    with pytest.raises(ValueError, match="backend='fused' runs plain LSTMCell only, not GRUCell"):
+        RNN(make_cell("gru"), backend="fused")
 
 
 def loss_fn(layer, x, lengths):
@@ -268,7 +270,7 @@ def test_bfloat16_compute_keeps_float32_params(name):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_lstm_equals_autodiff_scan_in_value_and_gradient(reverse, dtype):
     cell = make_cell("lstm", dtype=dtype)
-    fused, generic = RNN(cell, reverse=reverse), RNN(cell, reverse=reverse, fused=False)
+    fused, generic = RNN(cell, reverse=reverse, backend="fused"), RNN(cell, reverse=reverse, backend="scan")
     x, lengths = inputs(), jnp.asarray(LENGTHS)
     initial = jax.tree.map(lambda a: a + 0.2, cell.initialize_carry((len(LENGTHS),)))
 
@@ -283,12 +285,12 @@ def test_fused_lstm_equals_autodiff_scan_in_value_and_gradient(reverse, dtype):
         np.testing.assert_allclose(got, want, atol=tolerance * 10, rtol=tolerance)
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("backend", ["auto", "scan"])  # auto: the fused recurrence for the LSTM on a CPU
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_padding_never_reaches_values_or_gradients_even_when_it_is_nan(name, reverse, fused):
+def test_padding_never_reaches_values_or_gradients_even_when_it_is_nan(name, reverse, backend):
     cell = make_cell(name)
-    rnn = RNN(cell, reverse=reverse, fused=fused)
+    rnn = RNN(cell, reverse=reverse, backend=backend)
     lengths = jnp.asarray(LENGTHS)
     clean = inputs()
     padded = jnp.arange(TIME)[None, :, None] >= lengths[:, None, None]

@@ -3,6 +3,7 @@
 python -m lstm_jax.sentiment.bench --quick            # < 3 minutes on 2 CPU cores
 python -m lstm_jax.sentiment.bench                    # the full grid
 python -m lstm_jax.sentiment.bench --out benchmarks/results --tag cpu-2core
+python -m lstm_jax.sentiment.bench --accelerator      # the GPU grid (benchmarks/gpu.sh runs it)
 
 The workload is the sentiment model: Embedding(V, E) -> recurrent layer (final hidden state) -> Dense(1),
 binary cross-entropy, Adam. "train" is a whole step (forward, backward, update), "infer" the forward pass
@@ -14,6 +15,10 @@ estimate), warmed up, then timed in several repetitions; each repetition runs th
 rotated order, one after another in this process, each for a fixed number of steps ending with
 ``block_until_ready``. Throughput ratios against PyTorch eager (default threads) are taken per repetition
 and the median is reported.
+
+The accelerator grid (``--accelerator``) measures the LSTM at the three shapes with every lstm_jax backend
+(``auto``, ``cudnn``, ``fused``, ``scan`` with unroll 1, 4, 16; the scan paths also in bfloat16), Flax's
+nn.RNN and PyTorch's nn.LSTM on the same device (cuDNN on a GPU); ratios are then against PyTorch there.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Runner:
     compile_seconds: float | None = None
     memory_bytes: int | None = None
     threads: int | None = None
+    backend: str | None = None  # lstm_jax: the recurrence its layers picked (RNN.backend)
 
 
 def _batch(shape, seed=0):
@@ -84,7 +90,7 @@ def _compiled(jitted, *args):
 # ------------------------------------------------------------------------------------------ lstm_jax
 
 
-def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", shard=False) -> Runner:
+def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="float32", shard=False) -> Runner:
     """The job's own ``train_step`` (train) or the predictor's forward pass (infer) on one fixed batch."""
     from flax import nnx
 
@@ -96,7 +102,7 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", 
     config = base_config()
     cell_name, bidirectional = CELL_MODELS[cell]
     config.update(dict(cell=cell_name, bidirectional=bidirectional, embedding_dim=shape["embed"],
-                       hidden_size=shape["hidden"], unroll=unroll, fused_lstm=fused))  # fmt: skip
+                       hidden_size=shape["hidden"], unroll=unroll, backend=backend, dtype=dtype))  # fmt: skip
     kwargs = model_kwargs(config, shape["vocab"])
     devices = jax.devices() if shard else jax.devices()[:1]
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
@@ -104,12 +110,8 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     state = create_train_state(config, kwargs, 100, mesh)
-    if loop != "scan":
-        model = nnx.merge(state.graphdef, state.params)
-        for _, module in model.iter_modules():
-            if isinstance(module, RNN):
-                module.loop = loop
-        state = state.replace(graphdef=nnx.graphdef(model))
+    model = nnx.merge(state.graphdef, state.params)
+    picked = sorted({module.backend for _, module in nnx.iter_modules(model) if isinstance(module, RNN)})
     if workload == "train":
         examples = jax.device_put({"tokens": tokens, "lengths": lengths, "labels": labels}, replicated)
         # A one-batch plan (all rows, in order): JAX clamps out-of-range retrieval indices, so every later
@@ -135,7 +137,7 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, fused=True, loop="scan", 
                 out = compiled(state.params, tokens, lengths)
             jax.block_until_ready(out)
 
-    return Runner(run, seconds, _memory(compiled))
+    return Runner(run, seconds, _memory(compiled), backend="+".join(picked))
 
 
 # ------------------------------------------------------------------------------------------ Flax linen
@@ -193,7 +195,8 @@ def build_flax(shape, cell, workload) -> Runner:
 # ------------------------------------------------------------------------------------------ PyTorch
 
 
-def build_torch(shape, cell, workload, *, threads: int | None = None) -> Runner:
+def build_torch(shape, cell, workload, *, threads: int | None = None, device: str = "cpu") -> Runner:
+    """PyTorch eager on ``device``: its own kernels on a CPU, cuDNN's on ``cuda``."""
     import torch
 
     threads = threads or DEFAULT_TORCH_THREADS
@@ -214,9 +217,14 @@ def build_torch(shape, cell, workload, *, threads: int | None = None) -> Runner:
             last = torch.cat([h_n[-2], h_n[-1]], dim=-1) if bidirectional else h_n[-1]
             return self.head(last).squeeze(-1)
 
-    model = TorchSentiment()
-    tokens, _, labels = (torch.from_numpy(a) for a in _batch(shape))
+    model = TorchSentiment().to(device)
+    tokens, _, labels = (torch.from_numpy(a).to(device) for a in _batch(shape))
     labels = labels.float()
+
+    def finish():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
     if workload == "train":
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -228,6 +236,7 @@ def build_torch(shape, cell, workload, *, threads: int | None = None) -> Runner:
                 loss = loss_fn(model(tokens), labels)
                 loss.backward()
                 optimizer.step()
+            finish()
 
     else:
         model.eval()
@@ -237,6 +246,7 @@ def build_torch(shape, cell, workload, *, threads: int | None = None) -> Runner:
             with torch.inference_mode():
                 for _ in range(n):
                     torch.sigmoid(model(tokens))
+            finish()
 
     return Runner(run, threads=threads)
 
@@ -251,7 +261,7 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     """The implementations that apply to a case, by display name."""
     impls = {}
     if cell in ("lstm", "bilstm"):
-        impls["lstm_jax fused"] = lambda s, c, w: build_lstm_jax(s, c, w, fused=True)
+        impls["lstm_jax fused"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="fused")
     devices = len(jax.devices())
     if devices > 1 and shape["batch"] % devices == 0:  # what predict.py does: the batch split over the cores
         impls[f"lstm_jax batch over {devices} CPU devices"] = lambda s, c, w: build_lstm_jax(s, c, w, shard=True)
@@ -261,14 +271,38 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     else:
         unrolls = [1, 4] if quick else [1, 2, 4, 8, 16]
     for unroll in unrolls:
-        impls[f"lstm_jax scan u{unroll}"] = lambda s, c, w, u=unroll: build_lstm_jax(s, c, w, unroll=u, fused=False)
+        impls[f"lstm_jax scan u{unroll}"] = lambda s, c, w, u=unroll: build_lstm_jax(s, c, w, unroll=u, backend="scan")
     if not quick and shape["time"] <= PYTHON_LOOP_MAX_TIME:
-        impls["lstm_jax python loop"] = lambda s, c, w: build_lstm_jax(s, c, w, fused=False, loop="python")
+        impls["lstm_jax python loop"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="python")
     if cell in ("lstm", "gru"):
         impls["flax nn.RNN"] = build_flax
     if cell != "peephole_lstm" and _has_torch():
         impls["torch eager"] = build_torch
         impls["torch eager 1 thread"] = lambda s, c, w: build_torch(s, c, w, threads=1)
+    return impls
+
+
+def accelerator_implementations() -> dict[str, Callable]:
+    """The accelerator grid's LSTM implementations: every backend, bfloat16 for the scan paths, the peers."""
+    from lstm_jax import cudnn
+
+    impls = {"lstm_jax auto": lambda s, c, w: build_lstm_jax(s, c, w, backend="auto")}
+    if cudnn.unavailable_reason() is None:
+        impls["lstm_jax cudnn"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="cudnn")
+    for dtype, suffix in (("float32", ""), ("bfloat16", " bf16")):
+        impls[f"lstm_jax fused{suffix}"] = lambda s, c, w, d=dtype: build_lstm_jax(s, c, w, backend="fused", dtype=d)
+        for unroll in (1, 4, 16):
+            impls[f"lstm_jax scan u{unroll}{suffix}"] = lambda s, c, w, u=unroll, d=dtype: build_lstm_jax(
+                s, c, w, unroll=u, backend="scan", dtype=d
+            )
+    impls["flax nn.RNN"] = build_flax
+    if _has_torch():
+        import torch
+
+        if torch.cuda.is_available():
+            impls["torch cudnn"] = lambda s, c, w: build_torch(s, c, w, device="cuda")
+        else:
+            impls["torch eager"] = build_torch
     return impls
 
 
@@ -301,7 +335,7 @@ def measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
             start = time.perf_counter()
             runners[name].run(steps[name])
             times[name].append((time.perf_counter() - start) / steps[name])
-    baseline = times.get("torch eager")
+    baseline = times.get("torch cudnn") or times.get("torch eager")
     for name in names:
         step_seconds = statistics.median(times[name])
         ratios = [b / t for b, t in zip(baseline, times[name])] if baseline else None
@@ -319,12 +353,18 @@ def measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
             "compile_seconds": runners[name].compile_seconds,
             "memory_bytes": runners[name].memory_bytes,
             "threads": runners[name].threads,
+            "backend": runners[name].backend,
         }
     return list(records.values())
 
 
-def grid(quick: bool):
+def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple(SHAPES)):
     """Yields (workload, shape name, shape, cell) cases."""
+    if accelerator:
+        for workload in ("train", "infer"):
+            for shape_name in shapes:
+                yield workload, shape_name, SHAPES[shape_name], "lstm"
+        return
     shapes = ["seed"] if quick else ["seed", "medium", "large"]
     cells = ["lstm"] if quick else list(CELL_MODELS)
     for workload in ("train", "infer"):
@@ -350,6 +390,7 @@ def environment() -> dict:
         "torch": __import__("torch").__version__ if _has_torch() else None,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
         "machine": platform.machine(),
         "processor": platform.processor() or _cpu_name(),
         "cpu_count": os.cpu_count(),
@@ -369,14 +410,14 @@ def _cpu_name() -> str:
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| workload | shape | cell | implementation | examples/s | × torch | compile s |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| workload | shape | cell | implementation | backend | examples/s | × torch | compile s |",
+        "|---|---|---|---|---|---:|---:|---:|",
     ]
     for r in records:
         ratio = f"{r['ratio_vs_torch']:.2f}×" if r["ratio_vs_torch"] else "—"
         compile_s = f"{r['compile_seconds']:.2f}" if r["compile_seconds"] is not None else "—"
         lines.append(
-            f"| {r['workload']} | {r['shape']} | {r['cell']} | {r['implementation']} | "
+            f"| {r['workload']} | {r['shape']} | {r['cell']} | {r['implementation']} | {r.get('backend') or '—'} | "
             f"{r['examples_per_second']:,.0f} | {ratio} | {compile_s} |"
         )
     return "\n".join(lines)
@@ -417,7 +458,7 @@ def plots(records: list[dict], out: Path, tag: str) -> list[Path]:
         rows = [
             r for r in records
             if r["workload"] == workload and r["shape"] == shape_name and r["cell"] == "lstm"
-            and r["implementation"].startswith("lstm_jax scan u")
+            and r["implementation"].startswith("lstm_jax scan u") and not r["implementation"].endswith("bf16")
         ]  # fmt: skip
         points = sorted((int(r["implementation"].rsplit("u", 1)[1]), r["compile_seconds"]) for r in rows)
         if points:
@@ -437,6 +478,8 @@ def main(argv=None):
     global DEFAULT_TORCH_THREADS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="seed shape, LSTM only, few unrolls (< 3 minutes)")
+    parser.add_argument("--accelerator", action="store_true", help="the GPU grid: every LSTM backend at 3 shapes")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="accelerator grid: comma-separated shape names")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG files")
     parser.add_argument("--tag", default=None, help="file name prefix (default: <backend>-<quick|full>)")
     parser.add_argument("--repetitions", type=int, default=None, help="timed repetitions per case")
@@ -448,7 +491,8 @@ def main(argv=None):
         for path in plots(json.loads(source.read_text())["records"], source.parent, source.stem):
             print(f"wrote {path}")
         return
-    if jax.default_backend() == "cpu" and len(jax.devices()) == 1 and (os.cpu_count() or 1) > 1 and argv is None:
+    if jax.default_backend() == "cpu" and len(jax.devices()) == 1 and (os.cpu_count() or 1) > 1 and argv is None \
+            and not args.accelerator:  # fmt: skip
         # Re-run with one XLA CPU device per core so the "batch over N devices" variant can be measured
         # (single-device implementations are unaffected: they run on device 0).
         flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count()}"
@@ -466,31 +510,46 @@ def main(argv=None):
         print("PyTorch is not installed (pip install -e '.[dev]'): measuring without the PyTorch peers")
     repetitions = args.repetitions or (3 if args.quick else 5)
     seconds = args.seconds or (0.25 if args.quick else 0.5)
-    tag = args.tag or f"{jax.default_backend()}-{'quick' if args.quick else 'full'}"
+    tag = (
+        args.tag
+        or f"{jax.default_backend()}-{'quick' if args.quick else 'accelerator' if args.accelerator else 'full'}"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     records, started = [], time.time()
-    for workload, shape_name, shape, cell in grid(args.quick):
-        impls = implementations(cell, shape, args.quick)
+    for workload, shape_name, shape, cell in grid(args.quick, args.accelerator, tuple(args.shapes.split(","))):
+        impls = accelerator_implementations() if args.accelerator else implementations(cell, shape, args.quick)
         case = measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
         records.extend(case)
         print(table(case).split("\n", 2)[2], flush=True)
     result = {
         "environment": environment(),
-        "settings": {"quick": args.quick, "repetitions": repetitions, "seconds_per_block": seconds},
+        "settings": {
+            "quick": args.quick,
+            "accelerator": args.accelerator,
+            "repetitions": repetitions,
+            "seconds_per_block": seconds,
+        },  # fmt: skip
         "wall_seconds": time.time() - started,
         "records": records,
     }
     json_path = out / f"{tag}.json"
     json_path.write_text(json.dumps(result, indent=1))
     env = result["environment"]
+    baseline = (
+        "PyTorch nn.LSTM on the GPU (cuDNN)"
+        if any(r["implementation"] == "torch cudnn" for r in records)
+        else "PyTorch eager at default threads"
+    )
     header = (
         f"# Benchmark `{tag}`\n\n"
         f"`python -m lstm_jax.sentiment.bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
-        f" on {env['processor']} ({env['cpu_count']} CPUs, {env['backend']}), jax {env['jax']}, flax {env['flax']}, "
+        f" on {env['processor']} ({env['cpu_count']} CPUs, {env['backend']}: {env['device_kind']}), "
+        f"jax {env['jax']}, flax {env['flax']}, "
         f"torch {env['torch']} (default {env['torch_default_threads']} threads), {env['date']}; "
-        f"{repetitions} repetitions, medians; × torch = throughput relative to PyTorch eager at default threads.\n\n"
+        f"{repetitions} repetitions, medians; × torch = throughput relative to {baseline}; "
+        "backend = the recurrence lstm_jax's layers ran (RNN.backend).\n\n"
     )
     (out / f"{tag}.md").write_text(header + table(records) + "\n")
     paths = plots(records, out, tag)

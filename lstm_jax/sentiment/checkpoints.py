@@ -143,6 +143,17 @@ def check_version(meta, where: str) -> None:
             f"{where} has format version {version}, this lstm_jax reads version {FORMAT_VERSION}; "
             "retrain with this version or use the lstm_jax that wrote it"
         )
+    _rename_fused_setting(meta)
+
+
+def _rename_fused_setting(meta: dict) -> None:
+    """Checkpoints written before the backend switch say ``fused_lstm`` / ``fused`` (True = the fused LSTM where
+    it applies, which ``auto`` picks on a CPU; False = scan); the function computed is the same either way."""
+    config, kwargs = meta.get("config"), meta.get("model_kwargs")
+    if isinstance(config, dict) and "fused_lstm" in config:
+        config["backend"] = "auto" if config.pop("fused_lstm") else "scan"
+    if isinstance(kwargs, dict) and "fused" in kwargs:
+        kwargs["backend"] = "auto" if kwargs.pop("fused") else "scan"
 
 
 class Checkpoints:

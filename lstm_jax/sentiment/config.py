@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.word_scores = False  # add a linear bag-of-words path (one learned score per word) to the logit
     config.ensemble_size = 1  # train this many independently initialised models side by side; predict with their mean
     config.unroll = 1  # lax.scan unroll factor
-    config.fused_lstm = True  # LSTM cells use the fused recurrence with a hand-written backward (same function)
+    config.backend = "auto"  # how the recurrence runs (same function): auto | scan | fused | cudnn (auto: cudnn on GPU)
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     # Optimisation.
     config.batch_size = 32  # examples per step, across all devices (must divide by the device count)
@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 # Settings a resumed run may change: they steer the run, not what it computes. num_epochs too (training
 # longer continues the same run), unless a schedule depends on it.
 RESUMABLE_CHANGES = frozenset(
-    ["num_epochs", "early_stopping_patience", "checkpoint_every_steps", "keep_checkpoints", "distributed",
+    ["num_epochs", "backend", "early_stopping_patience", "checkpoint_every_steps", "keep_checkpoints", "distributed",
      "eval_batch_size", "test_checkpoint", "tensorboard", "compilation_cache_dir", "cache_dir", "data_path",
      "coordinator_address", "num_processes", "process_id",
      "train_path", "val_path", "test_path"]
@@ -96,6 +96,7 @@ CHOICES = {
     "schedule": ("constant", "cosine"),
     "embedding_init": ("random", "ppmi_svd"),
     "test_checkpoint": ("best", "last"),
+    "backend": ("auto", "scan", "fused", "cudnn"),
 }
 # (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
 # ensemble would take hours to build), far above anything this job needs.
@@ -120,3 +121,17 @@ def validate(config) -> None:
     for key in RATES:
         if not 0.0 <= config[key] < 1.0:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")
+    _check_backend(config)
+
+
+def _check_backend(config) -> None:
+    backend = f"--config.backend={config.backend}"
+    if config.backend in ("fused", "cudnn") and config.cell != "lstm":
+        raise UserError(f"{backend} runs the lstm cell only; use auto or scan for {config.cell}")
+    if config.backend == "cudnn":
+        from lstm_jax import cudnn
+
+        if config.dtype != "float32":
+            raise UserError(f"{backend} computes in float32 only; use --config.dtype=float32 or --config.backend=auto")
+        if (reason := cudnn.unavailable_reason()) is not None:
+            raise UserError(f"--config.backend=cudnn cannot run here: {reason}; use --config.backend=auto")

@@ -43,7 +43,7 @@ class SentimentClassifier(nnx.Module):
         word_dropout_rate: float = 0.0,
         word_scores: bool = False,
         unroll: int = 1,
-        fused: bool = True,
+        backend: str = "auto",
         dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
@@ -61,7 +61,7 @@ class SentimentClassifier(nnx.Module):
             bidirectional=bidirectional,
             dropout_rate=dropout_rate,
             unroll=unroll,
-            fused=fused,
+            backend=backend,
             dtype=compute_dtype,
             rngs=rngs,
         )
@@ -159,7 +159,7 @@ def model_kwargs(config, vocab_size: int) -> dict:
         word_dropout_rate=config.word_dropout_rate,
         word_scores=config.word_scores,
         unroll=config.unroll,
-        fused=config.fused_lstm,
+        backend=config.backend,
         dtype=config.dtype,
         ensemble_size=config.ensemble_size,
     )

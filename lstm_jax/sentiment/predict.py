@@ -84,9 +84,12 @@ def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
     config before anything is built (a hostile file could ask for a 200,000-member ensemble)."""
     config = base_config()
     config.update(meta["config"])
+    # The backend decides how, not what, the model computes: a run trained with cuDNN on a GPU predicts here
+    # with whatever this machine runs best.
+    config.backend = "auto"
     validate(config)
     vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]])
-    kwargs, settings = meta["model_kwargs"], meta["data"]
+    kwargs, settings = {**meta["model_kwargs"], "backend": "auto"}, meta["data"]
     if kwargs != model_kwargs(config, vocabulary.size):
         raise ValueError("the model arguments disagree with the config")
     if (settings["max_len"], settings["length_bucket"]) != (config.max_len, config.length_bucket):
