@@ -50,28 +50,37 @@ def _masked_update(mask: Array, new: Any, old: Any) -> Any:
 BACKENDS = ("auto", "scan", "fused", "cudnn", "python")
 
 
-def choose_backend(requested: str, cell: nnx.Module) -> str:
+def _is_plain_lstm(cell: nnx.Module) -> bool:
+    return type(cell) is cells_lib.LSTMCell and not cell.proj_size
+
+
+def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -> str:
     """The recurrence that runs ``cell`` for a requested backend; every choice computes the same function.
 
     ``auto`` picks ``cudnn`` on an NVIDIA GPU for a float32 plain LSTM cell, ``fused`` for a plain LSTM cell on
-    a CPU, and ``scan`` otherwise (TPU, other cells, bfloat16 on a GPU). Asking for a backend that cannot run
-    ``cell`` here raises a one-line ``ValueError``.
+    a CPU, and ``scan`` otherwise (TPU, other cells, projections, bfloat16 on a GPU, zoneout). Asking for a
+    backend that cannot run ``cell`` here raises a one-line ``ValueError``.
     """
-    plain_lstm = type(cell) is cells_lib.LSTMCell
     if requested == "auto":
+        if zoneout:
+            return "scan"
         if _cudnn_obstacle(cell) is None:
             return "cudnn"
-        return "fused" if plain_lstm and cudnn.platform() == "cpu" else "scan"
-    if requested == "fused" and not plain_lstm:
-        raise ValueError(f"backend='fused' runs plain LSTMCell only, not {type(cell).__name__}; use 'scan' or 'auto'")
+        return "fused" if _is_plain_lstm(cell) and cudnn.platform() == "cpu" else "scan"
+    name = type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
+    if requested in ("fused", "cudnn") and zoneout:
+        raise ValueError(f"backend={requested!r} cannot apply zoneout; use 'scan' or 'auto'")
+    if requested == "fused" and not _is_plain_lstm(cell):
+        raise ValueError(f"backend='fused' runs plain LSTMCell only, not {name}; use 'scan' or 'auto'")
     if requested == "cudnn" and (reason := _cudnn_obstacle(cell)) is not None:
         raise ValueError(f"backend='cudnn' cannot run here: {reason}; use backend='auto'")
     return requested
 
 
 def _cudnn_obstacle(cell: nnx.Module) -> str | None:
-    if type(cell) is not cells_lib.LSTMCell:
-        return f"cuDNN runs plain LSTMCell only, not {type(cell).__name__}"
+    if not _is_plain_lstm(cell):
+        name = type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
+        return f"cuDNN runs plain LSTMCell only, not {name}"
     if jnp.dtype(cell.dtype) != jnp.float32 or cell.input_kernel.dtype != jnp.float32:
         return f"cuDNN's LSTM in JAX is float32 only, this cell computes in {jnp.dtype(cell.dtype).name}"
     return cudnn.unavailable_reason()
@@ -91,10 +100,17 @@ class RNN(nnx.Module):
         hand-written backward pass, :mod:`lstm_jax.fused`), ``"cudnn"`` (plain float32 LSTM on an NVIDIA GPU,
         :mod:`lstm_jax.cudnn`; reverse-mode gradients only, no ``vmap``), ``"python"`` (a Python loop traced
         step by step, for benchmarks and tests; it compiles slowly for long sequences).
-        ``rnn.backend`` says which one runs.
+        ``rnn.backend`` says which one runs (a training call with recurrent dropout runs ``scan``).
+      recurrent_dropout_rate: variational recurrent dropout (Gal & Ghahramani 2016), training only: one mask
+        per sequence (the same at every step) on the state where it enters the recurrent matmul.
+      zoneout_rate: zoneout (Krueger et al. 2016): in training each unit of the carry keeps its previous value
+        with this probability, drawn afresh at every step; at inference the expectation,
+        ``p * previous + (1 - p) * new``. Outputs are then the (zoned) hidden state.
 
-    Call: ``outputs, final_carry = rnn(inputs, lengths, initial_carry=None)`` with
-    ``outputs <dtype>[batch, time, hidden]``; ``final_carry`` has the structure of ``initial_carry``.
+    Call: ``outputs, final_carry = rnn(inputs, lengths, initial_carry=None, rngs=None)`` with
+    ``outputs <dtype>[batch, time, features]``; ``final_carry`` has the structure of ``initial_carry``.
+    Recurrent dropout and zoneout's random masks need ``rngs`` with a ``dropout`` stream (training mode);
+    without it the call is deterministic (inference). Padded steps are untouched by both.
     """
 
     def __init__(
@@ -105,29 +121,48 @@ class RNN(nnx.Module):
         reverse: bool = False,
         time_major: bool = False,
         backend: str = "auto",
+        recurrent_dropout_rate: float = 0.0,
+        zoneout_rate: float = 0.0,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "fused":
-            choose_backend(backend, cell)  # refuses other cells now rather than at the first call
+        for name, rate in (("recurrent_dropout_rate", recurrent_dropout_rate), ("zoneout_rate", zoneout_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        if zoneout_rate and not hasattr(cell, "output"):
+            raise ValueError(f"zoneout needs a cell with output(carry); {type(cell).__name__} has none")
         self.cell = cell
         self.unroll = unroll
         self.reverse = reverse
         self.time_major = time_major
         self.requested_backend = backend
+        self.recurrent_dropout_rate = recurrent_dropout_rate
+        self.zoneout_rate = zoneout_rate
+        if backend == "fused":
+            self.backend  # refuses other cells now rather than at the first call  # noqa: B018
 
     @property
     def backend(self) -> str:
         """The recurrence that runs on this machine: ``scan``, ``fused``, ``cudnn`` or ``python``."""
-        return choose_backend(self.requested_backend, self.cell)
+        return choose_backend(self.requested_backend, self.cell, zoneout=self.zoneout_rate > 0)
 
-    def __call__(self, inputs: Array, lengths: Array | None = None, *, initial_carry: Any = None):
+    def __call__(
+        self,
+        inputs: Array,
+        lengths: Array | None = None,
+        *,
+        initial_carry: Any = None,
+        rngs: nnx.Rngs | None = None,
+    ):
         if inputs.ndim != 3:
             raise ValueError(f"inputs must be [batch, time, features] (or time-major), got shape {inputs.shape}")
         expected = getattr(self.cell, "in_features", inputs.shape[-1])
         if inputs.shape[-1] != expected:
             raise ValueError(f"inputs have {inputs.shape[-1]} features, the cell expects {expected}")
         backend = self.backend
+        training = rngs is not None and (self.recurrent_dropout_rate > 0 or self.zoneout_rate > 0)
+        if training and backend in ("fused", "cudnn"):
+            backend = "scan"  # the masks enter the step itself
         if backend == "cudnn" and not self.reverse:
             outputs, (carry,) = _run_cudnn([[self]], inputs, lengths, [initial_carry])
             return outputs, carry
@@ -144,21 +179,55 @@ class RNN(nnx.Module):
         # Padded inputs are replaced by zeros before any cell math, so whatever they hold (even NaN or inf)
         # reaches neither the outputs nor any gradient.
         x = jnp.where(masks[..., None], x, jnp.zeros((), x.dtype))
-        carry, outputs = self._recurrence(backend, x, lengths, masks, initial_carry)
+        noise = self._noise(rngs, initial_carry, time, batch) if training else (None, None)
+        carry, outputs = self._recurrence(backend, x, lengths, masks, initial_carry, noise)
         if self.reverse:
             outputs = reverse_padded(outputs, lengths)
         if not self.time_major:
             outputs = jnp.swapaxes(outputs, 0, 1)
         return outputs, carry
 
-    def _recurrence(self, backend: str, x: Array, lengths: Array, masks: Array, initial_carry: Any):
-        """(final carry, outputs <[T, B, H]>) over time-major inputs already in reading order."""
+    def _noise(self, rngs: nnx.Rngs, carry: Any, time: int, batch: int):
+        """Training masks: the recurrent dropout mask <float32>[B, R] (scaled by 1 / keep) for the whole
+        sequence, and zoneout's keep-the-previous-value masks, one <bool>[T, B, ...] per carry leaf."""
+        recurrent_mask = zoneout_masks = None
+        if self.recurrent_dropout_rate > 0:
+            keep = 1.0 - self.recurrent_dropout_rate
+            width = self.cell.recurrent_kernel.shape[0]
+            recurrent_mask = jax.random.bernoulli(rngs.dropout(), keep, (batch, width)).astype(jnp.float32) / keep
+        if self.zoneout_rate > 0:
+            leaves, treedef = jax.tree.flatten(carry)
+            keys = jax.random.split(rngs.dropout(), len(leaves))
+            zoneout_masks = jax.tree.unflatten(
+                treedef,
+                [jax.random.bernoulli(k, self.zoneout_rate, (time, *leaf.shape)) for k, leaf in zip(keys, leaves)],
+            )
+        return recurrent_mask, zoneout_masks
 
-        def step(carry, x_and_mask):
-            x_t, mask_t = x_and_mask
-            new_carry, y_t = self.cell(carry, x_t)
-            carry = _masked_update(mask_t, new_carry, carry)
-            return carry, jnp.where(mask_t[:, None], y_t, jnp.zeros_like(y_t))
+    def _step(self, carry, x_t: Array, mask_t: Array, recurrent_mask, zoneout_t):
+        """One masked step; zoneout (training masks ``zoneout_t``, else the expectation) applied when on."""
+        cell = self.cell
+        if recurrent_mask is None:
+            new_carry, y_t = cell(carry, x_t)
+        else:
+            new_carry, y_t = cell.recurrent_step(carry, cell.input_projection(x_t), recurrent_mask=recurrent_mask)
+        if zoneout_t is not None:
+            new_carry = jax.tree.map(jnp.where, zoneout_t, carry, new_carry)
+            y_t = cell.output(new_carry)
+        elif self.zoneout_rate > 0:
+            p = self.zoneout_rate
+            new_carry = jax.tree.map(lambda old, new: p * old + (1.0 - p) * new, carry, new_carry)
+            y_t = cell.output(new_carry)
+        carry = _masked_update(mask_t, new_carry, carry)
+        return carry, jnp.where(mask_t[:, None], y_t, jnp.zeros_like(y_t))
+
+    def _recurrence(self, backend: str, x: Array, lengths: Array, masks: Array, initial_carry: Any, noise):
+        """(final carry, outputs <[T, B, H]>) over time-major inputs already in reading order."""
+        recurrent_mask, zoneout_masks = noise
+
+        def step(carry, inputs):
+            x_t, mask_t, zoneout_t = inputs
+            return self._step(carry, x_t, mask_t, recurrent_mask, zoneout_t)
 
         cell = self.cell
         if backend == "cudnn":  # a reverse-only layer: the inputs are reversed already, cuDNN reads forward
@@ -174,10 +243,10 @@ class RNN(nnx.Module):
             )  # fmt: skip
             return carry, outputs.astype(cell.dtype)
         if backend == "scan":
-            return jax.lax.scan(step, initial_carry, (x, masks), unroll=self.unroll)
+            return jax.lax.scan(step, initial_carry, (x, masks, zoneout_masks), unroll=self.unroll)
         carry, outputs = initial_carry, []
         for t in range(x.shape[0]):
-            carry, y_t = step(carry, (x[t], masks[t]))
+            carry, y_t = step(carry, (x[t], masks[t], jax.tree.map(lambda m, t=t: m[t], zoneout_masks)))
             outputs.append(y_t)
         return carry, jnp.stack(outputs)
 
@@ -199,18 +268,27 @@ class Bidirectional(nnx.Module):
         self.forward_rnn = forward_rnn
         self.backward_rnn = backward_rnn
 
-    def __call__(self, inputs: Array, lengths: Array | None = None, *, initial_carry: Any = None):
+    def __call__(
+        self,
+        inputs: Array,
+        lengths: Array | None = None,
+        *,
+        initial_carry: Any = None,
+        rngs: nnx.Rngs | None = None,
+    ):
         forward_initial, backward_initial = initial_carry if initial_carry is not None else (None, None)
-        if _cudnn_directions(self) is not None:
-            outputs, (carries,) = _run_cudnn([_cudnn_directions(self)], inputs, lengths, [initial_carry])
+        if _cudnn_directions(self, rngs) is not None:
+            outputs, (carries,) = _run_cudnn([_cudnn_directions(self, rngs)], inputs, lengths, [initial_carry])
             return outputs, carries
-        forward_outputs, forward_carry = self.forward_rnn(inputs, lengths, initial_carry=forward_initial)
-        backward_outputs, backward_carry = self.backward_rnn(inputs, lengths, initial_carry=backward_initial)
+        forward_outputs, forward_carry = self.forward_rnn(inputs, lengths, initial_carry=forward_initial, rngs=rngs)
+        backward_outputs, backward_carry = self.backward_rnn(
+            inputs, lengths, initial_carry=backward_initial, rngs=rngs
+        )
         outputs = jnp.concatenate([forward_outputs, backward_outputs], axis=-1)
         return outputs, (forward_carry, backward_carry)
 
 
-def _cudnn_directions(layer: nnx.Module) -> list[RNN] | None:
+def _cudnn_directions(layer: nnx.Module, rngs: nnx.Rngs | None) -> list[RNN] | None:
     """A layer's RNNs (forward[, backward]) when the whole layer can be one cuDNN call, else ``None``."""
     if isinstance(layer, RNN):
         rnns = [layer] if not layer.reverse else []
@@ -220,6 +298,8 @@ def _cudnn_directions(layer: nnx.Module) -> list[RNN] | None:
         rnns = []
     if not rnns or any(rnn.backend != "cudnn" for rnn in rnns):
         return None
+    if rngs is not None and any(rnn.recurrent_dropout_rate > 0 for rnn in rnns):
+        return None  # training with recurrent dropout: the layer runs its masks under scan
     return rnns
 
 
@@ -280,7 +360,7 @@ class StackedRNN(nnx.Module):
         if len(initial_carries) != len(self.layers):
             raise ValueError(f"initial_carries has {len(initial_carries)} entries for {len(self.layers)} layers")
         dropout_active = rngs is not None and self.dropout.rate > 0
-        directions = [_cudnn_directions(layer) for layer in self.layers]
+        directions = [_cudnn_directions(layer, rngs) for layer in self.layers]
         if len(self.layers) > 1 and not dropout_active and all(directions):
             if len({len(rnns) for rnns in directions}) == 1:
                 outputs, carries = _run_cudnn(directions, inputs, lengths, list(initial_carries))
@@ -289,7 +369,7 @@ class StackedRNN(nnx.Module):
         for index, (layer, initial_carry) in enumerate(zip(self.layers, initial_carries)):
             if index > 0:
                 outputs = self.dropout(outputs, deterministic=rngs is None, rngs=rngs)
-            outputs, carry = layer(outputs, lengths, initial_carry=initial_carry)
+            outputs, carry = layer(outputs, lengths, initial_carry=initial_carry, rngs=rngs)
             carries.append(carry)
         return outputs, tuple(carries)
 
@@ -305,14 +385,17 @@ def make_recurrent(
     unroll: int | bool = 1,
     time_major: bool = False,
     backend: str = "auto",
+    recurrent_dropout_rate: float = 0.0,
+    zoneout_rate: float = 0.0,
     rngs: nnx.Rngs,
     **cell_kwargs,
 ) -> StackedRNN:
     """Builds a (possibly bidirectional, possibly stacked) recurrent layer from a cell name.
 
-    ``cell`` is one of ``lstm``, ``peephole_lstm``, ``gru``, ``simple_rnn``; ``cell_kwargs`` go to the
-    cell (``dtype``, ``forget_bias``, ``use_bias``...); ``backend`` to every :class:`RNN`. Outputs have
-    ``hidden_features`` features, or twice that when bidirectional.
+    ``cell`` is a name in :data:`lstm_jax.cells.CELLS`; ``cell_kwargs`` go to the cell (``dtype``,
+    ``forget_bias``, ``use_bias``, ``proj_size``...); ``backend``, ``recurrent_dropout_rate`` and
+    ``zoneout_rate`` to every :class:`RNN`. Outputs have the cell's ``output_features`` (``hidden_features``, or
+    ``proj_size``), twice that when bidirectional.
     """
     if cell not in cells_lib.CELLS:
         raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(cells_lib.CELLS)}")
@@ -327,6 +410,8 @@ def make_recurrent(
             reverse=reverse,
             time_major=time_major,
             backend=backend,
+            recurrent_dropout_rate=recurrent_dropout_rate,
+            zoneout_rate=zoneout_rate,
         )
 
     layers, features = [], in_features
@@ -335,5 +420,6 @@ def make_recurrent(
             layers.append(Bidirectional(rnn(features, False), rnn(features, True)))
         else:
             layers.append(rnn(features, False))
-        features = hidden_features * (2 if bidirectional else 1)
+        top = layers[-1].forward_rnn if bidirectional else layers[-1]
+        features = top.cell.output_features * (2 if bidirectional else 1)
     return StackedRNN(layers, dropout_rate=dropout_rate)

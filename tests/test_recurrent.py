@@ -35,7 +35,7 @@ def inputs(batch=len(LENGTHS), time=TIME, seed=1):
 
 
 def hidden_of(name, state):
-    return state[1] if name in ("lstm", "peephole_lstm") else state
+    return state[1] if name in reference.LSTM_LIKE else state
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
