@@ -17,9 +17,11 @@ from lstm_jax.interop import from_keras, from_torch  # noqa: E402
 IN, HIDDEN, TIME, LENGTHS = 16, 32, 50, [50, 1, 17, 33, 49, 2, 50, 8]
 
 
-def torch_error(kind, num_layers, bidirectional):
+def torch_error(kind, num_layers, bidirectional, proj_size=0):
     torch.manual_seed(0)
-    module = getattr(torch.nn, kind)(IN, HIDDEN, num_layers=num_layers, bidirectional=bidirectional, batch_first=True)
+    extra = {"proj_size": proj_size} if proj_size else {}
+    module = getattr(torch.nn, kind)(IN, HIDDEN, num_layers=num_layers, bidirectional=bidirectional, batch_first=True,
+                                     **extra)  # fmt: skip
     x = torch.randn(len(LENGTHS), TIME, IN)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=True, enforce_sorted=False)
     with torch.no_grad():
@@ -45,5 +47,10 @@ if __name__ == "__main__":
         for num_layers, bidirectional in ((1, False), (2, True)):
             error = torch_error(kind, num_layers, bidirectional)
             print(f"| torch.nn.{kind} (packed, lengths 1..50) | {num_layers} | {bidirectional} | {error:.1e} |")
+        if kind == "LSTM":  # projection LSTMs (LSTMP)
+            for num_layers, bidirectional in ((1, False), (2, True)):
+                error = torch_error(kind, num_layers, bidirectional, proj_size=12)
+                print(f"| torch.nn.LSTM proj_size=12 (packed, lengths 1..50) | {num_layers} | {bidirectional} "
+                      f"| {error:.1e} |")  # fmt: skip
         for bidirectional in (False, True):
             print(f"| keras.layers.{kind} (T=50) | 1 | {bidirectional} | {keras_error(kind, bidirectional):.1e} |")

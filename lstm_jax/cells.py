@@ -136,11 +136,12 @@ class LSTMCell(_Cell):
                              f"got {proj_size}")  # fmt: skip
         super().__init__(in_features, hidden_features, recurrent_features=proj_size or None, **kwargs)
         self.proj_size = proj_size
-        self.projection_kernel = None
-        if proj_size:
-            init = nnx.initializers.lecun_normal()
-            param_dtype = self.input_kernel[...].dtype
-            self.projection_kernel = nnx.Param(init(kwargs["rngs"].params(), (hidden_features, proj_size), param_dtype))
+        projection_shape, param_dtype = (hidden_features, proj_size), self.input_kernel[...].dtype
+        self.projection_kernel = (
+            nnx.Param(nnx.initializers.lecun_normal()(kwargs["rngs"].params(), projection_shape, param_dtype))
+            if proj_size
+            else None
+        )
         if self.bias is not None and forget_bias:
             H = hidden_features
             self.bias[...] = self.bias[...].at[H : 2 * H].set(forget_bias)

@@ -5,10 +5,11 @@ Bidirectional)`` return a :class:`lstm_jax.StackedRNN` that computes the same fu
 ``outputs, carries = layer(x, lengths=lengths)`` equals PyTorch's packed-sequence outputs (zero padded)
 and Keras' outputs on the real tokens. Neither framework is imported unless these functions are called.
 
-What does not convert raises :class:`ConversionError`: LSTM projections (``proj_size``), activations
-other than tanh / sigmoid, Keras GRUs with ``reset_after=False``, Bidirectional merge modes other than
-``concat``, unbuilt Keras layers. Training-only settings (Keras ``dropout``/``recurrent_dropout``) do not
-affect the imported function and are not carried; PyTorch's inter-layer ``dropout`` is carried.
+PyTorch LSTMs with ``proj_size`` become projection LSTMs (``LSTMCell(proj_size=...)``). What does not
+convert raises :class:`ConversionError`: activations other than tanh / sigmoid, Keras GRUs with
+``reset_after=False``, Bidirectional merge modes other than ``concat``, unbuilt Keras layers. Training-only
+settings (Keras ``dropout``/``recurrent_dropout``) do not affect the imported function and are not carried;
+PyTorch's inter-layer ``dropout`` is carried.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def from_torch(module) -> StackedRNN:
     """
     import torch
 
+    cell_kwargs = {}
     if isinstance(module, torch.nn.LSTM):
         cell = "lstm"
         if getattr(module, "proj_size", 0):
-            raise ConversionError("torch.nn.LSTM with proj_size > 0 (LSTMP) cannot be converted; use proj_size=0")
+            cell_kwargs["proj_size"] = module.proj_size
     elif isinstance(module, torch.nn.GRU):
         cell = "gru"
     elif isinstance(module, torch.nn.RNN):
@@ -71,6 +73,7 @@ def from_torch(module) -> StackedRNN:
         time_major=not module.batch_first,
         use_bias=module.bias,
         rngs=nnx.Rngs(0),
+        **cell_kwargs,
     )
     with torch.no_grad():
         weights = {name: p.detach().cpu().numpy() for name, p in module.named_parameters()}
@@ -80,6 +83,8 @@ def from_torch(module) -> StackedRNN:
             target = rnn.cell
             _set(target.input_kernel, weights[f"weight_ih_{name}"].T, f"weight_ih_{name}")
             _set(target.recurrent_kernel, weights[f"weight_hh_{name}"].T, f"weight_hh_{name}")
+            if cell_kwargs:  # LSTMP: h_t = W_hr (o_t * tanh c_t)
+                _set(target.projection_kernel, weights[f"weight_hr_{name}"].T, f"weight_hr_{name}")
             if module.bias:
                 b_ih, b_hh = weights[f"bias_ih_{name}"], weights[f"bias_hh_{name}"]
                 if cell == "gru":  # r multiplies (h W_hn + b_hn): the two biases stay apart

@@ -13,8 +13,11 @@ IN, HIDDEN, TIME = 3, 5, 7
 LENGTHS = [7, 1, 4, 6]
 
 TORCH_CASES = [
-    # (class, num_layers, bidirectional, batch_first, bias)
+    # (class, num_layers, bidirectional, batch_first, bias[, proj_size])
     ("LSTM", 1, False, True, True),
+    ("LSTM", 1, False, True, True, 2),
+    ("LSTM", 2, True, False, True, 3),
+    ("LSTM", 3, True, True, False, 4),
     ("LSTM", 2, True, False, True),
     ("LSTM", 3, False, True, False),
     ("LSTM", 2, True, True, False),
@@ -25,11 +28,13 @@ TORCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind, num_layers, bidirectional, batch_first, bias", TORCH_CASES)
-def test_from_torch_matches_packed_sequences(kind, num_layers, bidirectional, batch_first, bias):
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda case: "-".join(map(str, case)))
+def test_from_torch_matches_packed_sequences(case):
+    kind, num_layers, bidirectional, batch_first, bias, *projection = case
     torch.manual_seed(0)
+    extra = {"proj_size": projection[0]} if projection else {}
     module = getattr(torch.nn, kind)(
-        IN, HIDDEN, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias
+        IN, HIDDEN, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias, **extra
     ).eval()
     x = torch.randn(len(LENGTHS), TIME, IN)
     lengths = torch.tensor(LENGTHS)
@@ -57,8 +62,6 @@ def test_from_torch_matches_packed_sequences(kind, num_layers, bidirectional, ba
 
 
 def test_from_torch_refuses_what_it_cannot_convert():
-    with pytest.raises(ConversionError, match="proj_size"):
-        from_torch(torch.nn.LSTM(IN, HIDDEN, proj_size=2))
     with pytest.raises(ConversionError, match="nonlinearity='relu'"):
         from_torch(torch.nn.RNN(IN, HIDDEN, nonlinearity="relu"))
     with pytest.raises(ConversionError, match="Linear"):

@@ -12,7 +12,9 @@ from lstm_jax.cells import CELLS
 from lstm_jax.recurrent import RNN, Bidirectional, reverse_padded
 
 CELL_NAMES = sorted(CELLS)
-IN, HIDDEN, TIME = 3, 4, 6
+# The LSTM cells again as projection LSTMs (LSTMP): h has PROJ < HIDDEN features.
+CELL_VARIANTS = CELL_NAMES + [f"{name}+proj" for name in reference.LSTM_LIKE]
+IN, HIDDEN, TIME, PROJ = 3, 4, 6, 2
 LENGTHS = np.array([TIME, 1, 3, 0, 5])  # full length, 1, middle, empty, almost full
 
 
@@ -26,8 +28,15 @@ def randomize(module, seed=0, scale=0.5):
     return module
 
 
+def base(name):
+    """The cell name without the variant ('lstm+proj' -> 'lstm')."""
+    return name.split("+")[0]
+
+
 def make_cell(name, seed=0, **kwargs):
-    return randomize(CELLS[name](IN, HIDDEN, rngs=nnx.Rngs(seed), **kwargs), seed)
+    if name.endswith("+proj"):
+        kwargs["proj_size"] = PROJ
+    return randomize(CELLS[base(name)](IN, HIDDEN, rngs=nnx.Rngs(seed), **kwargs), seed)
 
 
 def inputs(batch=len(LENGTHS), time=TIME, seed=1):
@@ -35,16 +44,17 @@ def inputs(batch=len(LENGTHS), time=TIME, seed=1):
 
 
 def hidden_of(name, state):
-    return state[1] if name in reference.LSTM_LIKE else state
+    return state[1] if base(name) in reference.LSTM_LIKE else state
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("name", CELL_VARIANTS)
 def test_cell_step_matches_equations(name):
     cell = make_cell(name)
     x = np.asarray(inputs()[:, 0])
     carry = jax.tree.map(lambda a: a + 0.3, cell.initialize_carry((x.shape[0],)))  # non-zero state
     new_carry, y = cell(carry, jnp.asarray(x))
-    p, step = reference.params(cell), reference.STEPS[name]
+    assert y.shape == (x.shape[0], PROJ if name.endswith("+proj") else HIDDEN)
+    p, step = reference.params(cell), reference.STEPS[base(name)]
     for b in range(x.shape[0]):
         state_b = jax.tree.map(lambda a: np.asarray(a[b], np.float64), carry)
         expected_state, expected_y = step(p, state_b, x[b].astype(np.float64))
@@ -69,14 +79,14 @@ def test_untrained_peephole_cell_equals_lstm():
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("name", CELL_VARIANTS)
 def test_padded_batch_equals_each_sequence_alone(name, reverse):
     cell = make_cell(name)
     rnn = RNN(cell, reverse=reverse)
     x = inputs()
     outputs, carry = rnn(x, jnp.asarray(LENGTHS))
     for b, length in enumerate(LENGTHS):
-        want_outputs, want_state = reference.run_sequence(name, cell, np.asarray(x[b, :length]), reverse)
+        want_outputs, want_state = reference.run_sequence(base(name), cell, np.asarray(x[b, :length]), reverse)
         np.testing.assert_allclose(outputs[b, :length], want_outputs, atol=1e-5)
         np.testing.assert_array_equal(outputs[b, length:], 0.0)  # padded outputs exactly zero
         jax.tree.map(lambda got, want: np.testing.assert_allclose(got[b], want, atol=1e-5), carry, want_state)
@@ -140,16 +150,16 @@ def test_reverse_padded_is_an_involution_that_keeps_padding():
     np.testing.assert_array_equal(reverse_padded(flipped, lengths), seq)
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("name", CELL_VARIANTS)
 def test_bidirectional_concatenates_forward_and_reverse(name):
     forward, backward = make_cell(name, seed=1), make_cell(name, seed=2)
     bi = Bidirectional(RNN(forward), RNN(backward, reverse=True))
     x = inputs()
     outputs, (forward_carry, backward_carry) = bi(x, jnp.asarray(LENGTHS))
-    assert outputs.shape == (len(LENGTHS), TIME, 2 * HIDDEN)
+    assert outputs.shape == (len(LENGTHS), TIME, 2 * forward.output_features)
     for b, length in enumerate(LENGTHS):
-        f_out, f_state = reference.run_sequence(name, forward, np.asarray(x[b, :length]))
-        b_out, b_state = reference.run_sequence(name, backward, np.asarray(x[b, :length]), reverse=True)
+        f_out, f_state = reference.run_sequence(base(name), forward, np.asarray(x[b, :length]))
+        b_out, b_state = reference.run_sequence(base(name), backward, np.asarray(x[b, :length]), reverse=True)
         np.testing.assert_allclose(outputs[b, :length], np.concatenate([f_out, b_out], -1), atol=1e-5)
         np.testing.assert_array_equal(outputs[b, length:], 0.0)
         np.testing.assert_allclose(hidden_of(name, backward_carry)[b], hidden_of(name, b_state), atol=1e-5)
@@ -204,9 +214,12 @@ def loss_fn(layer, x, lengths):
     return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(carries))
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("name", CELL_VARIANTS)
 def test_gradients_reach_every_parameter_and_match_finite_differences(name):
-    layer = randomize(lstm_jax.make_recurrent(name, IN, HIDDEN, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0)))
+    kwargs = {"proj_size": PROJ} if name.endswith("+proj") else {}
+    layer = lstm_jax.make_recurrent(base(name), IN, HIDDEN, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0),
+                                    **kwargs)  # fmt: skip
+    layer = randomize(layer)
     x, lengths = inputs(), jnp.asarray(LENGTHS)
     grads = nnx.grad(loss_fn)(layer, x, lengths)
     for path, g in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads)):
@@ -287,7 +300,7 @@ def test_fused_lstm_equals_autodiff_scan_in_value_and_gradient(reverse, dtype):
 
 @pytest.mark.parametrize("backend", ["auto", "scan"])  # auto: the fused recurrence for the LSTM on a CPU
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("name", CELL_VARIANTS)
 def test_padding_never_reaches_values_or_gradients_even_when_it_is_nan(name, reverse, backend):
     cell = make_cell(name)
     rnn = RNN(cell, reverse=reverse, backend=backend)

@@ -143,17 +143,29 @@ def check_version(meta, where: str) -> None:
             f"{where} has format version {version}, this lstm_jax reads version {FORMAT_VERSION}; "
             "retrain with this version or use the lstm_jax that wrote it"
         )
-    _rename_fused_setting(meta)
+    _upgrade_settings(meta)
 
 
-def _rename_fused_setting(meta: dict) -> None:
-    """Checkpoints written before the backend switch say ``fused_lstm`` / ``fused`` (True = the fused LSTM where
-    it applies, which ``auto`` picks on a CPU; False = scan); the function computed is the same either way."""
+# Settings added after format version 2 began, with the value that computes what older checkpoints computed.
+ADDED_SETTINGS = {"proj_size": 0, "recurrent_dropout_rate": 0.0, "zoneout_rate": 0.0}
+ADDED_CONFIG = {**ADDED_SETTINGS, "embedding_path": ""}
+
+
+def _upgrade_settings(meta: dict) -> None:
+    """Older version-2 metadata in today's terms: the settings added since, at their neutral values, and
+    ``fused_lstm`` / ``fused`` as ``backend`` (True = the fused LSTM where it applies, which ``auto`` picks on a
+    CPU; False = scan); the function computed is the same either way."""
     config, kwargs = meta.get("config"), meta.get("model_kwargs")
-    if isinstance(config, dict) and "fused_lstm" in config:
-        config["backend"] = "auto" if config.pop("fused_lstm") else "scan"
-    if isinstance(kwargs, dict) and "fused" in kwargs:
-        kwargs["backend"] = "auto" if kwargs.pop("fused") else "scan"
+    if isinstance(config, dict):
+        if "fused_lstm" in config:
+            config["backend"] = "auto" if config.pop("fused_lstm") else "scan"
+        for key, value in ADDED_CONFIG.items():
+            config.setdefault(key, value)
+    if isinstance(kwargs, dict):
+        if "fused" in kwargs:
+            kwargs["backend"] = "auto" if kwargs.pop("fused") else "scan"
+        for key, value in ADDED_SETTINGS.items():
+            kwargs.setdefault(key, value)
 
 
 class Checkpoints:

@@ -27,14 +27,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.vocab_size = 25000  # ids in the vocabulary, padding (0) and unknown (1) included
     config.max_len = 100  # tokens kept per text (the first max_len)
     # Model.
-    config.cell = "lstm"  # lstm | peephole_lstm | gru | simple_rnn
+    config.cell = "lstm"  # lstm | peephole_lstm | layernorm_lstm | gru | simple_rnn
     config.embedding_dim = 32  # embedding width
     config.hidden_size = 32  # recurrent state width per direction
-    config.embedding_init = "random"  # random | ppmi_svd (word vectors from the training texts' co-occurrences)
+    config.embedding_init = "random"  # random | ppmi_svd (vectors from the training texts) | file (embedding_path)
+    config.embedding_path = ""  # embedding_init=file: GloVe .txt or word2vec/fastText .vec (.gz too), embedding_dim
+    # numbers per word
     config.num_layers = 1  # stacked recurrent layers
     config.bidirectional = False  # add a backward direction to every layer
+    config.proj_size = 0  # LSTM cells: project h to this many features (LSTMP); 0 = no projection
     config.pooling = "last"  # last (final state) | max | mean_max over the real time steps
     config.dropout_rate = 0.0  # between recurrent layers and before the output layer
+    config.recurrent_dropout_rate = 0.0  # variational dropout on the recurrent state (one mask per sequence)
+    config.zoneout_rate = 0.0  # zoneout: each state unit keeps its previous value with this probability
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
     config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
     config.word_scores = False  # add a linear bag-of-words path (one learned score per word) to the logit
@@ -90,24 +95,26 @@ def check_resumable(config, saved: dict, workdir: Path) -> None:
 
 
 CHOICES = {
-    "cell": ("lstm", "peephole_lstm", "gru", "simple_rnn"),
+    "cell": ("lstm", "peephole_lstm", "layernorm_lstm", "gru", "simple_rnn"),
     "pooling": ("last", "max", "mean_max"),
     "dtype": ("float32", "bfloat16"),
     "schedule": ("constant", "cosine"),
-    "embedding_init": ("random", "ppmi_svd"),
+    "embedding_init": ("random", "ppmi_svd", "file"),
     "test_checkpoint": ("best", "last"),
     "backend": ("auto", "scan", "fused", "cudnn"),
 }
 # (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
 # ensemble would take hours to build), far above anything this job needs.
 RANGES = {"vocab_size": (3, 10_000_000), "max_len": (1, 100_000), "embedding_dim": (1, 65_536),
-          "hidden_size": (1, 65_536), "num_layers": (1, 64), "ensemble_size": (1, 64), "unroll": (1, 1024),
+          "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_layers": (1, 64), "ensemble_size": (1, 64),
+          "unroll": (1, 1024),
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
           "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3), "weight_decay": (0.0, 1e3),
           "grad_clip_norm": (0.0, 1e9), "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1),
           "num_processes": (0, 1 << 20), "process_id": (-1, 1 << 20)}  # fmt: skip
-RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction")
+RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction",
+         "recurrent_dropout_rate", "zoneout_rate")  # fmt: skip
 
 
 def validate(config) -> None:
@@ -122,12 +129,18 @@ def validate(config) -> None:
         if not 0.0 <= config[key] < 1.0:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")
     _check_backend(config)
+    if config.proj_size and (config.cell not in ("lstm", "peephole_lstm", "layernorm_lstm")
+                             or config.proj_size >= config.hidden_size):  # fmt: skip
+        raise UserError(f"--config.proj_size={config.proj_size} needs an LSTM cell and must be below "
+                        f"--config.hidden_size={config.hidden_size}")  # fmt: skip
+    if (config.embedding_init == "file") != bool(config.embedding_path):
+        raise UserError("--config.embedding_init=file and --config.embedding_path=FILE go together")
 
 
 def _check_backend(config) -> None:
     backend = f"--config.backend={config.backend}"
-    if config.backend in ("fused", "cudnn") and config.cell != "lstm":
-        raise UserError(f"{backend} runs the lstm cell only; use auto or scan for {config.cell}")
+    if config.backend in ("fused", "cudnn") and (config.cell != "lstm" or config.proj_size or config.zoneout_rate):
+        raise UserError(f"{backend} runs the plain lstm cell only (no proj_size, no zoneout); use auto or scan")
     if config.backend == "cudnn":
         from lstm_jax import cudnn
 

@@ -1,10 +1,15 @@
-"""Word vectors from the training texts alone: truncated SVD of the positive PMI co-occurrence matrix.
+"""Word vectors to initialise the embedding table, which helps when only a few thousand labelled snippets are
+there to learn from: words seen in similar contexts start close together.
 
-Used to initialise the embedding table (``--config.embedding_init=ppmi_svd``) so that words seen in
-similar contexts start close together, which helps when only a few thousand labelled snippets are there
-to learn from. Only the training split is read; the result is deterministic given the seed.
+* ``--config.embedding_init=ppmi_svd``: vectors from the training texts alone (:func:`ppmi_svd_embeddings`);
+  deterministic given the seed.
+* ``--config.embedding_init=file --config.embedding_path=F``: pretrained vectors (:func:`read_word_vectors`):
+  GloVe ``.txt`` (``word v1 ... vD`` per line) or word2vec / fastText ``.vec`` (the same after a ``count D``
+  header line), gzip-compressed or not. File words are normalised with our tokenizer and matched to the
+  vocabulary (the first line wins when several normalise to one word); unmatched rows keep their random
+  initialisation.
 
-Steps: symmetric co-occurrence counts within ``window`` tokens (weighted 1/distance) over real tokens
+PPMI-SVD steps: symmetric co-occurrence counts within ``window`` tokens (weighted 1/distance) over real tokens
 (not padding or unknown); PPMI = max(0, log(p(a, b) / (p(a) p(b)))); a randomized SVD (Halko et al. 2011,
 three power iterations) keeps ``dim`` components; vectors are U sqrt(S). The PPMI entries are computed only for
 the pairs that co-occur (a few % of V x V), which keeps this about a second for an 8,000-word vocabulary.
@@ -12,9 +17,25 @@ the pairs that co-occur (a few % of V x V), which keeps this about a second for 
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import io
+from pathlib import Path
+from typing import NamedTuple
+
 import numpy as np
 
-from lstm_jax.sentiment.tokenizer import UNKNOWN_ID
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary, tokenize
+
+
+class InitialVectors(NamedTuple):
+    """What replaces the random embedding rows: ``vectors <float32>[vocab, dim]``; ``rows <bool>[vocab]``
+    marks the rows taken as they are, ``None`` means every row, rescaled to the random initialisation's
+    standard deviation (PPMI vectors have no natural scale). A pytree, so it enters the jitted init."""
+
+    vectors: np.ndarray
+    rows: np.ndarray | None = None
 
 
 def _ppmi(ids: np.ndarray, vocab_size: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,3 +75,83 @@ def ppmi_svd_embeddings(ids: np.ndarray, vocab_size: int, dim: int, window: int 
         vectors = np.pad(vectors, ((0, 0), (0, dim - vectors.shape[1])))
     vectors[: UNKNOWN_ID + 1] = 0.0  # padding and unknown never co-occur
     return vectors.astype(np.float32)
+
+
+@dataclasses.dataclass
+class Coverage:
+    words_found: int
+    words: int  # vocabulary words (padding and unknown excluded)
+    token_share: float  # share of the real training tokens whose word has a vector
+
+    def __str__(self) -> str:
+        share = self.words_found / max(self.words, 1)
+        words = f"{self.words_found:,} of {self.words:,} vocabulary words ({share:.1%})"
+        return f"{words}, {self.token_share:.1%} of training tokens"
+
+
+def _open_text(path: Path):
+    """The file as text lines; gzip is recognised by its magic bytes, not its name."""
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path, "rb") if compressed else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+
+
+def _dimension(first_line: str) -> tuple[int | None, bool]:
+    """(dimension if the first line is a word2vec / fastText header, whether it is a header)."""
+    parts = first_line.split()
+    if len(parts) == 2 and all(part.isdigit() for part in parts):
+        return int(parts[1]), True
+    return None, False
+
+
+def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
+    """(:class:`InitialVectors` for the vocabulary's words found in ``path``, :class:`Coverage`).
+
+    ``train_tokens <int>[n, time]`` (0 padding) weighs the token coverage. A missing or unreadable file, a
+    binary word2vec file, lines of the wrong width and a dimension other than ``dim`` are one-line errors.
+    """
+    path = Path(path)
+    vectors = np.zeros((vocabulary.size, dim), np.float32)
+    found = np.zeros(vocabulary.size, bool)
+    ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
+    try:
+        with _open_text(path) as lines:
+            width = None
+            for number, line in enumerate(lines, 1):
+                if number == 1:
+                    width, is_header = _dimension(line)
+                    if is_header:
+                        _check_width(width, dim, path)
+                        continue
+                word, _, rest = line.rstrip("\n").partition(" ")
+                values = rest.split()
+                if width is None:
+                    width = len(values)
+                    _check_width(width, dim, path)
+                if len(values) != width:
+                    raise UserError(f"{path}:{number}: {len(values)} numbers after the word, expected {width}; "
+                                    "is it a GloVe .txt or word2vec/fastText .vec file?")  # fmt: skip
+                tokens = tokenize(word)
+                index = ids.get(tokens[0]) if len(tokens) == 1 else None
+                if index is not None and not found[index]:
+                    vectors[index] = np.asarray(values, np.float32)
+                    found[index] = True
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text vector file (binary word2vec is not read); use GloVe .txt or "
+                        "word2vec/fastText .vec, optionally gzip-compressed") from None  # fmt: skip
+    except ValueError as error:  # a value that is not a number
+        raise UserError(f"{path}: {error}; is it a GloVe .txt or word2vec/fastText .vec file?") from None
+    except (OSError, EOFError) as error:
+        raise UserError(f"cannot read word vectors from {path}: {error.strerror or error}; "
+                        "check --config.embedding_path") from None  # fmt: skip
+    real = train_tokens[train_tokens != PAD_ID]
+    token_share = float(found[real].mean()) if real.size else 0.0
+    coverage = Coverage(int(found[UNKNOWN_ID + 1 :].sum()), vocabulary.size - 2, token_share)
+    return InitialVectors(vectors, found), coverage
+
+
+def _check_width(width: int, dim: int, path: Path) -> None:
+    if width != dim:
+        raise UserError(f"the vectors in {path} have {width} dimensions, --config.embedding_dim is {dim}; "
+                        f"set --config.embedding_dim={width}")  # fmt: skip

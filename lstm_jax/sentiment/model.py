@@ -44,6 +44,9 @@ class SentimentClassifier(nnx.Module):
         word_scores: bool = False,
         unroll: int = 1,
         backend: str = "auto",
+        proj_size: int = 0,
+        recurrent_dropout_rate: float = 0.0,
+        zoneout_rate: float = 0.0,
         dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
@@ -62,10 +65,13 @@ class SentimentClassifier(nnx.Module):
             dropout_rate=dropout_rate,
             unroll=unroll,
             backend=backend,
+            recurrent_dropout_rate=recurrent_dropout_rate,
+            zoneout_rate=zoneout_rate,
             dtype=compute_dtype,
             rngs=rngs,
+            **({"proj_size": proj_size} if proj_size else {}),
         )
-        features = hidden_size * (2 if bidirectional else 1) * (2 if pooling == "mean_max" else 1)
+        features = (proj_size or hidden_size) * (2 if bidirectional else 1) * (2 if pooling == "mean_max" else 1)
         self.embedding_dropout = nnx.Dropout(embedding_dropout_rate)
         self.dropout = nnx.Dropout(dropout_rate)
         self.head = nnx.Linear(features, 1, rngs=rngs)
@@ -160,6 +166,9 @@ def model_kwargs(config, vocab_size: int) -> dict:
         word_scores=config.word_scores,
         unroll=config.unroll,
         backend=config.backend,
+        proj_size=config.proj_size,
+        recurrent_dropout_rate=config.recurrent_dropout_rate,
+        zoneout_rate=config.zoneout_rate,
         dtype=config.dtype,
         ensemble_size=config.ensemble_size,
     )

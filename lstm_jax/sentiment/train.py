@@ -41,7 +41,7 @@ from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment import data as data_lib
 from lstm_jax.sentiment.cli import enable_compilation_cache
 from lstm_jax.sentiment.config import check_resumable, validate
-from lstm_jax.sentiment.embeddings import ppmi_svd_embeddings
+from lstm_jax.sentiment.embeddings import InitialVectors, ppmi_svd_embeddings, read_word_vectors
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model, model_kwargs
 from lstm_jax.sentiment.reporting import RunReport
@@ -94,20 +94,24 @@ def zero_sums() -> dict[str, jax.Array]:
     return {name: jnp.zeros((), jnp.float32) for name in SUMS}
 
 
-def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh, embeddings=None) -> TrainState:
+def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
+                       initial_vectors: InitialVectors | None = None) -> TrainState:  # fmt: skip
     """A fresh state, built in one jitted call (eager initialisation costs hundreds of small dispatches).
 
-    ``embeddings <float32>[vocab, dim]``, when given, replace every embedding table, rescaled to its
-    initial standard deviation.
+    ``initial_vectors``, when given, replace rows of every embedding table (see :class:`InitialVectors`).
     """
     tx = make_optimizer(config, steps_per_epoch)
 
-    def init(embeddings):
+    def init(initial_vectors):
         model = build_model(kwargs, nnx.Rngs(params=config.seed))
-        if embeddings is not None:
+        if initial_vectors is not None:
+            vectors, rows = initial_vectors.vectors, initial_vectors.rows
             for embed in model.embeddings():
-                scale = jnp.std(embed.embedding[...]) / jnp.maximum(jnp.std(embeddings), 1e-8)
-                embed.embedding[...] = embeddings * scale
+                if rows is None:
+                    scale = jnp.std(embed.embedding[...]) / jnp.maximum(jnp.std(vectors), 1e-8)
+                    embed.embedding[...] = vectors * scale
+                else:
+                    embed.embedding[...] = jnp.where(rows[:, None], vectors, embed.embedding[...])
         graphdef, params = nnx.split(model)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -123,7 +127,7 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh, e
             ema_decay=config.ema_decay,
         )
 
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(embeddings)
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors)
 
 
 def batch_sums(member_logits, labels, weights) -> dict[str, jax.Array]:
@@ -383,11 +387,16 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     validation, test = device_splits(vocabulary, [splits.validation, splits.test], config.max_len, mesh)
     log(f"data {config.dataset}: train {len(train)}, validation {len(validation)}, test {len(test)}; "
         f"vocabulary {vocabulary.size} ids; {mesh.size} device(s)")  # fmt: skip
-    embeddings = None
+    initial_vectors = None
     if config.embedding_init == "ppmi_svd" and meta is None:  # a resumed run restores its embeddings instead
-        embeddings = ppmi_svd_embeddings(train.tokens, vocabulary.size, config.embedding_dim, seed=config.seed)
+        vectors = ppmi_svd_embeddings(train.tokens, vocabulary.size, config.embedding_dim, seed=config.seed)
+        initial_vectors = InitialVectors(vectors)
+    elif config.embedding_init == "file" and meta is None:
+        initial_vectors, coverage = read_word_vectors(config.embedding_path, vocabulary, config.embedding_dim,
+                                                      train.tokens)  # fmt: skip
+        log(f"word vectors from {config.embedding_path}: {coverage}")
     kwargs = model_kwargs(config, vocabulary.size)
-    state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, embeddings)
+    state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors)
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard)
     job = Job(config, mesh, None, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
               Evaluator(test, config, mesh), log)  # fmt: skip
