@@ -182,7 +182,7 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
         ("--config.ensemble_size=100000", "--config.ensemble_size=100000 must be"),
         ("--config.backend=cudnn", "--config.backend=cudnn cannot run here: it needs an NVIDIA GPU"),
         ("--config.backend=tpu", "--config.backend='tpu' is not one of auto, scan, fused, cudnn"),
-        ("--config.cell=gru --config.backend=fused", "--config.backend=fused runs the lstm cell only"),
+        ("--config.cell=gru --config.backend=fused", "--config.backend=fused runs the plain lstm cell only"),
     ],
 )
 def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):

@@ -3,7 +3,7 @@
 * ``config.py``: every setting, its meaning, and the rules on them (validation, what a resume may change);
 * ``data.py``: data sources (Rotten Tomatoes, IMDB, TFDS, your own files) -> train/validation/test texts;
 * ``tokenizer.py``: the words -> ids vocabulary, saved in every checkpoint;
-* ``embeddings.py``: PPMI-SVD word vectors from the training texts, to initialise the embeddings;
+* ``embeddings.py``: word vectors to initialise the embeddings (PPMI-SVD of the training texts, or a file);
 * ``model.py``: the classifier (embedding -> recurrent encoder -> pooling -> logit) and the ensemble;
 * ``batching.py``: the one batcher (batch plans by length bucket; the gather inside the jitted steps);
 * ``train.py``: the train state, ``train_step`` / ``eval_step``, and ``train_and_evaluate``;
@@ -13,5 +13,5 @@
 * ``cli.py`` / ``errors.py``: what the command-line entry points share;
 * ``bench.py``: the step benchmark against Flax and PyTorch.
 
-The library (``lstm_jax.cells``, ``recurrent``, ``fused``, ``interop``) never imports this package.
+The library (``lstm_jax.cells``, ``recurrent``, ``fused``, ``cudnn``, ``interop``) never imports this package.
 """
