@@ -306,10 +306,15 @@ class SimpleRNNCell(_Cell):
         return h, h.astype(self.dtype)
 
 
+# The xLSTM cells live in their own module (they build on _matmul above).
+from lstm_jax.xlstm import MLSTMCell, SLSTMCell  # noqa: E402
+
 CELLS = {
     "lstm": LSTMCell,
     "peephole_lstm": PeepholeLSTMCell,
     "layernorm_lstm": LayerNormLSTMCell,
     "gru": GRUCell,
     "simple_rnn": SimpleRNNCell,
+    "slstm": SLSTMCell,
+    "mlstm": MLSTMCell,
 }

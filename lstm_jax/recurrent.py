@@ -43,11 +43,11 @@ def reverse_padded(sequences: Array, lengths: Array) -> Array:
 
 
 def _masked_update(mask: Array, new: Any, old: Any) -> Any:
-    """Where ``mask <bool>[batch]`` take the new pytree leaves, else keep the old ones."""
-    return jax.tree.map(lambda n, o: jnp.where(mask[:, None], n, o), new, old)
+    """Where ``mask <bool>[batch]`` take the new pytree leaves (any rank, batch first), else keep the old ones."""
+    return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
 
-BACKENDS = ("auto", "scan", "fused", "cudnn", "python")
+BACKENDS = ("auto", "scan", "fused", "cudnn", "parallel", "python")
 
 
 def _is_plain_lstm(cell: nnx.Module) -> bool:
@@ -57,17 +57,22 @@ def _is_plain_lstm(cell: nnx.Module) -> bool:
 def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -> str:
     """The recurrence that runs ``cell`` for a requested backend; every choice computes the same function.
 
-    ``auto`` picks ``cudnn`` on an NVIDIA GPU for a float32 plain LSTM cell, ``fused`` for a plain LSTM cell on
-    a CPU, and ``scan`` otherwise (TPU, other cells, projections, bfloat16 on a GPU, zoneout). Asking for a
+    ``auto`` picks ``parallel`` for cells with a parallel form (the mLSTM), ``cudnn`` on an NVIDIA GPU for a
+    float32 plain LSTM cell, ``fused`` for a plain LSTM cell on a CPU, and ``scan`` otherwise (TPU, other cells,
+    projections, bfloat16 on a GPU, zoneout). Asking for a
     backend that cannot run ``cell`` here raises a one-line ``ValueError``.
     """
     if requested == "auto":
+        if hasattr(cell, "parallel"):
+            return "parallel"
         if zoneout:
             return "scan"
         if _cudnn_obstacle(cell) is None:
             return "cudnn"
         return "fused" if _is_plain_lstm(cell) and cudnn.platform() == "cpu" else "scan"
     name = type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
+    if requested == "parallel" and not hasattr(cell, "parallel"):
+        raise ValueError(f"backend='parallel' needs a cell with a parallel form (MLSTMCell), not {name}")
     if requested in ("fused", "cudnn") and zoneout:
         raise ValueError(f"backend={requested!r} cannot apply zoneout; use 'scan' or 'auto'")
     if requested == "fused" and not _is_plain_lstm(cell):
@@ -98,7 +103,8 @@ class RNN(nnx.Module):
         ``"auto"`` (default), ``"scan"`` (``lax.scan`` over the cell, differentiated by autodiff; the only
         one supporting ``jax.jvp`` and higher derivatives), ``"fused"`` (plain LSTM: a scan with a
         hand-written backward pass, :mod:`lstm_jax.fused`), ``"cudnn"`` (plain float32 LSTM on an NVIDIA GPU,
-        :mod:`lstm_jax.cudnn`; reverse-mode gradients only, no ``vmap``), ``"python"`` (a Python loop traced
+        :mod:`lstm_jax.cudnn`; reverse-mode gradients only, no ``vmap``), ``"parallel"`` (cells with a parallel
+        form, the mLSTM: the whole sequence at once, ``O(T^2)`` memory), ``"python"`` (a Python loop traced
         step by step, for benchmarks and tests; it compiles slowly for long sequences).
         ``rnn.backend`` says which one runs (a training call with recurrent dropout runs ``scan``).
       recurrent_dropout_rate: variational recurrent dropout (Gal & Ghahramani 2016), training only: one mask
@@ -131,6 +137,8 @@ class RNN(nnx.Module):
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
         if zoneout_rate and not hasattr(cell, "output"):
             raise ValueError(f"zoneout needs a cell with output(carry); {type(cell).__name__} has none")
+        if recurrent_dropout_rate and not hasattr(cell, "recurrent_features"):
+            raise ValueError(f"recurrent dropout needs a recurrent matmul; {type(cell).__name__} has none")
         self.cell = cell
         self.unroll = unroll
         self.reverse = reverse
@@ -138,7 +146,7 @@ class RNN(nnx.Module):
         self.requested_backend = backend
         self.recurrent_dropout_rate = recurrent_dropout_rate
         self.zoneout_rate = zoneout_rate
-        if backend == "fused":
+        if backend in ("fused", "parallel"):
             self.backend  # refuses other cells now rather than at the first call  # noqa: B018
 
     @property
@@ -193,7 +201,7 @@ class RNN(nnx.Module):
         recurrent_mask = zoneout_masks = None
         if self.recurrent_dropout_rate > 0:
             keep = 1.0 - self.recurrent_dropout_rate
-            width = self.cell.recurrent_kernel.shape[0]
+            width = self.cell.recurrent_features
             recurrent_mask = jax.random.bernoulli(rngs.dropout(), keep, (batch, width)).astype(jnp.float32) / keep
         if self.zoneout_rate > 0:
             leaves, treedef = jax.tree.flatten(carry)
@@ -230,6 +238,8 @@ class RNN(nnx.Module):
             return self._step(carry, x_t, mask_t, recurrent_mask, zoneout_t)
 
         cell = self.cell
+        if backend == "parallel":
+            return cell.parallel(cell.input_projection(x), masks, initial_carry)
         if backend == "cudnn":  # a reverse-only layer: the inputs are reversed already, cuDNN reads forward
             outputs, (carry,) = cudnn.lstm(
                 jnp.swapaxes(x, 0, 1), lengths, [cell], [initial_carry], bidirectional=False, kernel=cudnn.cudnn_kernel

@@ -11,9 +11,13 @@ def params(cell):
     """The cell's parameters as float64 NumPy arrays."""
     out = {
         "W_x": np.asarray(cell.input_kernel[...], np.float64),
-        "W_h": np.asarray(cell.recurrent_kernel[...], np.float64),
         "b": np.zeros(cell.input_kernel[...].shape[1]) if cell.bias is None else np.asarray(cell.bias[...], np.float64),
     }
+    if hasattr(cell, "recurrent_kernel"):
+        out["W_h"] = np.asarray(cell.recurrent_kernel[...], np.float64)
+    for name in ("num_heads", "key_size", "value_size", "forget_gate"):
+        if hasattr(cell, name):
+            out[name] = getattr(cell, name)
     if hasattr(cell, "peephole_weights"):
         out["p"] = np.asarray(cell.peephole_weights[...], np.float64)
     if hasattr(cell, "recurrent_bias") and cell.recurrent_bias is not None:
@@ -104,17 +108,61 @@ def simple_step(p, h, x):
     return h, h
 
 
+def slstm_step(p, state, x):
+    """xLSTM eq. 8-17 (stabilised) with head-wise block-diagonal R; gate blocks [i | f | z | o]."""
+    c, n, m, h = state
+    H, heads = c.shape[-1], p["num_heads"]
+    size = H // heads
+    recurrent = np.concatenate([h[k * size : (k + 1) * size] @ p["W_h"][k] for k in range(heads)])  # per head [4*size]
+    recurrent = recurrent.reshape(heads, 4, size).transpose(1, 0, 2).reshape(4 * H)  # to the [i | f | z | o] layout
+    raw = x @ p["W_x"] + recurrent + p["b"]
+    i_raw, f_raw, z_raw, o_raw = np.split(raw, 4)
+    log_f = -np.logaddexp(0.0, -f_raw) if p["forget_gate"] == "sigmoid" else f_raw
+    m_new = np.where(n == 0.0, i_raw, np.maximum(log_f + m, i_raw))
+    i_gate, f_gate = np.minimum(np.exp(i_raw - m_new), 1.0), np.minimum(np.exp(log_f + m - m_new), 1.0)
+    c = f_gate * c + i_gate * np.tanh(z_raw)
+    n = f_gate * n + i_gate
+    h = sigmoid(o_raw) * c / n
+    return (c, n, m_new, h), h
+
+
+def mlstm_step(p, state, x):
+    """xLSTM eq. 19-27 (stabilised), q scaled by 1/sqrt(Dk); projection blocks [q | k | v | o | i | f]."""
+    C, n, m = state
+    heads, key, value = p["num_heads"], p["key_size"], p["value_size"]
+    projected = x @ p["W_x"] + p["b"]
+    q, k, v, o, i_raw, f_raw = np.split(projected, np.cumsum([heads * key] * 2 + [heads * value] * 2 + [heads]))
+    q, k = q.reshape(heads, key) / np.sqrt(key), k.reshape(heads, key)
+    v, o = v.reshape(heads, value), o.reshape(heads, value)
+    log_f = -np.logaddexp(0.0, -f_raw)
+    m_new = np.maximum(log_f + m, i_raw)
+    f_gate, i_gate = np.exp(log_f + m - m_new), np.exp(i_raw - m_new)
+    C = f_gate[:, None, None] * C + i_gate[:, None, None] * k[:, :, None] * v[:, None, :]
+    n = f_gate[:, None] * n + i_gate[:, None] * k
+    numerator = np.einsum("hd,hdv->hv", q, C)
+    denominator = np.maximum(np.abs(np.sum(q * n, axis=-1)), np.exp(-m_new)) + 1e-6
+    h = (sigmoid(o) * numerator / denominator[:, None]).reshape(-1)
+    return (C, n, m_new), h
+
+
 STEPS = {
     "lstm": lstm_step,
     "peephole_lstm": peephole_step,
     "layernorm_lstm": layernorm_lstm_step,
     "gru": gru_step,
     "simple_rnn": simple_step,
+    "slstm": slstm_step,
+    "mlstm": mlstm_step,
 }
 LSTM_LIKE = ("lstm", "peephole_lstm", "layernorm_lstm")
 
 
 def initial_state(name, cell):
+    if name == "slstm":
+        return tuple(np.zeros(cell.hidden_features) for _ in range(4))
+    if name == "mlstm":
+        heads, key, value = cell.num_heads, cell.key_size, cell.value_size
+        return np.zeros((heads, key, value)), np.zeros((heads, key)), np.zeros(heads)
     if name in LSTM_LIKE:
         return np.zeros(cell.hidden_features), np.zeros(cell.output_features)
     return np.zeros(cell.hidden_features)
