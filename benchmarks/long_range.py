@@ -44,6 +44,8 @@ CELLS = {  # name in the results -> (lstm_jax cell, cell keyword arguments)
     "lstm_forget_bias_0": ("lstm", {"forget_bias": 0.0}),
     "peephole_lstm": ("peephole_lstm", {}),
     "gru": ("gru", {}),
+    "slstm": ("slstm", {}),  # xLSTM (Beck et al. 2024), one head
+    "mlstm": ("mlstm", {}),
 }
 HIDDEN, BATCH, LEARNING_RATE, TEST_SIZE, EVAL_EVERY = 32, 64, 3e-3, 1000, 100
 COPY_SYMBOLS, COPY_LENGTH = 8, 10  # symbols 1..8; 0 is the blank, 9 the cue

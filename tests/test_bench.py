@@ -33,7 +33,7 @@ def test_every_implementation_runs_and_ratios_are_per_repetition(tmp_path):
     assert "| infer | tiny | lstm | lstm_jax fused |" in bench.table(records)
 
 
-@pytest.mark.parametrize("cell", ["gru", "bilstm", "peephole_lstm"])
+@pytest.mark.parametrize("cell", ["gru", "bilstm", "peephole_lstm", "slstm", "mlstm"])
 def test_other_cells_run_through_the_jobs_train_step(cell):
     impls = bench.implementations(cell, TINY, quick=True)
     assert any(name.startswith("lstm_jax") for name in impls)

@@ -116,9 +116,26 @@ def test_the_job_with_vectors_and_every_new_cell_option(tmp_path, review_files):
     assert output.read_text().startswith("Statement: a great movie\nPredicted Sentiment: ")
 
 
+@pytest.mark.parametrize("cell", ["slstm", "mlstm"])
+def test_the_job_trains_and_predicts_with_xlstm_cells(tmp_path, review_files, cell):
+    workdir = tmp_path / "run"
+    options = [f"--config.cell={cell}", "--config.num_heads=2", "--config.num_epochs=2", "--config.bidirectional=true"]
+    result = run_tool(*smoke_args(review_files, workdir, *options))
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Accuracy:" in result.stdout.decode()
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("a great movie\n\nboring\n")
+    assert predict(workdir, source, output).returncode == 0
+    assert output.read_text().count("Predicted Sentiment: ") == 2
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
+        (["--config.cell=slstm", "--config.num_heads=3"], "--config.hidden_size=8 must divide by --config.num_heads=3"),
+        (["--config.cell=slstm", "--config.zoneout_rate=0.1"], "applies to the classic cells, not slstm"),
+        (["--config.cell=mlstm", "--config.recurrent_dropout_rate=0.1"], "needs a recurrent matmul"),
+        (["--config.backend=parallel"], "--config.backend=parallel runs the mlstm cell only"),
         (["--config.embedding_init=file"], "--config.embedding_init=file and --config.embedding_path=FILE go together"),
         (["--config.embedding_init=file", "--config.embedding_path=/nonexistent.txt"], "cannot read word vectors"),
         (["--config.proj_size=8"], "--config.proj_size=8 needs an LSTM cell and must be below --config.hidden_size=8"),

@@ -49,6 +49,8 @@ CELL_MODELS = {  # benchmark cell -> (lstm_jax cell, bidirectional)
     "gru": ("gru", False),
     "peephole_lstm": ("peephole_lstm", False),
     "bilstm": ("lstm", True),
+    "slstm": ("slstm", False),
+    "mlstm": ("mlstm", False),
 }
 PYTHON_LOOP_MAX_TIME = 50  # a Python-unrolled loop compiles for minutes beyond this many steps
 
@@ -199,7 +201,7 @@ def build_torch(shape, cell, workload, *, threads: int | None = None, device: st
     """PyTorch eager on ``device``: its own kernels on a CPU, cuDNN's on ``cuda``."""
     import torch
 
-    threads = threads or DEFAULT_TORCH_THREADS
+    threads = threads or DEFAULT_TORCH_THREADS or torch.get_num_threads()
     torch.manual_seed(0)
     _, bidirectional = CELL_MODELS[cell]
     recurrent_class = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
@@ -262,6 +264,8 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     impls = {}
     if cell in ("lstm", "bilstm"):
         impls["lstm_jax fused"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="fused")
+    if cell == "mlstm":
+        impls["lstm_jax parallel"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="parallel")
     devices = len(jax.devices())
     if devices > 1 and shape["batch"] % devices == 0:  # what predict.py does: the batch split over the cores
         impls[f"lstm_jax batch over {devices} CPU devices"] = lambda s, c, w: build_lstm_jax(s, c, w, shard=True)
@@ -276,7 +280,7 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
         impls["lstm_jax python loop"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="python")
     if cell in ("lstm", "gru"):
         impls["flax nn.RNN"] = build_flax
-    if cell != "peephole_lstm" and _has_torch():
+    if cell in ("lstm", "gru", "bilstm") and _has_torch():
         impls["torch eager"] = build_torch
         impls["torch eager 1 thread"] = lambda s, c, w: build_torch(s, c, w, threads=1)
     return impls
@@ -366,7 +370,7 @@ def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple
                 yield workload, shape_name, SHAPES[shape_name], "lstm"
         return
     shapes = ["seed"] if quick else ["seed", "medium", "large"]
-    cells = ["lstm"] if quick else list(CELL_MODELS)
+    cells = ["lstm", "slstm", "mlstm"] if quick else list(CELL_MODELS)
     for workload in ("train", "infer"):
         for shape_name in shapes:
             for cell in cells:

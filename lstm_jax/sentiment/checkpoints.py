@@ -147,7 +147,7 @@ def check_version(meta, where: str) -> None:
 
 
 # Settings added after format version 2 began, with the value that computes what older checkpoints computed.
-ADDED_SETTINGS = {"proj_size": 0, "recurrent_dropout_rate": 0.0, "zoneout_rate": 0.0}
+ADDED_SETTINGS = {"proj_size": 0, "num_heads": 1, "recurrent_dropout_rate": 0.0, "zoneout_rate": 0.0}
 ADDED_CONFIG = {**ADDED_SETTINGS, "embedding_path": ""}
 
 

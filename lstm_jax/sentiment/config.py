@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.vocab_size = 25000  # ids in the vocabulary, padding (0) and unknown (1) included
     config.max_len = 100  # tokens kept per text (the first max_len)
     # Model.
-    config.cell = "lstm"  # lstm | peephole_lstm | layernorm_lstm | gru | simple_rnn
+    config.cell = "lstm"  # lstm | peephole_lstm | layernorm_lstm | gru | simple_rnn | slstm | mlstm (xLSTM)
+    config.num_heads = 1  # slstm / mlstm: heads (hidden_size must divide by it)
     config.embedding_dim = 32  # embedding width
     config.hidden_size = 32  # recurrent state width per direction
     config.embedding_init = "random"  # random | ppmi_svd (vectors from the training texts) | file (embedding_path)
@@ -95,19 +96,19 @@ def check_resumable(config, saved: dict, workdir: Path) -> None:
 
 
 CHOICES = {
-    "cell": ("lstm", "peephole_lstm", "layernorm_lstm", "gru", "simple_rnn"),
+    "cell": ("lstm", "peephole_lstm", "layernorm_lstm", "gru", "simple_rnn", "slstm", "mlstm"),
     "pooling": ("last", "max", "mean_max"),
     "dtype": ("float32", "bfloat16"),
     "schedule": ("constant", "cosine"),
     "embedding_init": ("random", "ppmi_svd", "file"),
     "test_checkpoint": ("best", "last"),
-    "backend": ("auto", "scan", "fused", "cudnn"),
+    "backend": ("auto", "scan", "fused", "cudnn", "parallel"),
 }
 # (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
 # ensemble would take hours to build), far above anything this job needs.
 RANGES = {"vocab_size": (3, 10_000_000), "max_len": (1, 100_000), "embedding_dim": (1, 65_536),
-          "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_layers": (1, 64), "ensemble_size": (1, 64),
-          "unroll": (1, 1024),
+          "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_heads": (1, 65_536), "num_layers": (1, 64),
+          "ensemble_size": (1, 64), "unroll": (1, 1024),
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
           "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3), "weight_decay": (0.0, 1e3),
@@ -133,12 +134,22 @@ def validate(config) -> None:
                              or config.proj_size >= config.hidden_size):  # fmt: skip
         raise UserError(f"--config.proj_size={config.proj_size} needs an LSTM cell and must be below "
                         f"--config.hidden_size={config.hidden_size}")  # fmt: skip
+    if config.hidden_size % config.num_heads:
+        raise UserError(f"--config.hidden_size={config.hidden_size} must divide by "
+                        f"--config.num_heads={config.num_heads}")  # fmt: skip
+    if config.cell in ("slstm", "mlstm") and config.zoneout_rate:
+        raise UserError(f"--config.zoneout_rate applies to the classic cells, not {config.cell} (its stabiliser state "
+                        "would be mixed across steps); use recurrent_dropout_rate or dropout_rate")  # fmt: skip
+    if config.cell == "mlstm" and config.recurrent_dropout_rate:
+        raise UserError("--config.recurrent_dropout_rate needs a recurrent matmul, which the mlstm has not")
     if (config.embedding_init == "file") != bool(config.embedding_path):
         raise UserError("--config.embedding_init=file and --config.embedding_path=FILE go together")
 
 
 def _check_backend(config) -> None:
     backend = f"--config.backend={config.backend}"
+    if config.backend == "parallel" and config.cell != "mlstm":
+        raise UserError(f"{backend} runs the mlstm cell only; use auto or scan for {config.cell}")
     if config.backend in ("fused", "cudnn") and (config.cell != "lstm" or config.proj_size or config.zoneout_rate):
         raise UserError(f"{backend} runs the plain lstm cell only (no proj_size, no zoneout); use auto or scan")
     if config.backend == "cudnn":

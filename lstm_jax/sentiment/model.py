@@ -6,15 +6,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lstm_jax.recurrent import Bidirectional, make_recurrent
+from lstm_jax.recurrent import make_recurrent
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID
 
 POOLINGS = ("last", "max", "mean_max")
+XLSTM_CELLS = ("slstm", "mlstm")  # they take num_heads
 
 
-def _hidden(carry):
-    """The hidden state h of a cell's carry: LSTM carries are (c, h), the others are h."""
-    return carry[1] if isinstance(carry, tuple) else carry
+def _last_outputs(outputs: jax.Array, lengths: jax.Array, bidirectional: bool) -> jax.Array:
+    """The final hidden states, read from the outputs: the forward direction's output at each sequence's last
+    real token and the backward direction's at its first (where it ends). Every cell's output is its hidden
+    state, so this equals the final carry's h; it also serves cells whose carry holds no h (the mLSTM).
+    Empty sequences give zeros (their outputs are all zero)."""
+    width = outputs.shape[-1] // (2 if bidirectional else 1)
+    last = jnp.maximum(lengths - 1, 0)[:, None, None]
+    forward = jnp.take_along_axis(outputs[..., :width], last, axis=1)[:, 0]
+    return jnp.concatenate([forward, outputs[:, 0, width:]], axis=-1) if bidirectional else forward
 
 
 class SentimentClassifier(nnx.Module):
@@ -45,6 +52,7 @@ class SentimentClassifier(nnx.Module):
         unroll: int = 1,
         backend: str = "auto",
         proj_size: int = 0,
+        num_heads: int = 1,
         recurrent_dropout_rate: float = 0.0,
         zoneout_rate: float = 0.0,
         dtype: str = "float32",
@@ -70,7 +78,9 @@ class SentimentClassifier(nnx.Module):
             dtype=compute_dtype,
             rngs=rngs,
             **({"proj_size": proj_size} if proj_size else {}),
+            **({"num_heads": num_heads} if cell in XLSTM_CELLS else {}),
         )
+        self.bidirectional = bidirectional
         features = (proj_size or hidden_size) * (2 if bidirectional else 1) * (2 if pooling == "mean_max" else 1)
         self.embedding_dropout = nnx.Dropout(embedding_dropout_rate)
         self.dropout = nnx.Dropout(dropout_rate)
@@ -95,13 +105,9 @@ class SentimentClassifier(nnx.Module):
             dropped = jax.random.bernoulli(rngs.dropout(), self.word_dropout_rate, tokens.shape)
             tokens = jnp.where(dropped & (tokens != PAD_ID), UNKNOWN_ID, tokens)
         x = self.embedding_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
-        outputs, carries = self.encoder(x, lengths, rngs=rngs)
+        outputs, _ = self.encoder(x, lengths, rngs=rngs)
         if self.pooling == "last":
-            top = carries[-1]
-            if isinstance(self.encoder.layers[-1], Bidirectional):
-                features = jnp.concatenate([_hidden(top[0]), _hidden(top[1])], axis=-1)
-            else:
-                features = _hidden(top)
+            features = _last_outputs(outputs, lengths, self.bidirectional)
         else:
             outputs = outputs.astype(jnp.float32)
             real = (jnp.arange(outputs.shape[1])[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
@@ -167,6 +173,7 @@ def model_kwargs(config, vocab_size: int) -> dict:
         unroll=config.unroll,
         backend=config.backend,
         proj_size=config.proj_size,
+        num_heads=config.num_heads,
         recurrent_dropout_rate=config.recurrent_dropout_rate,
         zoneout_rate=config.zoneout_rate,
         dtype=config.dtype,
