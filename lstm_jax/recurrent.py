@@ -151,7 +151,7 @@ class RNN(nnx.Module):
 
     @property
     def backend(self) -> str:
-        """The recurrence that runs on this machine: ``scan``, ``fused``, ``cudnn`` or ``python``."""
+        """The recurrence that runs on this machine: ``scan``, ``fused``, ``cudnn``, ``parallel`` or ``python``."""
         return choose_backend(self.requested_backend, self.cell, zoneout=self.zoneout_rate > 0)
 
     def __call__(

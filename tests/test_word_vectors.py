@@ -61,8 +61,8 @@ def test_text_formats_match_the_vocabulary_with_our_normalisation(tmp_path, name
     [
         (["the 1 2 3 4"], None, "have 4 dimensions, --config.embedding_dim is 3; set --config.embedding_dim=4"),
         (["the 1 2 3"], "1 300", "have 300 dimensions"),
-        (["the 1 2 3", "film 1 2"], None, ":2: 2 numbers after the word, expected 3"),
-        (["the 1 2 x"], None, "could not convert string to float"),
+        (["the 1 2 3", "film 1 2"], None, ":2 is not a line of a text vector file"),
+        (["the 1 2 x"], None, ":1: a value is not a number"),
     ],
 )
 def test_bad_vector_files_are_one_line_errors(tmp_path, lines, header, message):
@@ -76,9 +76,18 @@ def test_missing_and_binary_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="cannot read word vectors from .*No such file"):
         read_word_vectors(tmp_path / "absent.txt", VOCABULARY, DIM, TRAIN)
     binary = tmp_path / "vectors.bin"
-    binary.write_bytes(b"2 3\nthe \x00\x00\x80\x3f\xff\xfe\x00\x00")
-    with pytest.raises(UserError, match="not a text vector file"):
+    binary.write_bytes(b"2 3\nthe \x00\x00\x80\x3f \xff\xfe\x00\x00 \x01\x02\x03\x04\n")
+    with pytest.raises(UserError, match="vectors.bin:2 is not a line of a text vector file.*binary word2vec"):
         read_word_vectors(binary, VOCABULARY, DIM, TRAIN)
+
+
+def test_odd_words_do_not_stop_a_real_file(tmp_path):
+    """Real files hold words that are not UTF-8 (a cp1252 dash) or contain spaces, and end lines with a space."""
+    path = tmp_path / "real.vec"
+    path.write_bytes(b"3 3\n\x97 1 1 1 \n. . . 2 2 2 \nfilm 1 2 3 \n")
+    initial, coverage = read_word_vectors(path, VOCABULARY, DIM, TRAIN)
+    assert np.flatnonzero(initial.rows).tolist() == [3] and coverage.words_found == 1
+    np.testing.assert_array_equal(initial.vectors[3], [1, 2, 3])
 
 
 def test_matched_rows_take_the_vectors_and_the_others_keep_the_random_init(tmp_path):

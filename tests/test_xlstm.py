@@ -1,10 +1,13 @@
 """sLSTM and mLSTM against the reference implementations (the ``xlstm`` package's vanilla sLSTM and
 ``mlstm_kernels``' native PyTorch mLSTM, both on CPU), recurrent == parallel, and long sequences."""
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 from flax import nnx
 from test_recurrent import randomize
 
@@ -12,7 +15,11 @@ import lstm_jax
 from lstm_jax.recurrent import RNN
 from lstm_jax.xlstm import MLSTMCell, SLSTMCell
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("xlstm")
+pytest.importorskip("mlstm_kernels")
+spec = importlib.util.spec_from_file_location("parity", ROOT / "benchmarks" / "parity.py")
+parity = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(parity)  # the reference adapters shared with benchmarks/parity.py
 
 IN, HIDDEN, HEADS, TIME = 5, 8, 2, 9
 LENGTHS = np.array([TIME, 1, 4, 0, 7])
@@ -29,18 +36,6 @@ def assert_close(got, want, tolerance=1e-5):
 # -------------------------------------------------------------------------------------------- sLSTM
 
 
-def slstm_reference(cell, x):
-    """The xlstm package's vanilla sLSTM on one unpadded batch ``x <[B, T, in]>``: (outputs, (h, c, n, m))."""
-    from xlstm.blocks.slstm.src.vanilla import slstm_forward, slstm_pointwise_function_registry
-
-    wx = torch.tensor(np.asarray(x @ cell.input_kernel[...])).transpose(0, 1)  # [T, B, 4H]
-    recurrent = torch.tensor(np.asarray(cell.recurrent_kernel[...])).transpose(1, 2)  # [heads, 4 head, head]
-    bias = torch.tensor(np.asarray(cell.bias[...]))
-    states = torch.zeros(4, x.shape[0], cell.hidden_features)
-    states_all, last, _ = slstm_forward(wx, states, recurrent, bias, slstm_pointwise_function_registry["slstm"])
-    return states_all[0, 1:].transpose(0, 1).numpy(), [s.numpy() for s in last]
-
-
 @pytest.mark.parametrize("heads", [1, HEADS])
 def test_slstm_matches_the_xlstm_reference_for_every_length(heads):
     cell = randomize(SLSTMCell(IN, HIDDEN, num_heads=heads, rngs=nnx.Rngs(0)))
@@ -50,7 +45,7 @@ def test_slstm_matches_the_xlstm_reference_for_every_length(heads):
         if length == 0:
             assert np.all(np.asarray(outputs[b]) == 0) and all(np.all(np.asarray(s[b]) == 0) for s in (c, n, m, h))
             continue
-        want_outputs, (want_h, want_c, want_n, want_m) = slstm_reference(cell, x[b : b + 1, :length])
+        want_outputs, (want_h, want_c, want_n, want_m) = parity.slstm_reference(cell, x[b : b + 1, :length])
         assert_close(outputs[b, :length], want_outputs[0])
         np.testing.assert_array_equal(outputs[b, length:], 0.0)
         for got, want in ((h, want_h), (c, want_c), (n, want_n), (m, want_m)):
@@ -60,20 +55,7 @@ def test_slstm_matches_the_xlstm_reference_for_every_length(heads):
 # -------------------------------------------------------------------------------------------- mLSTM
 
 
-def mlstm_gates(cell, x):
-    """q, k, v, i, f as mlstm_kernels takes them (``[B, heads, T, ...]``, q unscaled) and the output gate."""
-    q, k, v, o, i, f = cell._split(cell.input_projection(x))  # q is scaled by 1/sqrt(Dk) here
-
-    def heads_first(a):
-        return torch.tensor(np.asarray(jnp.moveaxis(a, 1, 2) if a.ndim == 4 else jnp.swapaxes(a, 1, 2)))
-
-    q = q * np.sqrt(cell.key_size)
-    return [heads_first(a) for a in (q, k, v, i, f)], jax.nn.sigmoid(o)
-
-
 def test_mlstm_recurrent_matches_the_mlstm_kernels_reference():
-    from mlstm_kernels.torch.recurrent.native_sequence import mlstm_recurrent_sequence__native_fw
-
     cell = randomize(MLSTMCell(IN, HIDDEN, num_heads=HEADS, rngs=nnx.Rngs(0)))
     x = inputs()
     outputs, (C, n, m) = RNN(cell, backend="scan")(x, jnp.asarray(LENGTHS))
@@ -81,27 +63,21 @@ def test_mlstm_recurrent_matches_the_mlstm_kernels_reference():
         if length == 0:
             assert np.all(np.asarray(outputs[b]) == 0) and np.all(np.asarray(C[b]) == 0)
             continue
-        (q, k, v, i, f), o = mlstm_gates(cell, x[b : b + 1, :length])
-        h, (want_C, want_n, want_m) = mlstm_recurrent_sequence__native_fw(q, k, v, i, f, return_last_states=True)
-        want = np.asarray(o) * np.moveaxis(h.numpy(), 1, 2)  # [1, T, heads, Dv]
-        assert_close(outputs[b, :length], want.reshape(1, length, HIDDEN)[0])
+        want, (want_C, want_n, want_m) = parity.mlstm_reference(cell, x[b : b + 1, :length])
+        assert_close(outputs[b, :length], want[0])
         for got, expected in ((C, want_C), (n, want_n), (m, want_m)):
-            assert_close(got[b], expected.numpy().reshape(got[b].shape))
+            assert_close(got[b], expected.reshape(got[b].shape))
 
 
 def test_mlstm_parallel_matches_the_mlstm_kernels_parallel_reference():
     """The reference's parallel form starts with no stabiliser history: our initial m = -inf."""
-    from mlstm_kernels.torch.parallel.native.fw import mlstm_parallel_fw
-
     cell = randomize(MLSTMCell(IN, HIDDEN, num_heads=HEADS, rngs=nnx.Rngs(0)))
     x = inputs()
     C0, n0, m0 = cell.initialize_carry((x.shape[0],))
     carry = (C0, n0, jnp.full_like(m0, -jnp.inf))
     projected = jnp.swapaxes(cell.input_projection(x), 0, 1)
     _, outputs = cell.parallel(projected, jnp.ones(projected.shape[:2], bool), carry)
-    (q, k, v, i, f), o = mlstm_gates(cell, x)
-    h, _, _ = mlstm_parallel_fw(q, k, v, i, f)
-    want = (np.asarray(o) * np.moveaxis(h.numpy(), 1, 2)).reshape(x.shape[0], TIME, HIDDEN)
+    want, _ = parity.mlstm_reference(cell, x, form="parallel")
     assert_close(jnp.swapaxes(outputs, 0, 1), want)
 
 
@@ -201,3 +177,16 @@ def test_slstm_exponential_forget_gate_matches_the_equations():
     outputs, _ = RNN(cell)(x)
     want, _ = reference.run_sequence("slstm", cell, np.asarray(x[0]))
     assert_close(outputs[0], want)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_classifier_reads_the_mlstm_final_states_from_its_outputs(bidirectional):
+    """The mLSTM's carry holds no h, so the classifier's "last" pooling reads the outputs; checked against the
+    final hidden states of a cell that has them in its carry (zeros for the empty sequence)."""
+    from lstm_jax.sentiment.model import _hidden, _last_outputs
+
+    layer = lstm_jax.make_recurrent("lstm", IN, HIDDEN, bidirectional=bidirectional, rngs=nnx.Rngs(0))
+    x, lengths = inputs(), jnp.asarray(LENGTHS)
+    outputs, (top,) = layer(x, lengths)
+    want = jnp.concatenate([_hidden(top[0]), _hidden(top[1])], -1) if bidirectional else _hidden(top)
+    np.testing.assert_array_equal(_last_outputs(outputs, lengths, bidirectional), want)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 from pathlib import Path
 from typing import NamedTuple
 
@@ -89,20 +88,45 @@ class Coverage:
         return f"{words}, {self.token_share:.1%} of training tokens"
 
 
-def _open_text(path: Path):
-    """The file as text lines; gzip is recognised by its magic bytes, not its name."""
+def _open_binary(path: Path):
+    """The file's lines as bytes; gzip is recognised by its magic bytes, not its name."""
     with open(path, "rb") as probe:
         compressed = probe.read(2) == b"\x1f\x8b"
-    raw = gzip.open(path, "rb") if compressed else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def _dimension(first_line: str) -> tuple[int | None, bool]:
-    """(dimension if the first line is a word2vec / fastText header, whether it is a header)."""
-    parts = first_line.split()
-    if len(parts) == 2 and all(part.isdigit() for part in parts):
-        return int(parts[1]), True
-    return None, False
+def _vector_lines(path: Path, dim: int):
+    """Yields (line number, word, numbers as ASCII bytes) of a GloVe / word2vec / fastText text file.
+
+    The numbers are the last ``D`` fields of a line, so words containing spaces (GloVe 840B has some) stay
+    whole; words are decoded as UTF-8 with invalid bytes replaced (real files hold a few such words, which then
+    match nothing); numbers that are not ASCII mean a binary file.
+    """
+    width = None
+    with _open_binary(path) as lines:
+        for number, line in enumerate(lines, 1):
+            fields = line.split()
+            if number == 1 and len(fields) == 2 and all(field.isdigit() for field in fields):
+                width = int(fields[1])  # the word2vec / fastText header: "count D"
+                _check_width(width, dim, path)
+                continue
+            if width is None:
+                width = len(fields) - 1
+                _check_width(width, dim, path)
+            if len(fields) < width + 1 or not all(field.isascii() for field in fields[-width:]):
+                raise UserError(f"{path}:{number} is not a line of a text vector file (a word and {width} numbers); "
+                                "binary word2vec is not read: use GloVe .txt or word2vec/fastText .vec, "
+                                "gzip-compressed or not")  # fmt: skip
+            word = line.rstrip().rsplit(None, width)[0].decode("utf-8", errors="replace")
+            yield number, word, fields[-width:]
+
+
+def _numbers(fields: list[bytes], path: Path, number: int) -> np.ndarray:
+    try:
+        return np.asarray([float(field) for field in fields], np.float32)
+    except ValueError:
+        raise UserError(f"{path}:{number}: a value is not a number; is it a GloVe .txt or word2vec/fastText .vec "
+                        "file?") from None  # fmt: skip
 
 
 def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
@@ -116,32 +140,12 @@ def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_
     found = np.zeros(vocabulary.size, bool)
     ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
     try:
-        with _open_text(path) as lines:
-            width = None
-            for number, line in enumerate(lines, 1):
-                if number == 1:
-                    width, is_header = _dimension(line)
-                    if is_header:
-                        _check_width(width, dim, path)
-                        continue
-                word, _, rest = line.rstrip("\n").partition(" ")
-                values = rest.split()
-                if width is None:
-                    width = len(values)
-                    _check_width(width, dim, path)
-                if len(values) != width:
-                    raise UserError(f"{path}:{number}: {len(values)} numbers after the word, expected {width}; "
-                                    "is it a GloVe .txt or word2vec/fastText .vec file?")  # fmt: skip
-                tokens = tokenize(word)
-                index = ids.get(tokens[0]) if len(tokens) == 1 else None
-                if index is not None and not found[index]:
-                    vectors[index] = np.asarray(values, np.float32)
-                    found[index] = True
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text vector file (binary word2vec is not read); use GloVe .txt or "
-                        "word2vec/fastText .vec, optionally gzip-compressed") from None  # fmt: skip
-    except ValueError as error:  # a value that is not a number
-        raise UserError(f"{path}: {error}; is it a GloVe .txt or word2vec/fastText .vec file?") from None
+        for number, word, numbers in _vector_lines(path, dim):
+            tokens = tokenize(word)
+            index = ids.get(tokens[0]) if len(tokens) == 1 else None
+            if index is not None and not found[index]:  # the first line of a word wins
+                vectors[index] = _numbers(numbers, path, number)
+                found[index] = True
     except (OSError, EOFError) as error:
         raise UserError(f"cannot read word vectors from {path}: {error.strerror or error}; "
                         "check --config.embedding_path") from None  # fmt: skip

@@ -13,11 +13,15 @@ POOLINGS = ("last", "max", "mean_max")
 XLSTM_CELLS = ("slstm", "mlstm")  # they take num_heads
 
 
+def _hidden(carry):
+    """The hidden state h of a carry: the last part of (c, h) or (c, n, m, h), or the carry itself (GRU, RNN)."""
+    return carry[-1] if isinstance(carry, tuple) else carry
+
+
 def _last_outputs(outputs: jax.Array, lengths: jax.Array, bidirectional: bool) -> jax.Array:
-    """The final hidden states, read from the outputs: the forward direction's output at each sequence's last
-    real token and the backward direction's at its first (where it ends). Every cell's output is its hidden
-    state, so this equals the final carry's h; it also serves cells whose carry holds no h (the mLSTM).
-    Empty sequences give zeros (their outputs are all zero)."""
+    """The final hidden states read from the outputs, for the mLSTM, whose carry (C, n, m) holds no h: the forward
+    direction's output at each sequence's last real token and the backward direction's at its first (where it
+    ends). Empty sequences give zeros (their outputs are all zero)."""
     width = outputs.shape[-1] // (2 if bidirectional else 1)
     last = jnp.maximum(lengths - 1, 0)[:, None, None]
     forward = jnp.take_along_axis(outputs[..., :width], last, axis=1)[:, 0]
@@ -81,6 +85,7 @@ class SentimentClassifier(nnx.Module):
             **({"num_heads": num_heads} if cell in XLSTM_CELLS else {}),
         )
         self.bidirectional = bidirectional
+        self.cell = cell
         features = (proj_size or hidden_size) * (2 if bidirectional else 1) * (2 if pooling == "mean_max" else 1)
         self.embedding_dropout = nnx.Dropout(embedding_dropout_rate)
         self.dropout = nnx.Dropout(dropout_rate)
@@ -105,9 +110,12 @@ class SentimentClassifier(nnx.Module):
             dropped = jax.random.bernoulli(rngs.dropout(), self.word_dropout_rate, tokens.shape)
             tokens = jnp.where(dropped & (tokens != PAD_ID), UNKNOWN_ID, tokens)
         x = self.embedding_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
-        outputs, _ = self.encoder(x, lengths, rngs=rngs)
-        if self.pooling == "last":
+        outputs, carries = self.encoder(x, lengths, rngs=rngs)
+        if self.pooling == "last" and self.cell == "mlstm":
             features = _last_outputs(outputs, lengths, self.bidirectional)
+        elif self.pooling == "last":  # from the carries: XLA then need not keep the per-step outputs at inference
+            top = carries[-1]
+            features = jnp.concatenate([_hidden(top[0]), _hidden(top[1])], -1) if self.bidirectional else _hidden(top)
         else:
             outputs = outputs.astype(jnp.float32)
             real = (jnp.arange(outputs.shape[1])[None, :] < lengths[:, None])[..., None]  # [B, T, 1]
