@@ -386,3 +386,58 @@ def test_a_file_size_limit_during_training_is_reported_and_the_rerun_finishes(re
             assert "error: could not write a checkpoint" in stderr and "File too large" in stderr
         rerun = run_tool(*smoke_args(review_files, workdir))
         assert rerun.returncode == 0 and b"Accuracy: " in rerun.stdout, rerun.stderr.decode()[-2000:]
+
+
+def test_a_sigterm_whose_exception_was_dropped_still_leaves_the_output_alone(tmp_path, monkeypatch):
+    """Python runs the SIGTERM handler wherever the main thread is; inside a finalizer or callback its
+    KeyboardInterrupt is printed and dropped. The signal is remembered, so the output is still not replaced."""
+    import threading
+
+    from lstm_jax.sentiment import errors
+    from lstm_jax.sentiment.files import SafeOutput
+
+    monkeypatch.setattr(errors, "_interrupted", threading.Event())
+    previous = signal.getsignal(signal.SIGTERM)
+    target = tmp_path / "out.txt"
+    target.write_text("precious\n")
+    try:
+        errors.interrupt_on_sigterm()
+        with pytest.raises(KeyboardInterrupt), SafeOutput(target) as handle:
+            handle.write("partial")
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass  # what a finalizer does with it
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert target.read_text() == "precious\n" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_sigterm_inside_a_garbage_collector_callback_is_remembered_not_dropped(monkeypatch):
+    """JAX registers a gc callback; a KeyboardInterrupt raised in there would be printed (a traceback) and lost."""
+    import gc
+    import threading
+
+    from lstm_jax.sentiment import errors
+
+    monkeypatch.setattr(errors, "_interrupted", threading.Event())
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def callback(phase, info):
+        if phase == "start":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs while this callback is the current frame
+
+    try:
+        errors.interrupt_on_sigterm()
+        gc.callbacks.append(callback)
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+        signal.signal(signal.SIGTERM, previous)
+    assert dropped == []
+    with pytest.raises(KeyboardInterrupt):
+        errors.raise_if_interrupted()

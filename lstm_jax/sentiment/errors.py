@@ -49,11 +49,36 @@ def exit_on_user_error(main):
     return wrapper
 
 
+_interrupted = threading.Event()
+
+
 def interrupt_on_sigterm() -> None:
-    """SIGTERM (what schedulers send before preemption) raises KeyboardInterrupt, like Ctrl-C."""
+    """SIGTERM (what schedulers send before preemption) raises KeyboardInterrupt, like Ctrl-C.
+
+    Python runs the handler wherever the main thread is; inside a garbage-collector callback (JAX has one) or a
+    finalizer an exception would be printed with a traceback and dropped. There the handler only remembers the
+    signal, and :func:`raise_if_interrupted` (called between prediction batches and before an output replaces
+    a file) stops the work at the next check.
+    """
 
     def handle(signum, frame):
-        raise KeyboardInterrupt
+        _interrupted.set()
+        if not _exception_would_be_dropped(frame):
+            raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handle)
+
+
+def _exception_would_be_dropped(frame) -> bool:
+    """Whether ``frame`` is a finalizer or a garbage-collector callback (whose exceptions Python drops)."""
+    if frame is None:
+        return False
+    code = frame.f_code
+    return code.co_name == "__del__" or any(getattr(callback, "__code__", None) is code for callback in gc.callbacks)
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if SIGTERM arrived, even when the handler's own exception was dropped."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt

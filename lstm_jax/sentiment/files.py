@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per line: about 150,000 words, far past any max_len
 _BOMS = [  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
@@ -150,6 +150,8 @@ class SafeOutput:
     def __exit__(self, kind, error, traceback) -> None:
         try:
             self.handle.close()
+            if kind is None:
+                raise_if_interrupted()  # a SIGTERM whose exception got lost: still no output
             if self._temporary is not None and kind is None:
                 mode = self.target.stat().st_mode & 0o7777 if self.target.exists() else 0o666 & ~_umask()
                 os.chmod(self._temporary, mode)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lstm_jax.sentiment import batching, files
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.config import base_config, validate
-from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
 from lstm_jax.sentiment.model import build_model, model_kwargs
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
@@ -203,6 +203,7 @@ def predict_file(
         with stream, destination as handle:
             write = _writer(handle, output_format)
             for batch in _batches(_statements(stream, stats, progress), predictor.chunk_size):
+                raise_if_interrupted()
                 for text, probability in zip(batch, predictor.predict(batch)):
                     write(text, probability, probability >= threshold)
             if stats.statements == 0:
