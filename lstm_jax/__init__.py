@@ -1,7 +1,8 @@
 """lstm_jax: LSTM-family sequence models in JAX / Flax NNX with exact variable-length semantics."""
 
-from lstm_jax.cells import GRUCell, LSTMCell, PeepholeLSTMCell, SimpleRNNCell
+from lstm_jax.cells import GRUCell, LayerNormLSTMCell, LSTMCell, PeepholeLSTMCell, SimpleRNNCell
 from lstm_jax.recurrent import RNN, Bidirectional, StackedRNN, make_recurrent
+from lstm_jax.xlstm import MLSTMCell, SLSTMCell
 
 __version__ = "0.1.0"
 
@@ -18,9 +19,12 @@ def __getattr__(name):
 __all__ = [
     "load_predictor",
     "GRUCell",
+    "LayerNormLSTMCell",
     "LSTMCell",
+    "MLSTMCell",
     "PeepholeLSTMCell",
     "SimpleRNNCell",
+    "SLSTMCell",
     "RNN",
     "Bidirectional",
     "StackedRNN",

@@ -13,5 +13,6 @@
 * ``cli.py`` / ``errors.py``: what the command-line entry points share;
 * ``bench.py``: the step benchmark against Flax and PyTorch.
 
-The library (``lstm_jax.cells``, ``recurrent``, ``fused``, ``cudnn``, ``interop``) never imports this package.
+The library (``lstm_jax.cells``, ``xlstm``, ``recurrent``, ``fused``, ``cudnn``, ``interop``) never imports this
+package.
 """
