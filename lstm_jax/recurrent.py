@@ -47,7 +47,7 @@ def _masked_update(mask: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
 
-BACKENDS = ("auto", "scan", "fused", "cudnn", "parallel", "python")
+BACKENDS = ("auto", "scan", "fused", "cudnn", "parallel", "chunkwise", "python")
 
 
 def _is_plain_lstm(cell: nnx.Module) -> bool:
@@ -71,8 +71,8 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
             return "cudnn"
         return "fused" if _is_plain_lstm(cell) and cudnn.platform() == "cpu" else "scan"
     name = type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
-    if requested == "parallel" and not hasattr(cell, "parallel"):
-        raise ValueError(f"backend='parallel' needs a cell with a parallel form (MLSTMCell), not {name}")
+    if requested in ("parallel", "chunkwise") and not hasattr(cell, requested):
+        raise ValueError(f"backend={requested!r} needs a cell with a {requested} form (MLSTMCell), not {name}")
     if requested in ("fused", "cudnn") and zoneout:
         raise ValueError(f"backend={requested!r} cannot apply zoneout; use 'scan' or 'auto'")
     if requested == "fused" and not _is_plain_lstm(cell):
@@ -104,7 +104,8 @@ class RNN(nnx.Module):
         one supporting ``jax.jvp`` and higher derivatives), ``"fused"`` (plain LSTM: a scan with a
         hand-written backward pass, :mod:`lstm_jax.fused`), ``"cudnn"`` (plain float32 LSTM on an NVIDIA GPU,
         :mod:`lstm_jax.cudnn`; reverse-mode gradients only, no ``vmap``), ``"parallel"`` (cells with a parallel
-        form, the mLSTM: the whole sequence at once, ``O(T^2)`` memory), ``"python"`` (a Python loop traced
+        form, the mLSTM: the whole sequence at once, ``O(T^2)`` memory), ``"chunkwise"`` (the mLSTM's parallel form
+        over chunks of 64 steps, ``O(T)`` memory, for long sequences), ``"python"`` (a Python loop traced
         step by step, for benchmarks and tests; it compiles slowly for long sequences).
         ``rnn.backend`` says which one runs (a training call with recurrent dropout runs ``scan``).
       recurrent_dropout_rate: variational recurrent dropout (Gal & Ghahramani 2016), training only: one mask
@@ -146,12 +147,12 @@ class RNN(nnx.Module):
         self.requested_backend = backend
         self.recurrent_dropout_rate = recurrent_dropout_rate
         self.zoneout_rate = zoneout_rate
-        if backend in ("fused", "parallel"):
+        if backend in ("fused", "parallel", "chunkwise"):
             self.backend  # refuses other cells now rather than at the first call  # noqa: B018
 
     @property
     def backend(self) -> str:
-        """The recurrence that runs on this machine: ``scan``, ``fused``, ``cudnn``, ``parallel`` or ``python``."""
+        """The recurrence that runs here: ``scan``, ``fused``, ``cudnn``, ``parallel``, ``chunkwise`` or ``python``."""
         return choose_backend(self.requested_backend, self.cell, zoneout=self.zoneout_rate > 0)
 
     def __call__(
@@ -238,8 +239,8 @@ class RNN(nnx.Module):
             return self._step(carry, x_t, mask_t, recurrent_mask, zoneout_t)
 
         cell = self.cell
-        if backend == "parallel":
-            return cell.parallel(cell.input_projection(x), masks, initial_carry)
+        if backend in ("parallel", "chunkwise"):
+            return getattr(cell, backend)(cell.input_projection(x), masks, initial_carry)
         if backend == "cudnn":  # a reverse-only layer: the inputs are reversed already, cuDNN reads forward
             outputs, (carry,) = cudnn.lstm(
                 jnp.swapaxes(x, 0, 1), lengths, [cell], [initial_carry], bidirectional=False, kernel=cudnn.cudnn_kernel

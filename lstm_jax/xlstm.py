@@ -9,9 +9,10 @@ range (tested at 2,000 steps with large gate pre-activations).
 * :class:`SLSTMCell`: scalar memory ``c`` with a normaliser ``n``, recurrent weights block-diagonal over heads
   (memory mixing inside a head); the same arithmetic as the reference ``xlstm`` package's "vanilla" sLSTM.
 * :class:`MLSTMCell`: a matrix memory ``C`` per head updated by the outer product ``v k^T``; no hidden-to-
-  hidden recurrence, so a whole sequence also has a parallel form (:meth:`MLSTMCell.parallel`), which the
-  sequence layer runs with ``backend="parallel"``; the same arithmetic as ``mlstm_kernels``' native PyTorch
-  recurrent and parallel kernels.
+  hidden recurrence, so a whole sequence also has a parallel form (:meth:`MLSTMCell.parallel`, run by
+  ``backend="parallel"``) and a chunkwise form (:meth:`MLSTMCell.chunkwise`, ``backend="chunkwise"``: the parallel
+  form over chunks, passing the state on); the same arithmetic as ``mlstm_kernels``' native PyTorch recurrent and
+  parallel kernels.
 
 Parameters are stored in ``param_dtype`` (float32); matmuls run in ``dtype`` with float32 accumulation; the
 states and the gate arithmetic stay in float32.
@@ -147,7 +148,8 @@ class MLSTMCell(nnx.Module):
         y_t  = o_t * h̃_t                                              output <[heads * Dv]>
 
     No state enters the next step's projections, so :meth:`parallel` computes the same outputs and final
-    state for a whole sequence at once (``O(T^2)`` memory).
+    state for a whole sequence at once (``O(T^2)`` memory), and :meth:`chunkwise` does so ``chunk_size`` steps at a
+    time.
 
     Shapes: ``hidden_features = heads * Dv`` (output width), ``Dk = qk_features or Dv``; carry
     ``(C <float32>[batch, heads, Dk, Dv], n <float32>[batch, heads, Dk], m <float32>[batch, heads])``;
@@ -162,6 +164,7 @@ class MLSTMCell(nnx.Module):
         *,
         num_heads: int = 1,
         qk_features: int | None = None,
+        chunk_size: int = 64,
         epsilon: float = 1e-6,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
@@ -175,6 +178,7 @@ class MLSTMCell(nnx.Module):
         self.num_heads = num_heads
         self.value_size = value_size
         self.key_size = qk_features or value_size
+        self.chunk_size = chunk_size
         self.epsilon = epsilon
         self.dtype = dtype
         widths = self._widths()
@@ -260,3 +264,23 @@ class MLSTMCell(nnx.Module):
         C = jnp.einsum("sbh,sbhd,sbhv->bhdv", D[-1], k, v) + w0[-1][..., None, None] * C0
         n = jnp.einsum("sbh,sbhd->bhd", D[-1], k) + w0[-1][..., None] * n0
         return (C, n, m[-1]), h.astype(self.dtype)
+
+    def chunkwise(self, projected: Array, masks: Array, carry: MLSTMCarry) -> tuple[MLSTMCarry, Array]:
+        """:meth:`parallel` chunk by chunk, each chunk starting from the state the previous one ended in: the same
+        function in ``O(T * chunk_size)`` memory instead of ``O(T^2)``, for long sequences. The time axis is padded
+        to a multiple of ``chunk_size`` with masked steps, which change nothing."""
+        chunk_size = self.chunk_size
+        time, batch = projected.shape[:2]
+        chunks = -(-time // chunk_size)
+        padding = chunks * chunk_size - time
+        projected = jnp.pad(projected, ((0, padding), (0, 0), (0, 0)))
+        masks = jnp.pad(masks, ((0, padding), (0, 0)))
+
+        def step(carry, chunk):
+            return self.parallel(*chunk, carry)
+
+        shape = (chunks, chunk_size, batch)
+        carry, outputs = jax.lax.scan(
+            step, carry, (projected.reshape(*shape, -1), masks.reshape(shape))
+        )  # outputs [chunks, chunk_size, B, H]
+        return carry, outputs.reshape(chunks * chunk_size, batch, -1)[:time]

@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.word_scores = False  # add a linear bag-of-words path (one learned score per word) to the logit
     config.ensemble_size = 1  # train this many independently initialised models side by side; predict with their mean
     config.unroll = 1  # lax.scan unroll factor
-    config.backend = "auto"  # how the recurrence runs (same function): auto | scan | fused | cudnn (auto: cudnn on GPU)
+    config.backend = "auto"  # how the recurrence runs (same function): auto|scan|fused|cudnn|parallel|chunkwise
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     # Optimisation.
     config.batch_size = 32  # examples per step, across all devices (must divide by the device count)
@@ -102,7 +102,7 @@ CHOICES = {
     "schedule": ("constant", "cosine"),
     "embedding_init": ("random", "ppmi_svd", "file"),
     "test_checkpoint": ("best", "last"),
-    "backend": ("auto", "scan", "fused", "cudnn", "parallel"),
+    "backend": ("auto", "scan", "fused", "cudnn", "parallel", "chunkwise"),
 }
 # (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
 # ensemble would take hours to build), far above anything this job needs.
@@ -148,7 +148,7 @@ def validate(config) -> None:
 
 def _check_backend(config) -> None:
     backend = f"--config.backend={config.backend}"
-    if config.backend == "parallel" and config.cell != "mlstm":
+    if config.backend in ("parallel", "chunkwise") and config.cell != "mlstm":
         raise UserError(f"{backend} runs the mlstm cell only; use auto or scan for {config.cell}")
     if config.backend in ("fused", "cudnn") and (config.cell != "lstm" or config.proj_size or config.zoneout_rate):
         raise UserError(f"{backend} runs the plain lstm cell only (no proj_size, no zoneout); use auto or scan")
