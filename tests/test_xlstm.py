@@ -159,6 +159,11 @@ def test_two_thousand_steps_with_huge_input_gates_stay_finite_and_exact(name):
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(grads))
 
 
+def test_auto_runs_the_mlstm_chunkwise_and_the_slstm_recurrently():
+    assert RNN(MLSTMCell(IN, HIDDEN, rngs=nnx.Rngs(0))).backend == "chunkwise"
+    assert RNN(SLSTMCell(IN, HIDDEN, rngs=nnx.Rngs(0))).backend == "scan"
+
+
 def test_what_the_xlstm_cells_refuse():
     with pytest.raises(ValueError, match="must divide into num_heads=3"):
         SLSTMCell(IN, HIDDEN, num_heads=3, rngs=nnx.Rngs(0))

@@ -265,6 +265,7 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     if cell in ("lstm", "bilstm"):
         impls["lstm_jax fused"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="fused")
     if cell == "mlstm":
+        impls["lstm_jax chunkwise"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="chunkwise")
         impls["lstm_jax parallel"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="parallel")
     devices = len(jax.devices())
     if devices > 1 and shape["batch"] % devices == 0:  # what predict.py does: the batch split over the cores
@@ -380,6 +381,7 @@ def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple
         lengths = [25, 50, 200] if quick else [25, 50, 200, 400]
         for length in lengths:  # the sequence-length sweep at the seed shape (length 100 is above)
             yield workload, f"seed-T{length}", {**SHAPES["seed"], "time": length}, "lstm"
+        yield workload, "seed-T400", {**SHAPES["seed"], "time": 400}, "mlstm"  # the mLSTM's forms on long inputs
 
 
 def environment() -> dict:
