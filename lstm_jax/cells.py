@@ -154,7 +154,7 @@ class LSTMCell(_Cell):
         return carry[1].astype(self.dtype)
 
     def _hidden(self, o: Array, c: Array) -> Array:
-        """h_t = o_t * tanh(c_t), projected by W_r for an LSTMP."""
+        """h_t = o_t * tanh(c_t), projected by W_r for an LSTMP (the layer-norm cell passes its normalised c)."""
         h = o * jnp.tanh(c)
         if self.projection_kernel is not None:
             h = _matmul(h, self.projection_kernel[...], self.dtype)
@@ -247,10 +247,7 @@ class LayerNormLSTMCell(LSTMCell):
         recurrent = _normalize(self._recurrent_projection(h, recurrent_mask)) * self.recurrent_norm_scale[...]
         i, f, g, o = jnp.split(projected_x + recurrent, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        normalized_c = _normalize(c) * self.cell_norm_scale[...] + self.cell_norm_bias[...]
-        h = jax.nn.sigmoid(o) * jnp.tanh(normalized_c)
-        if self.projection_kernel is not None:
-            h = _matmul(h, self.projection_kernel[...], self.dtype)
+        h = self._hidden(jax.nn.sigmoid(o), _normalize(c) * self.cell_norm_scale[...] + self.cell_norm_bias[...])
         return (c, h), h.astype(self.dtype)
 
 

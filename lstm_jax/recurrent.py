@@ -54,13 +54,18 @@ def _is_plain_lstm(cell: nnx.Module) -> bool:
     return type(cell) is cells_lib.LSTMCell and not cell.proj_size
 
 
+def _cell_name(cell: nnx.Module) -> str:
+    """The cell's class for error messages, ``LSTMCell with proj_size`` for a projection LSTM."""
+    return type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
+
+
 def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -> str:
     """The recurrence that runs ``cell`` for a requested backend; every choice computes the same function.
 
     ``auto`` picks ``chunkwise`` for cells with a chunkwise form (the mLSTM), ``cudnn`` on an NVIDIA GPU for a
     float32 plain LSTM cell, ``fused`` for a plain LSTM cell on a CPU, and ``scan`` otherwise (TPU, other cells,
-    projections, bfloat16 on a GPU, zoneout). Asking for a
-    backend that cannot run ``cell`` here raises a one-line ``ValueError``.
+    projections, bfloat16 on a GPU, zoneout). Asking for a backend that cannot run ``cell`` here raises a
+    one-line ``ValueError``.
     """
     if requested == "auto":
         if hasattr(cell, "chunkwise"):  # as fast as parallel at 100 steps, 3x faster at 400, O(T) memory
@@ -70,7 +75,7 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
         if _cudnn_obstacle(cell) is None:
             return "cudnn"
         return "fused" if _is_plain_lstm(cell) and cudnn.platform() == "cpu" else "scan"
-    name = type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
+    name = _cell_name(cell)
     if requested in ("parallel", "chunkwise") and not hasattr(cell, requested):
         raise ValueError(f"backend={requested!r} needs a cell with a {requested} form (MLSTMCell), not {name}")
     if requested in ("fused", "cudnn") and zoneout:
@@ -84,8 +89,7 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
 
 def _cudnn_obstacle(cell: nnx.Module) -> str | None:
     if not _is_plain_lstm(cell):
-        name = type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
-        return f"cuDNN runs plain LSTMCell only, not {name}"
+        return f"cuDNN runs plain LSTMCell only, not {_cell_name(cell)}"
     if jnp.dtype(cell.dtype) != jnp.float32 or cell.input_kernel.dtype != jnp.float32:
         return f"cuDNN's LSTM in JAX is float32 only, this cell computes in {jnp.dtype(cell.dtype).name}"
     return cudnn.unavailable_reason()
@@ -288,13 +292,11 @@ class Bidirectional(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ):
         forward_initial, backward_initial = initial_carry if initial_carry is not None else (None, None)
-        if _cudnn_directions(self, rngs) is not None:
-            outputs, (carries,) = _run_cudnn([_cudnn_directions(self, rngs)], inputs, lengths, [initial_carry])
+        if (rnns := _cudnn_directions(self, rngs)) is not None:
+            outputs, (carries,) = _run_cudnn([rnns], inputs, lengths, [initial_carry])
             return outputs, carries
         forward_outputs, forward_carry = self.forward_rnn(inputs, lengths, initial_carry=forward_initial, rngs=rngs)
-        backward_outputs, backward_carry = self.backward_rnn(
-            inputs, lengths, initial_carry=backward_initial, rngs=rngs
-        )
+        backward_outputs, backward_carry = self.backward_rnn(inputs, lengths, initial_carry=backward_initial, rngs=rngs)
         outputs = jnp.concatenate([forward_outputs, backward_outputs], axis=-1)
         return outputs, (forward_carry, backward_carry)
 

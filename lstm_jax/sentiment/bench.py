@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -259,31 +260,36 @@ DEFAULT_TORCH_THREADS = None  # set in main() from torch.get_num_threads() befor
 # ------------------------------------------------------------------------------------------ driver
 
 
+def _ours(**options) -> Callable:
+    """A runner builder for lstm_jax with these :func:`build_lstm_jax` options (backend, unroll, dtype, shard)."""
+    return functools.partial(build_lstm_jax, **options)
+
+
 def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     """The implementations that apply to a case, by display name."""
     impls = {}
     if cell in ("lstm", "bilstm"):
-        impls["lstm_jax fused"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="fused")
+        impls["lstm_jax fused"] = _ours(backend="fused")
     if cell == "mlstm":
-        impls["lstm_jax chunkwise"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="chunkwise")
-        impls["lstm_jax parallel"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="parallel")
+        impls["lstm_jax chunkwise"] = _ours(backend="chunkwise")
+        impls["lstm_jax parallel"] = _ours(backend="parallel")
     devices = len(jax.devices())
     if devices > 1 and shape["batch"] % devices == 0:  # what predict.py does: the batch split over the cores
-        impls[f"lstm_jax batch over {devices} CPU devices"] = lambda s, c, w: build_lstm_jax(s, c, w, shard=True)
+        impls[f"lstm_jax batch over {devices} CPU devices"] = _ours(shard=True)
     # The unroll sweep on the LSTM at the seed and medium shapes; elsewhere unroll 1 (the default) only.
     if cell != "lstm" or shape["hidden"] > 128:
         unrolls = [1]
     else:
         unrolls = [1, 4] if quick else [1, 2, 4, 8, 16]
     for unroll in unrolls:
-        impls[f"lstm_jax scan u{unroll}"] = lambda s, c, w, u=unroll: build_lstm_jax(s, c, w, unroll=u, backend="scan")
+        impls[f"lstm_jax scan u{unroll}"] = _ours(unroll=unroll, backend="scan")
     if not quick and shape["time"] <= PYTHON_LOOP_MAX_TIME:
-        impls["lstm_jax python loop"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="python")
+        impls["lstm_jax python loop"] = _ours(backend="python")
     if cell in ("lstm", "gru"):
         impls["flax nn.RNN"] = build_flax
     if cell in ("lstm", "gru", "bilstm") and _has_torch():
         impls["torch eager"] = build_torch
-        impls["torch eager 1 thread"] = lambda s, c, w: build_torch(s, c, w, threads=1)
+        impls["torch eager 1 thread"] = functools.partial(build_torch, threads=1)
     return impls
 
 
@@ -291,21 +297,19 @@ def accelerator_implementations() -> dict[str, Callable]:
     """The accelerator grid's LSTM implementations: every backend, bfloat16 for the scan paths, the peers."""
     from lstm_jax import cudnn
 
-    impls = {"lstm_jax auto": lambda s, c, w: build_lstm_jax(s, c, w, backend="auto")}
+    impls = {"lstm_jax auto": _ours(backend="auto")}
     if cudnn.unavailable_reason() is None:
-        impls["lstm_jax cudnn"] = lambda s, c, w: build_lstm_jax(s, c, w, backend="cudnn")
+        impls["lstm_jax cudnn"] = _ours(backend="cudnn")
     for dtype, suffix in (("float32", ""), ("bfloat16", " bf16")):
-        impls[f"lstm_jax fused{suffix}"] = lambda s, c, w, d=dtype: build_lstm_jax(s, c, w, backend="fused", dtype=d)
+        impls[f"lstm_jax fused{suffix}"] = _ours(backend="fused", dtype=dtype)
         for unroll in (1, 4, 16):
-            impls[f"lstm_jax scan u{unroll}{suffix}"] = lambda s, c, w, u=unroll, d=dtype: build_lstm_jax(
-                s, c, w, unroll=u, backend="scan", dtype=d
-            )
+            impls[f"lstm_jax scan u{unroll}{suffix}"] = _ours(unroll=unroll, backend="scan", dtype=dtype)
     impls["flax nn.RNN"] = build_flax
     if _has_torch():
         import torch
 
         if torch.cuda.is_available():
-            impls["torch cudnn"] = lambda s, c, w: build_torch(s, c, w, device="cuda")
+            impls["torch cudnn"] = functools.partial(build_torch, device="cuda")
         else:
             impls["torch eager"] = build_torch
     return impls

@@ -158,4 +158,4 @@ def _check_backend(config) -> None:
         if config.dtype != "float32":
             raise UserError(f"{backend} computes in float32 only; use --config.dtype=float32 or --config.backend=auto")
         if (reason := cudnn.unavailable_reason()) is not None:
-            raise UserError(f"--config.backend=cudnn cannot run here: {reason}; use --config.backend=auto")
+            raise UserError(f"{backend} cannot run here: {reason}; use --config.backend=auto")
