@@ -2,6 +2,7 @@
 
 python predict.py --workdir DIR --input reviews.txt [--output predictions.txt] [--format txt|jsonl|csv]
                   [--threshold 0.5] [--step N]
+python predict.py --model EXPORTED --input reviews.txt ...   (a folder written by export.py: no Flax, no orbax)
 """
 
 import os
@@ -20,13 +21,15 @@ from absl import flags, logging  # noqa: E402
 from lstm_jax.sentiment.cli import enable_compilation_cache, run  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm  # noqa: E402
 from lstm_jax.sentiment.files import SafeOutput  # noqa: E402
-from lstm_jax.sentiment.predict import FORMATS, load_predictor, predict_file  # noqa: E402
+from lstm_jax.sentiment.statements import FORMATS, predict_file  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
+_MODEL = flags.DEFINE_string("model", None, "A folder written by export.py, instead of --workdir.")
 _INPUT = flags.DEFINE_string("input", None, "Text file with one statement per line; '-' reads stdin.")
 _OUTPUT = flags.DEFINE_string("output", "predictions.txt", "Where to write the predictions; '-' writes stdout.")
 _FORMAT = flags.DEFINE_enum("format", "txt", FORMATS, "txt (the tutorial's blocks), jsonl or csv.")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability of positive at or above which a statement is positive.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability of positive at or above which a statement is positive "
+                                 "(with --model: default the exported threshold).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the best by validation accuracy).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Statements per prediction batch.")
 
@@ -36,15 +39,32 @@ def main(argv):
     logging.set_verbosity(logging.FATAL)  # orbax warns that read-only managers do not save
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not _WORKDIR.value or not _INPUT.value:
-        raise UserError("--workdir and --input are required, e.g. --workdir checkpoints/default --input reviews.txt")
+    if not (_WORKDIR.value or _MODEL.value) or not _INPUT.value:
+        raise UserError("--workdir (or --model) and --input are required, e.g. --workdir checkpoints/default "
+                        "--input reviews.txt")
+    if _WORKDIR.value and _MODEL.value:
+        raise UserError("give --workdir (a checkpoint) or --model (an exported folder), not both")
+    if _MODEL.value and _STEP.value is not None:
+        raise UserError("--step chooses a checkpoint; an exported --model holds one model already")
     if _BATCH_SIZE.value < 1:
         raise UserError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
     interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: no partial output, no temporary file
     SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,))  # refuse a bad output before loading anything
-    enable_compilation_cache("")
-    predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)
-    stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, _THRESHOLD.value)
+    threshold = _THRESHOLD.value
+    if _MODEL.value:
+        from lstm_jax.sentiment import deploy  # no Flax, no orbax; JAX only for a StableHLO model
+
+        predictor = deploy.load(_MODEL.value, batch_size=_BATCH_SIZE.value)
+        if predictor.format == "stablehlo":
+            enable_compilation_cache("")
+        if not flags.FLAGS["threshold"].present:
+            threshold = predictor.threshold
+    else:
+        from lstm_jax.sentiment.predict import load_predictor
+
+        enable_compilation_cache("")
+        predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)
+    stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, threshold)
     notes = [f"{stats['empty_lines']} empty lines skipped"]
     if stats["invalid_utf8_lines"]:
         notes.append(f"{stats['invalid_utf8_lines']} lines had invalid UTF-8 bytes, replaced by U+FFFD")

@@ -1,32 +1,37 @@
-"""lstm_jax: LSTM-family sequence models in JAX / Flax NNX with exact variable-length semantics."""
+"""lstm_jax: LSTM-family sequence models in JAX / Flax NNX with exact variable-length semantics.
 
-from lstm_jax.cells import GRUCell, LayerNormLSTMCell, LSTMCell, PeepholeLSTMCell, SimpleRNNCell
-from lstm_jax.recurrent import RNN, Bidirectional, StackedRNN, make_recurrent
-from lstm_jax.xlstm import MLSTMCell, SLSTMCell
+Names load on first use (PEP 562), so ``import lstm_jax.deploy`` for an exported model imports neither Flax nor
+orbax, and ``import lstm_jax`` for the layers does not import the job's orbax.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
+_WHERE = {
+    "GRUCell": "lstm_jax.cells",
+    "LayerNormLSTMCell": "lstm_jax.cells",
+    "LSTMCell": "lstm_jax.cells",
+    "PeepholeLSTMCell": "lstm_jax.cells",
+    "SimpleRNNCell": "lstm_jax.cells",
+    "MLSTMCell": "lstm_jax.xlstm",
+    "SLSTMCell": "lstm_jax.xlstm",
+    "RNN": "lstm_jax.recurrent",
+    "Bidirectional": "lstm_jax.recurrent",
+    "StackedRNN": "lstm_jax.recurrent",
+    "make_recurrent": "lstm_jax.recurrent",
+    "load_predictor": "lstm_jax.sentiment.predict",  # the job's convenience
+}
+
 
 def __getattr__(name):
-    # The job's pieces load lazily so `import lstm_jax` for the layers does not import orbax.
-    if name == "load_predictor":
-        from lstm_jax.sentiment.predict import load_predictor
-
-        return load_predictor
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'lstm_jax' has no attribute {name!r}")
 
 
-__all__ = [
-    "load_predictor",
-    "GRUCell",
-    "LayerNormLSTMCell",
-    "LSTMCell",
-    "MLSTMCell",
-    "PeepholeLSTMCell",
-    "SimpleRNNCell",
-    "SLSTMCell",
-    "RNN",
-    "Bidirectional",
-    "StackedRNN",
-    "make_recurrent",
-]
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
+
+__all__ = list(_WHERE)

@@ -6,7 +6,6 @@ import signal
 import sys
 from pathlib import Path
 
-import jax
 from absl import app, flags
 
 from lstm_jax.sentiment.data import default_cache_dir
@@ -43,6 +42,8 @@ def enable_compilation_cache(directory: str) -> None:
     """JAX's persistent compilation cache, so a second run of the same job skips compiling ("off" = none)."""
     if directory == "off":
         return
+    import jax  # here, so an entry point that runs an ONNX model never imports JAX
+
     path = Path(directory or default_cache_dir() / "jax").expanduser()
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # our steps compile in < 1 s each

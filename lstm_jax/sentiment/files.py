@@ -109,7 +109,7 @@ class _Prepend:
         return self.stream.readline(limit)
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -153,7 +153,7 @@ class SafeOutput:
             if kind is None:
                 raise_if_interrupted()  # a SIGTERM whose exception got lost: still no output
             if self._temporary is not None and kind is None:
-                mode = self.target.stat().st_mode & 0o7777 if self.target.exists() else 0o666 & ~_umask()
+                mode = self.target.stat().st_mode & 0o7777 if self.target.exists() else 0o666 & ~umask()
                 os.chmod(self._temporary, mode)
                 os.replace(self._temporary, self.target)
         finally:

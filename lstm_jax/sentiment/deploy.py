@@ -1,0 +1,166 @@
+"""Exported models: load a folder written by ``export.py`` and predict, with JAX and NumPy only (or ONNX Runtime).
+
+The folder (format version :data:`FORMAT_VERSION`):
+
+* ``manifest.json``: format version, the formats inside, model and config summary, input signature, tokenizer
+  settings (``max_len``, ``length_bucket``), the threshold, the lstm_jax and jax versions that wrote it and
+  the SHA-256 of every file below;
+* ``vocabulary.json``: the words (id ``i + 2`` is ``words[i]``; 0 padding, 1 unknown), as in a checkpoint;
+* ``model.stablehlo`` + ``weights.npz``: the inference function serialized by ``jax.export`` with symbolic
+  batch and time (``weights, tokens <int32>[b, t], lengths <int32>[b] -> probabilities <float32>[b]``, lowered
+  for ``cpu`` and ``cuda``) and its weights by name, in the order the manifest lists;
+* ``model.onnx``: the same function as an ONNX graph (native ``LSTM`` / ``GRU`` / ``RNN`` operators with
+  ``sequence_lens``), inputs ``tokens <int32>[batch, time]`` and ``lengths <int32>[batch]``.
+
+This module imports neither Flax nor orbax nor the model code: a deployment needs ``jax`` and ``numpy`` (for
+StableHLO) or ``onnxruntime`` and ``numpy`` (for ONNX) and this package's tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lstm_jax.sentiment import batching
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.tokenizer import Vocabulary
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = {"stablehlo": ("model.stablehlo", "weights.npz"), "onnx": ("model.onnx",)}
+FASTEST_FIRST = ("onnx", "stablehlo")  # measured: benchmarks/export_speed.py
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict:
+    """The manifest, checked: a known version, and every file it lists present with its recorded digest."""
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UserError(f"exported model {folder} does not exist; write one with: python export.py --output {folder}")
+    try:
+        manifest = json.loads(path.read_text())
+        version, formats, digests = manifest["format_version"], manifest["formats"], manifest["sha256"]
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no {MANIFEST}: not an exported model; write one with python export.py") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is damaged ({type(error).__name__}: {error}); export the model again") from None
+    if version != FORMAT_VERSION:
+        raise UserError(f"{folder} has format version {version!r}; this lstm_jax reads version {FORMAT_VERSION}: "
+                        "export it again with this version")  # fmt: skip
+    for name, expected in digests.items():
+        file = folder / name
+        try:
+            actual = sha256(file)
+        except OSError as error:
+            raise UserError(f"cannot read {file} ({error.strerror}); export the model again") from None
+        if actual != expected:
+            raise UserError(f"{file} is damaged (its SHA-256 differs from the manifest's); export the model again")
+    if not formats or any(name not in FILES for name in formats):
+        raise UserError(f"{path} lists unknown formats {formats!r}; export the model again")
+    return manifest
+
+
+class DeployedModel:
+    """``predict(texts) -> <float32>[n]`` probabilities of positive, from an exported folder.
+
+    Texts are encoded with the vocabulary and ``max_len`` the model was trained with, and batched like the
+    checkpoint's predictor (sorted by length, each batch padded to its longest text rounded up to the length
+    bucket); results come back in input order.
+    """
+
+    def __init__(self, folder: Path, manifest: dict, vocabulary: Vocabulary, run_batch, model_format: str,
+                 batch_size: int = 256):  # fmt: skip
+        self.folder, self.manifest, self.vocabulary = folder, manifest, vocabulary
+        self.format = model_format
+        self.max_len = int(manifest["tokenizer"]["max_len"])
+        self.length_bucket = int(manifest["tokenizer"]["length_bucket"])
+        self.threshold = float(manifest["threshold"])
+        self.batch_size = batch_size
+        self.chunk_size = 8 * batch_size
+        self._run_batch = run_batch
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        tokens, lengths = self.vocabulary.encode(texts, self.max_len)
+        plan = batching.plan_batches(lengths, self.batch_size, self.length_bucket, self.max_len)
+        probabilities = np.zeros(len(texts), np.float32)
+        examples = {"tokens": tokens, "lengths": lengths}
+        for indices, time in zip(plan.indices, plan.time):
+            rows = indices[indices >= 0]  # no filler rows: the artifacts take any batch size
+            batch = batching.take_batch(examples, rows, time)
+            probabilities[rows] = self._run_batch(batch["tokens"], batch["lengths"])
+        return probabilities
+
+
+def _stablehlo_runner(folder: Path, manifest: dict):
+    import jax  # only here: an ONNX deployment needs no JAX
+
+    try:
+        exported = jax.export.deserialize(bytearray((folder / "model.stablehlo").read_bytes()))
+        with np.load(folder / "weights.npz") as archive:
+            weights = tuple(jax.device_put(archive[name]) for name in manifest["weights"])
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{folder} holds a damaged StableHLO model ({error}); export the model again") from None
+    call = jax.jit(exported.call)
+    return lambda tokens, lengths: np.asarray(call(weights, tokens, lengths))
+
+
+def _onnx_runner(folder: Path, manifest: dict):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("reading an ONNX model needs onnxruntime: pip install 'lstm_jax[onnx]'") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.log_severity_level = 3  # errors only
+    try:
+        session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
+        raise UserError(f"{folder / 'model.onnx'} cannot be loaded ({error}); export the model again") from None
+    return lambda tokens, lengths: session.run(None, {"tokens": tokens, "lengths": lengths})[0]
+
+
+_RUNNERS = {"stablehlo": _stablehlo_runner, "onnx": _onnx_runner}
+
+
+def _available(model_format: str) -> bool:
+    module = "onnxruntime" if model_format == "onnx" else "jax"
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def load(folder: str | Path, model_format: str | None = None, batch_size: int = 256) -> DeployedModel:
+    """The exported model in ``folder``; ``model_format`` picks one of its formats (default: the fastest one
+    this machine can run)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    formats = manifest["formats"]
+    if model_format is None:
+        runnable = [name for name in FASTEST_FIRST if name in formats and _available(name)]
+        model_format = runnable[0] if runnable else formats[0]
+    elif model_format not in formats:
+        raise UserError(f"{folder} holds {', '.join(formats)}, not {model_format}; export with --format {model_format}")
+    try:
+        vocabulary = Vocabulary.from_json([str(word) for word in json.loads((folder / "vocabulary.json").read_text())])
+    except (OSError, ValueError, TypeError) as error:
+        raise UserError(f"{folder / 'vocabulary.json'} is damaged ({error}); export the model again") from None
+    if vocabulary.size != manifest["model"]["vocab_size"]:
+        raise UserError(f"{folder / 'vocabulary.json'} does not match the model's vocabulary size; export it again")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    runner = _RUNNERS[model_format](folder, manifest)
+    return DeployedModel(folder, manifest, vocabulary, runner, model_format, batch_size)
