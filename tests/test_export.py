@@ -1,0 +1,236 @@
+"""Exported models (export.py, lstm_jax.deploy, predict.py --model) against the model they came from."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+from flax import nnx
+
+from lstm_jax.sentiment import deploy, onnx_graph
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.export import export_stablehlo, named_weights
+from lstm_jax.sentiment.model import build_model
+from lstm_jax.sentiment.predict import load_predictor
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+VOCAB = 40
+LENGTHS = np.array([0, 1, 7, 9, 4], np.int32)  # 0, 1, 7 and the whole padded width
+
+
+def _batch():
+    tokens = np.random.default_rng(0).integers(1, VOCAB, (len(LENGTHS), 9)).astype(np.int32)
+    tokens[np.arange(9)[None] >= LENGTHS[:, None]] = 0
+    return tokens, LENGTHS
+
+
+def _model(**kwargs):
+    """A tiny classifier with every weight (peepholes, biases, head) moved away from its initial value."""
+    kwargs = {"vocab_size": VOCAB, "embedding_dim": 6, "hidden_size": 4, "num_layers": 1, "bidirectional": False,
+              "pooling": "last", "ensemble_size": 1, "proj_size": 0, "zoneout_rate": 0.0, "dtype": "float32",
+              **kwargs}  # fmt: skip
+    graphdef, state = nnx.split(build_model(kwargs, nnx.Rngs(1)))
+    keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(state))))
+    state = jax.tree.map(lambda leaf: leaf + 0.3 * jax.random.normal(next(keys), leaf.shape), state)
+    return kwargs, nnx.merge(graphdef, state)
+
+
+def _reference(model, tokens, lengths):
+    return np.asarray(jax.nn.sigmoid(model(tokens, lengths)))
+
+
+ONNX_GRID = [
+    dict(cell=cell, bidirectional=bi, pooling=pooling, ensemble_size=size)
+    for cell, bi, pooling, size in itertools.product(
+        ("lstm", "peephole_lstm", "gru", "simple_rnn"), (False, True), ("last", "max", "mean_max"), (1, 2)
+    )
+    if size == 1 or pooling == "mean_max"
+] + [
+    dict(cell="lstm", bidirectional=True, num_layers=2, pooling="last"),
+    dict(cell="gru", num_layers=2, pooling="max", word_scores=True),
+]
+
+
+@pytest.mark.parametrize("settings", ONNX_GRID, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+def test_onnx_graph_equals_the_model(settings):
+    kwargs, model = _model(**settings)
+    tokens, lengths = _batch()
+    session = onnxruntime.InferenceSession(onnx_graph.build(kwargs, named_weights(model)).SerializeToString(),
+                                           providers=["CPUExecutionProvider"])  # fmt: skip
+    onnx_probabilities = session.run(None, {"tokens": tokens, "lengths": lengths})[0]
+    np.testing.assert_allclose(onnx_probabilities, _reference(model, tokens, lengths), atol=1e-5)
+    # One row alone gives what it gives in the batch (exact lengths: padding and neighbours change nothing).
+    alone = session.run(None, {"tokens": tokens[2:3, :7], "lengths": lengths[2:3]})[0]
+    np.testing.assert_allclose(alone, onnx_probabilities[2:3], atol=1e-6)
+
+
+def test_onnx_emits_the_native_recurrent_operators():
+    kwargs, model = _model(cell="gru", bidirectional=True)
+    graph = onnx_graph.build(kwargs, named_weights(model)).graph
+    (gru,) = [node for node in graph.node if node.op_type == "GRU"]
+    attributes = {a.name: a for a in gru.attribute}
+    assert attributes["linear_before_reset"].i == 1 and attributes["direction"].s == b"bidirectional"
+    assert gru.input[4], "sequence_lens must be wired"
+    assert not [node for node in graph.node if node.op_type in ("Loop", "Scan")]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(cell="layernorm_lstm"), dict(cell="lstm", proj_size=2), dict(cell="slstm", num_heads=2),
+    dict(cell="mlstm", num_heads=2), dict(cell="gru", zoneout_rate=0.1), dict(cell="lstm", dtype="bfloat16"),
+])  # fmt: skip
+def test_onnx_refuses_what_its_operators_cannot_express(settings):
+    with pytest.raises(UserError, match="cannot be exported to ONNX: .*use --format stablehlo"):
+        onnx_graph.check_exportable({"cell": "lstm", **settings})
+
+
+STABLEHLO_GRID = [
+    dict(cell="lstm", bidirectional=True, pooling="mean_max", ensemble_size=2),
+    dict(cell="gru", pooling="max", num_layers=2),
+    dict(cell="layernorm_lstm", bidirectional=True, pooling="last"),
+    dict(cell="lstm", proj_size=2, word_scores=True),
+    dict(cell="slstm", num_heads=2, bidirectional=True),
+    dict(cell="mlstm", num_heads=2, pooling="mean_max"),
+]
+
+
+@pytest.mark.parametrize("settings", STABLEHLO_GRID, ids=lambda s: s["cell"])
+def test_stablehlo_artifact_equals_the_model_for_any_batch_and_time(settings, tmp_path):
+    kwargs, model = _model(**settings)
+    names = export_stablehlo(model, tmp_path)
+    run = deploy._stablehlo_runner(tmp_path, {"weights": names})
+    tokens, lengths = _batch()
+    np.testing.assert_allclose(run(tokens, lengths), _reference(model, tokens, lengths), atol=1e-5)
+    # The same artifact at another batch size and padded length (symbolic dimensions).
+    np.testing.assert_allclose(run(tokens[2:3, :7], lengths[2:3]), _reference(model, tokens, lengths)[2:3],
+                               atol=1e-5)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ the whole job
+
+
+STATEMENTS = ["...", "great", "the plot was charming and delightful fun",
+              " ".join(["awful boring dull terrible mess tedious bland painful great"] * 4)]  # fmt: skip
+
+
+def run_tool(*args, env=None):
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=environment, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_workdir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export") / "model"
+    result = run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(folder),
+                      "--format", "stablehlo,onnx")  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    return folder
+
+
+def test_exported_folder_predicts_what_the_checkpoint_predicts(trained_workdir, exported):
+    texts = (STATEMENTS * 80)[:300]
+    for batch_size in (1, 3, 300):
+        expected = load_predictor(trained_workdir, batch_size=batch_size).predict(texts)
+        for model_format in ("stablehlo", "onnx"):
+            model = deploy.load(exported, model_format, batch_size=batch_size)
+            np.testing.assert_allclose(model.predict(texts), expected, atol=1e-5, err_msg=f"{model_format}")
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["format_version"] == deploy.FORMAT_VERSION and manifest["threshold"] == 0.5
+    assert set(manifest["sha256"]) == {"model.onnx", "model.stablehlo", "weights.npz", "vocabulary.json"}
+    assert manifest["model"]["cell"] == "lstm" and manifest["tokenizer"]["max_len"] == 12
+
+
+def test_predict_with_an_exported_model_writes_the_same_file(trained_workdir, exported, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(STATEMENTS + ["", "great wonderful superb"]) + "\n")
+    outputs = []
+    for args in (["--workdir", str(trained_workdir)], ["--model", str(exported)]):
+        output = tmp_path / f"out{len(outputs)}.jsonl"
+        result = run_tool("predict.py", *args, "--input", str(source), "--output", str(output), "--format", "jsonl")
+        assert result.returncode == 0, result.stderr.decode()
+        outputs.append(output.read_text())
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 5
+
+
+def test_deploy_loads_in_a_fresh_process_without_flax_or_orbax(exported):
+    code = (
+        "import sys, json, lstm_jax.deploy as d\n"
+        f"p = d.load({str(exported)!r}, 'stablehlo').predict({STATEMENTS!r})\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'optax')]\n"
+        "model_code = [m for m in sys.modules if m in ('lstm_jax.sentiment.model', 'lstm_jax.cells')]\n"
+        "print(json.dumps([p.tolist(), loaded, model_code]))\n"
+    )
+    result = run_tool("-c", code)
+    assert result.returncode == 0, result.stderr.decode()
+    probabilities, loaded, model_code = json.loads(result.stdout)
+    assert loaded == [] and model_code == []
+    np.testing.assert_allclose(probabilities, deploy.load(exported, "onnx").predict(STATEMENTS), atol=1e-5)
+
+
+def _one_line_error(result, *fragments):
+    stderr = result.stderr.decode().strip()
+    assert result.returncode == 2, stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("error: "), stderr
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+
+
+def test_damaged_or_unknown_exports_are_refused_in_one_line(exported, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("great\n")
+    output = tmp_path / "predictions.txt"
+
+    def predict(folder):
+        return run_tool("predict.py", "--model", str(folder), "--input", str(source), "--output", str(output))
+
+    _one_line_error(predict(tmp_path / "missing"), "does not exist")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in exported.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    weights = bytearray((copy / "weights.npz").read_bytes())
+    weights[len(weights) // 2] ^= 0xFF
+    (copy / "weights.npz").write_bytes(weights)
+    _one_line_error(predict(copy), "weights.npz is damaged")
+    manifest = json.loads((exported / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    _one_line_error(predict(copy), "format version 99")
+    (copy / "manifest.json").write_text('{"format_vers')
+    _one_line_error(predict(copy), "manifest.json is damaged")
+    assert not output.exists()
+
+
+def test_export_refuses_bad_requests_and_writes_nothing(trained_workdir, exported, tmp_path):
+    before = {file.name: file.read_bytes() for file in exported.iterdir()}
+    _one_line_error(run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(exported)),
+                    "exists and is not empty", "--force")  # fmt: skip
+    assert {file.name: file.read_bytes() for file in exported.iterdir()} == before
+    _one_line_error(run_tool("export.py", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "a")),
+                    "does not exist")  # fmt: skip
+    _one_line_error(run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(tmp_path / "b"),
+                             "--format", "tflite"), "--format must be")  # fmt: skip
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_export_force_replaces_a_folder_only_when_the_new_one_is_complete(trained_workdir, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "old.txt").write_text("previous export")
+    result = run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(folder), "--format", "onnx",
+                      "--force", "--threshold", "0.7")  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert sorted(path.name for path in folder.iterdir()) == ["manifest.json", "model.onnx", "vocabulary.json"]
+    assert deploy.load(folder).threshold == 0.7
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]  # no staging folder left
+
+
+def test_load_refuses_a_format_the_folder_does_not_hold(tmp_path, trained_workdir):
+    folder = tmp_path / "model"
+    assert run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(folder)).returncode == 0
+    with pytest.raises(UserError, match="holds stablehlo, not onnx"):
+        deploy.load(folder, "onnx")
