@@ -104,16 +104,30 @@ class DeployedModel:
 
 
 def _stablehlo_runner(folder: Path, manifest: dict):
+    """Runs the artifact on every local device, each on its share of the batch's rows.
+
+    The artifact is lowered for one device; a CPU started with ``--xla_force_host_platform_device_count`` equal
+    to its cores (as ``predict.py`` does) then runs one share per core, as the checkpoint's predictor does.
+    """
     import jax  # only here: an ONNX deployment needs no JAX
 
+    devices = jax.local_devices()
     try:
         exported = jax.export.deserialize(bytearray((folder / "model.stablehlo").read_bytes()))
         with np.load(folder / "weights.npz") as archive:
-            weights = tuple(jax.device_put(archive[name]) for name in manifest["weights"])
+            arrays = [archive[name] for name in manifest["weights"]]
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder} holds a damaged StableHLO model ({error}); export the model again") from None
+    weights = [tuple(jax.device_put(array, device) for array in arrays) for device in devices]
     call = jax.jit(exported.call)
-    return lambda tokens, lengths: np.asarray(call(weights, tokens, lengths))
+
+    def run(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        shares = np.array_split(np.arange(len(tokens)), min(len(devices), len(tokens)))
+        results = [call(weights[index], *jax.device_put((tokens[rows], lengths[rows]), devices[index]))
+                   for index, rows in enumerate(shares)]  # dispatched without waiting: the devices run together
+        return np.concatenate([np.asarray(result) for result in results])
+
+    return run
 
 
 def _onnx_runner(folder: Path, manifest: dict):
