@@ -1,6 +1,6 @@
 """Whole-process wall time and test accuracy: the tutorial's Keras program against lstm_jax's seed job.
 
-python benchmarks/keras_vs_lstm_jax.py [--repetitions 3] [--out benchmarks/results/keras-vs-lstm_jax.json]
+python benchmarks/keras_vs_lstm_jax.py [--repetitions 3] [--out FILE.json]  (default: a new folder under ./bench-runs)
 
 Each repetition runs, in rotated order, as separate processes on the same data (Rotten Tomatoes, cached):
 the Keras 3 program (JAX backend, benchmarks/keras_tutorial.py); lstm_jax with its compilation cache warm
@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,8 +61,11 @@ def programs(scratch: Path) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/keras-vs-lstm_jax.json"))
+    parser.add_argument("--out", default=None, help="JSON file (default: a new folder under ./bench-runs; "
+                        "benchmarks/results/keras-vs-lstm_jax.json is the committed one)")
     args = parser.parse_args()
+    machine_before = machine.describe()
+    out = Path(args.out) if args.out else machine.fresh_folder("bench-runs", "keras_vs_lstm_jax") / "result.json"
     env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
     with tempfile.TemporaryDirectory() as scratch:
         commands = programs(Path(scratch))
@@ -83,9 +89,9 @@ def main():
         runs = ", ".join(f"{s:.1f}" for s in results[name]["seconds"])
         accuracies = ", ".join(f"{a:.2f}" for a in results[name]["accuracy"])
         print(f"| {name} | {median:.1f} | {runs} | {accuracies} | {keras_median / median:.2f}× |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "cpu_count": os.cpu_count(),
-                                          "results": results}, indent=1))  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "cpu_count": os.cpu_count(), "results": results,
+                               "machine_before": machine_before, "machine_after": machine.describe()}, indent=1))
 
 
 if __name__ == "__main__":

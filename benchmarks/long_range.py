@@ -20,9 +20,10 @@ Part 2, gradient flow: for each cell on the adding problem, the norm of d loss /
 T - t, averaged over a batch of 256, at initialisation and after the part-1 training (seed 0): the plain RNN's
 gradient dies geometrically with distance; the gated cells carry it across the sequence.
 
-Outputs in --out (default benchmarks/results): long_range.json (every figure, settings, seeds, versions,
-device), long_range_tasks.png, long_range_gradients.png, and a printed markdown table. Runs are spread over
-``--workers`` processes (default: one per core; XLA runs each recurrence on one core).
+Outputs in --out (default: a new folder under ./bench-runs; benchmarks/results holds the committed ones):
+long_range.json (every figure, settings, seeds, versions, device), long_range_tasks.png,
+long_range_gradients.png, and a printed markdown table. Runs are spread over ``--workers`` processes (default:
+one per core; XLA runs each recurrence on one core).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 CELLS = {  # name in the results -> (lstm_jax cell, cell keyword arguments)
     "simple_rnn": ("simple_rnn", {}),
@@ -279,7 +283,7 @@ def environment() -> dict:
     return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
             "python": sys.version.split()[0],
             "platform": device.platform, "device": getattr(device, "device_kind", str(device)),
-            "cpu_count": os.cpu_count(), "machine": platform.machine()}  # fmt: skip
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "load": machine.describe()}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -288,7 +292,7 @@ def environment() -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="T in {50, 100}, one seed, 600 steps at most")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=None, help="results folder (default: a new one under ./bench-runs)")
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated, from: " + ", ".join(CELLS))
     parser.add_argument("--lengths", default=None, help="comma-separated T (default 50,100,200,400; quick 50,100)")
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0,1; quick 0)")
@@ -316,7 +320,7 @@ def main(argv=None) -> dict:
     from tqdm import tqdm
 
     args = parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else machine.fresh_folder("bench-runs", "long_range")
     out.mkdir(parents=True, exist_ok=True)
     jobs = [dict(task=task, cell=cell, length=length, seed=seed,
                  max_steps=args.max_steps if task == "adding" else args.copy_max_steps,

@@ -1,10 +1,13 @@
 """The benchmark's machinery on a tiny case (its timings are never asserted: machines are noisy)."""
 
 import statistics
+import sys
 
 import pytest
+from conftest import ROOT
 
-from lstm_jax.sentiment import bench
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import step_speed as bench  # noqa: E402
 
 TINY = dict(vocab=50, embed=4, hidden=4, batch=4, time=6)
 

@@ -9,9 +9,13 @@
 * ``train.py``: the train state, ``train_step`` / ``eval_step``, and ``train_and_evaluate``;
 * ``checkpoints.py``: saving, resuming and restoring by name;
 * ``reporting.py``: metrics.jsonl, TensorBoard, the training-curves PNG;
-* ``predict.py``: ``load_predictor`` and ``predict_file``;
-* ``cli.py`` / ``errors.py``: what the command-line entry points share;
-* ``bench.py``: the step benchmark against Flax and PyTorch.
+* ``predict.py``: ``load_predictor`` (a checkpoint's model, ready to predict);
+* ``statements.py``: statements in, predictions out (``predict_file``), for a checkpoint or an exported model;
+* ``export.py`` / ``onnx_graph.py``: a trained model as a self-contained folder (StableHLO, ONNX);
+* ``deploy.py``: loading that folder and predicting without Flax or orbax (``lstm_jax.deploy``);
+* ``cli.py`` / ``errors.py``: what the command-line entry points share.
+
+The library's benchmarks live in ``benchmarks/`` (``step_speed.py``: our recurrences against Flax and PyTorch).
 
 The library (``lstm_jax.cells``, ``xlstm``, ``recurrent``, ``fused``, ``cudnn``, ``interop``) never imports this
 package.

@@ -1,9 +1,9 @@
 """Benchmark: lstm_jax's recurrences against Flax's nn.RNN and PyTorch, training step and inference.
 
-python -m lstm_jax.sentiment.bench --quick            # < 3 minutes on 2 CPU cores
-python -m lstm_jax.sentiment.bench                    # the full grid
-python -m lstm_jax.sentiment.bench --out benchmarks/results --tag cpu-2core
-python -m lstm_jax.sentiment.bench --accelerator      # the GPU grid (benchmarks/gpu.sh runs it)
+python benchmarks/step_speed.py --quick            # < 3 minutes on 2 CPU cores; results in a new ./bench-runs folder
+python benchmarks/step_speed.py                    # the full grid
+python benchmarks/step_speed.py --out benchmarks/results --tag cpu-quick   # replace the committed results
+python benchmarks/step_speed.py --accelerator      # the GPU grid (benchmarks/gpu.sh runs it)
 
 The workload is the sentiment model: Embedding(V, E) -> recurrent layer (final hidden state) -> Dense(1),
 binary cross-entropy, Adam. "train" is a whole step (forward, backward, update), "infer" the forward pass
@@ -39,6 +39,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 SHAPES = {
     "seed": dict(vocab=25000, embed=32, hidden=32, batch=32, time=100),
@@ -490,7 +493,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="seed shape, LSTM only, few unrolls (< 3 minutes)")
     parser.add_argument("--accelerator", action="store_true", help="the GPU grid: every LSTM backend at 3 shapes")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="accelerator grid: comma-separated shape names")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG files")
+    parser.add_argument("--out", default=None, help="folder for the JSON and PNG files (default: a new one under "
+                        "./bench-runs; benchmarks/results holds the committed ones)")
     parser.add_argument("--tag", default=None, help="file name prefix (default: <backend>-<quick|full>)")
     parser.add_argument("--repetitions", type=int, default=None, help="timed repetitions per case")
     parser.add_argument("--seconds", type=float, default=None, help="target seconds per timed block")
@@ -508,7 +512,7 @@ def main(argv=None):
         flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count()}"
         os.execve(
             sys.executable,
-            [sys.executable, "-m", "lstm_jax.sentiment.bench", *sys.argv[1:]],
+            [sys.executable, __file__, *sys.argv[1:]],
             {**os.environ, "XLA_FLAGS": flags},
         )
 
@@ -524,9 +528,10 @@ def main(argv=None):
         args.tag
         or f"{jax.default_backend()}-{'quick' if args.quick else 'accelerator' if args.accelerator else 'full'}"
     )
-    out = Path(args.out)
+    out = Path(args.out) if args.out else machine.fresh_folder("bench-runs", tag)
     out.mkdir(parents=True, exist_ok=True)
 
+    machine_before = machine.describe()
     records, started = [], time.time()
     for workload, shape_name, shape, cell in grid(args.quick, args.accelerator, tuple(args.shapes.split(","))):
         impls = accelerator_implementations() if args.accelerator else implementations(cell, shape, args.quick)
@@ -535,6 +540,8 @@ def main(argv=None):
         print(table(case).split("\n", 2)[2], flush=True)
     result = {
         "environment": environment(),
+        "machine_before": machine_before,
+        "machine_after": machine.describe(),
         "settings": {
             "quick": args.quick,
             "accelerator": args.accelerator,
@@ -554,12 +561,14 @@ def main(argv=None):
     )
     header = (
         f"# Benchmark `{tag}`\n\n"
-        f"`python -m lstm_jax.sentiment.bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
+        f"`python benchmarks/step_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
         f" on {env['processor']} ({env['cpu_count']} CPUs, {env['backend']}: {env['device_kind']}), "
         f"jax {env['jax']}, flax {env['flax']}, "
         f"torch {env['torch']} (default {env['torch_default_threads']} threads), {env['date']}; "
         f"{repetitions} repetitions, medians; × torch = throughput relative to {baseline}; "
-        "backend = the recurrence lstm_jax's layers ran (RNN.backend).\n\n"
+        "backend = the recurrence lstm_jax's layers ran (RNN.backend); load average "
+        f"{result['machine_before']['load_average_1min']} before, {result['machine_after']['load_average_1min']} "
+        "after.\n\n"
     )
     (out / f"{tag}.md").write_text(header + table(records) + "\n")
     paths = plots(records, out, tag)
