@@ -301,17 +301,3 @@ class SimpleRNNCell(_Cell):
     def recurrent_step(self, carry: Array, projected_x: Array, recurrent_mask: Array | None = None):
         h = jnp.tanh(projected_x + self._recurrent_projection(carry, recurrent_mask))
         return h, h.astype(self.dtype)
-
-
-# The xLSTM cells live in their own module (they build on _matmul above).
-from lstm_jax.xlstm import MLSTMCell, SLSTMCell  # noqa: E402
-
-CELLS = {
-    "lstm": LSTMCell,
-    "peephole_lstm": PeepholeLSTMCell,
-    "layernorm_lstm": LayerNormLSTMCell,
-    "gru": GRUCell,
-    "simple_rnn": SimpleRNNCell,
-    "slstm": SLSTMCell,
-    "mlstm": MLSTMCell,
-}

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from lstm_jax.cells import CELLS
 from lstm_jax.recurrent import RNN, Bidirectional, StackedRNN, make_recurrent
+from lstm_jax.registry import CELLS
 
 
 class ConversionError(ValueError):

@@ -25,6 +25,7 @@ from flax import nnx
 from lstm_jax import cells as cells_lib
 from lstm_jax import cudnn
 from lstm_jax.fused import lstm_recurrence
+from lstm_jax.registry import CELLS
 
 Array = jax.Array
 
@@ -45,9 +46,6 @@ def reverse_padded(sequences: Array, lengths: Array) -> Array:
 def _masked_update(mask: Array, new: Any, old: Any) -> Any:
     """Where ``mask <bool>[batch]`` take the new pytree leaves (any rank, batch first), else keep the old ones."""
     return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
-
-
-BACKENDS = ("auto", "scan", "fused", "cudnn", "parallel", "chunkwise", "python")
 
 
 def _is_plain_lstm(cell: nnx.Module) -> bool:
@@ -159,6 +157,16 @@ class RNN(nnx.Module):
         """The recurrence that runs here: ``scan``, ``fused``, ``cudnn``, ``parallel``, ``chunkwise`` or ``python``."""
         return choose_backend(self.requested_backend, self.cell, zoneout=self.zoneout_rate > 0)
 
+    def trains_noise(self, rngs: nnx.Rngs | None) -> bool:
+        """Whether a call with ``rngs`` draws recurrent dropout or zoneout masks (training mode)."""
+        return rngs is not None and (self.recurrent_dropout_rate > 0 or self.zoneout_rate > 0)
+
+    def backend_for(self, rngs: nnx.Rngs | None) -> str:
+        """The backend of a call: :attr:`backend`, except that a training call whose recurrent dropout or zoneout
+        masks enter the step itself runs ``scan`` in place of the fused and cuDNN kernels."""
+        backend = self.backend
+        return "scan" if self.trains_noise(rngs) and backend in ("fused", "cudnn") else backend
+
     def __call__(
         self,
         inputs: Array,
@@ -172,13 +180,8 @@ class RNN(nnx.Module):
         expected = getattr(self.cell, "in_features", inputs.shape[-1])
         if inputs.shape[-1] != expected:
             raise ValueError(f"inputs have {inputs.shape[-1]} features, the cell expects {expected}")
-        backend = self.backend
-        training = rngs is not None and (self.recurrent_dropout_rate > 0 or self.zoneout_rate > 0)
-        if training and backend in ("fused", "cudnn"):
-            backend = "scan"  # the masks enter the step itself
-        if backend == "cudnn" and not self.reverse:
-            outputs, (carry,) = _run_cudnn([[self]], inputs, lengths, [initial_carry])
-            return outputs, carry
+        training = self.trains_noise(rngs)
+        backend = self.backend_for(rngs)
         x = inputs if self.time_major else jnp.swapaxes(inputs, 0, 1)  # [T, B, F]
         time, batch = x.shape[:2]
         if lengths is None:
@@ -193,7 +196,7 @@ class RNN(nnx.Module):
         # reaches neither the outputs nor any gradient.
         x = jnp.where(masks[..., None], x, jnp.zeros((), x.dtype))
         noise = self._noise(rngs, initial_carry, time, batch) if training else (None, None)
-        carry, outputs = self._recurrence(backend, x, lengths, masks, initial_carry, noise)
+        carry, outputs = RECURRENCES[backend](self, x, lengths, masks, initial_carry, noise)
         if self.reverse:
             outputs = reverse_padded(outputs, lengths)
         if not self.time_major:
@@ -234,36 +237,75 @@ class RNN(nnx.Module):
         carry = _masked_update(mask_t, new_carry, carry)
         return carry, jnp.where(mask_t[:, None], y_t, jnp.zeros_like(y_t))
 
-    def _recurrence(self, backend: str, x: Array, lengths: Array, masks: Array, initial_carry: Any, noise):
-        """(final carry, outputs <[T, B, H]>) over time-major inputs already in reading order."""
-        recurrent_mask, zoneout_masks = noise
 
-        def step(carry, inputs):
-            x_t, mask_t, zoneout_t = inputs
-            return self._step(carry, x_t, mask_t, recurrent_mask, zoneout_t)
+# ------------------------------------------------------------------------------------------ the backends
+# Each recurrence takes the layer, time-major inputs already in reading order (reversed for a backward layer,
+# padding zeroed) <[T, B, F]>, lengths <int32>[B], masks <bool>[T, B], the initial carry and the training noise
+# (recurrent dropout mask, zoneout masks; None at inference), and returns (final carry, outputs <[T, B, H]>).
+# Adding a backend is one function here, one entry in RECURRENCES and its rule in choose_backend.
 
-        cell = self.cell
-        if backend in ("parallel", "chunkwise"):
-            return getattr(cell, backend)(cell.input_projection(x), masks, initial_carry)
-        if backend == "cudnn":  # a reverse-only layer: the inputs are reversed already, cuDNN reads forward
-            outputs, (carry,) = cudnn.lstm(
-                jnp.swapaxes(x, 0, 1), lengths, [cell], [initial_carry], bidirectional=False, kernel=cudnn.cudnn_kernel
-            )
-            return carry, jnp.swapaxes(outputs, 0, 1).astype(cell.dtype)
-        if backend == "fused":
-            bias = cell.bias[...] if cell.bias is not None else jnp.zeros(cell.input_kernel.shape[1:], jnp.float32)
-            carry, outputs = lstm_recurrence(
-                x, cell.input_kernel[...], bias, cell.recurrent_kernel[...], masks, initial_carry, cell.dtype,
-                self.unroll,
-            )  # fmt: skip
-            return carry, outputs.astype(cell.dtype)
-        if backend == "scan":
-            return jax.lax.scan(step, initial_carry, (x, masks, zoneout_masks), unroll=self.unroll)
-        carry, outputs = initial_carry, []
-        for t in range(x.shape[0]):
-            carry, y_t = step(carry, (x[t], masks[t], jax.tree.map(lambda m, t=t: m[t], zoneout_masks)))
-            outputs.append(y_t)
-        return carry, jnp.stack(outputs)
+
+def _scan_step(rnn: RNN, noise):
+    recurrent_mask, _ = noise
+
+    def step(carry, inputs):
+        x_t, mask_t, zoneout_t = inputs
+        return rnn._step(carry, x_t, mask_t, recurrent_mask, zoneout_t)
+
+    return step
+
+
+def _scan_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
+    """``lax.scan`` over the cell; autodiff differentiates it (the one backend for jvp and higher derivatives)."""
+    return jax.lax.scan(_scan_step(rnn, noise), initial_carry, (x, masks, noise[1]), unroll=rnn.unroll)
+
+
+def _python_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
+    """A Python loop traced step by step (benchmarks and tests; compiles slowly for long sequences)."""
+    step, zoneout_masks, carry, outputs = _scan_step(rnn, noise), noise[1], initial_carry, []
+    for t in range(x.shape[0]):
+        carry, y_t = step(carry, (x[t], masks[t], jax.tree.map(lambda m, t=t: m[t], zoneout_masks)))
+        outputs.append(y_t)
+    return carry, jnp.stack(outputs)
+
+
+def _fused_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
+    """The plain LSTM with a hand-written backward pass (:mod:`lstm_jax.fused`)."""
+    cell = rnn.cell
+    bias = cell.bias[...] if cell.bias is not None else jnp.zeros(cell.input_kernel.shape[1:], jnp.float32)
+    carry, outputs = lstm_recurrence(
+        x, cell.input_kernel[...], bias, cell.recurrent_kernel[...], masks, initial_carry, cell.dtype, rnn.unroll
+    )
+    return carry, outputs.astype(cell.dtype)
+
+
+def _cudnn_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
+    """cuDNN's LSTM kernel (:mod:`lstm_jax.cudnn`); a backward layer's inputs are reversed already, so the
+    kernel reads forward. (Whole bidirectional layers and stacks are one kernel call: :func:`_cudnn_layers`.)"""
+    outputs, (carry,) = cudnn.lstm(
+        jnp.swapaxes(x, 0, 1), lengths, [rnn.cell], [initial_carry], bidirectional=False, kernel=cudnn.cudnn_kernel
+    )
+    return carry, jnp.swapaxes(outputs, 0, 1).astype(rnn.cell.dtype)
+
+
+def _cell_form_recurrence(form: str):
+    """A cell's own whole-sequence form (the mLSTM's ``parallel`` and ``chunkwise``)."""
+
+    def recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
+        return getattr(rnn.cell, form)(rnn.cell.input_projection(x), masks, initial_carry)
+
+    return recurrence
+
+
+RECURRENCES = {
+    "scan": _scan_recurrence,
+    "python": _python_recurrence,
+    "fused": _fused_recurrence,
+    "cudnn": _cudnn_recurrence,
+    "parallel": _cell_form_recurrence("parallel"),
+    "chunkwise": _cell_form_recurrence("chunkwise"),
+}
+BACKENDS = ("auto", *RECURRENCES)
 
 
 class Bidirectional(nnx.Module):
@@ -293,7 +335,7 @@ class Bidirectional(nnx.Module):
     ):
         forward_initial, backward_initial = initial_carry if initial_carry is not None else (None, None)
         if (rnns := _cudnn_directions(self, rngs)) is not None:
-            outputs, (carries,) = _run_cudnn([rnns], inputs, lengths, [initial_carry])
+            outputs, (carries,) = _cudnn_layers([rnns], inputs, lengths, [initial_carry])
             return outputs, carries
         forward_outputs, forward_carry = self.forward_rnn(inputs, lengths, initial_carry=forward_initial, rngs=rngs)
         backward_outputs, backward_carry = self.backward_rnn(inputs, lengths, initial_carry=backward_initial, rngs=rngs)
@@ -309,14 +351,12 @@ def _cudnn_directions(layer: nnx.Module, rngs: nnx.Rngs | None) -> list[RNN] | N
         rnns = [layer.forward_rnn, layer.backward_rnn]
     else:
         rnns = []
-    if not rnns or any(rnn.backend != "cudnn" for rnn in rnns):
-        return None
-    if rngs is not None and any(rnn.recurrent_dropout_rate > 0 for rnn in rnns):
-        return None  # training with recurrent dropout: the layer runs its masks under scan
+    if not rnns or any(rnn.backend_for(rngs) != "cudnn" for rnn in rnns):
+        return None  # (training with recurrent dropout runs its masks under scan)
     return rnns
 
 
-def _run_cudnn(layers: list[list[RNN]], inputs: Array, lengths: Array | None, initial_carries: list[Any]):
+def _cudnn_layers(layers: list[list[RNN]], inputs: Array, lengths: Array | None, initial_carries: list[Any]):
     """Consecutive layers (each ``[forward]`` or ``[forward, backward]``) as one cuDNN call.
 
     Returns the top outputs (in the layers' layout and dtype) and one final carry per layer, in the
@@ -376,7 +416,7 @@ class StackedRNN(nnx.Module):
         directions = [_cudnn_directions(layer, rngs) for layer in self.layers]
         if len(self.layers) > 1 and not dropout_active and all(directions):
             if len({len(rnns) for rnns in directions}) == 1:
-                outputs, carries = _run_cudnn(directions, inputs, lengths, list(initial_carries))
+                outputs, carries = _cudnn_layers(directions, inputs, lengths, list(initial_carries))
                 return outputs, tuple(carries)
         outputs, carries = inputs, []
         for index, (layer, initial_carry) in enumerate(zip(self.layers, initial_carries)):
@@ -405,16 +445,16 @@ def make_recurrent(
 ) -> StackedRNN:
     """Builds a (possibly bidirectional, possibly stacked) recurrent layer from a cell name.
 
-    ``cell`` is a name in :data:`lstm_jax.cells.CELLS`; ``cell_kwargs`` go to the cell (``dtype``,
+    ``cell`` is a name in :data:`lstm_jax.registry.CELLS`; ``cell_kwargs`` go to the cell (``dtype``,
     ``forget_bias``, ``use_bias``, ``proj_size``...); ``backend``, ``recurrent_dropout_rate`` and
     ``zoneout_rate`` to every :class:`RNN`. Outputs have the cell's ``output_features`` (``hidden_features``, or
     ``proj_size``), twice that when bidirectional.
     """
-    if cell not in cells_lib.CELLS:
-        raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(cells_lib.CELLS)}")
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    cell_class = cells_lib.CELLS[cell]
+    cell_class = CELLS[cell]
 
     def rnn(features: int, reverse: bool) -> RNN:
         return RNN(

@@ -8,8 +8,8 @@ import reference
 from flax import nnx
 
 import lstm_jax
-from lstm_jax.cells import CELLS
 from lstm_jax.recurrent import RNN, Bidirectional, reverse_padded
+from lstm_jax.registry import CELLS
 
 CELL_NAMES = sorted(CELLS)
 # The LSTM cells again as projection LSTMs (LSTMP): h has PROJ < HIDDEN features.

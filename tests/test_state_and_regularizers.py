@@ -12,8 +12,8 @@ from test_cudnn import fake_gpu  # noqa: F401  (fixture)
 from test_recurrent import IN, randomize
 
 import lstm_jax
-from lstm_jax.cells import CELLS
 from lstm_jax.recurrent import RNN, Bidirectional
+from lstm_jax.registry import CELLS
 
 HIDDEN, TIME = 4, 12
 LENGTHS = np.array([TIME, 7, 3, 0, 11])

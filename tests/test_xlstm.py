@@ -12,6 +12,7 @@ from flax import nnx
 from test_recurrent import randomize
 
 import lstm_jax
+import lstm_jax.registry
 from lstm_jax.recurrent import RNN
 from lstm_jax.xlstm import MLSTMCell, SLSTMCell
 
@@ -137,7 +138,7 @@ def test_two_thousand_steps_with_huge_input_gates_stay_finite_and_exact(name):
     stay finite, match a float64 computation without stabiliser (sLSTM) or the parallel form (mLSTM, with
     positive queries and keys so that the normaliser q.n stays away from 0), and the gradients stay finite."""
     time = 2000
-    cell = randomize(lstm_jax.cells.CELLS[name](IN, HIDDEN if name == "mlstm" else 4, rngs=nnx.Rngs(0)), scale=0.3)
+    cell = randomize(lstm_jax.registry.CELLS[name](IN, HIDDEN if name == "mlstm" else 4, rngs=nnx.Rngs(0)), scale=0.3)
     bias = np.array(cell.bias[...])
     if name == "slstm":
         bias[:4] = 60.0  # the input-gate pre-activations

@@ -1,0 +1,58 @@
+"""The package's floor plan: no import cycle, and the recurrent library never imports the sentiment job."""
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "lstm_jax"
+# Conveniences that expose a job feature under a short library name (lazily, or as a one-line re-export).
+JOB_SHORTCUTS = {"lstm_jax", "lstm_jax.deploy"}
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the lstm_jax modules it imports at its top level (imports inside functions are lazy)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        imported = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lstm_jax"):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name.startswith("lstm_jax")}
+        graph[_module(path)] = imported
+    return graph
+
+
+def test_no_import_cycle_in_the_package():
+    graph = import_graph()
+    state = {}
+
+    def visit(module, trail):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import cycle: {' -> '.join(trail + [module])}"
+        state[module] = "open"
+        for name in graph.get(module, ()):
+            # "from lstm_jax import cudnn" imports the submodule, not the package's __init__
+            visit(name, trail + [module])
+        state[module] = "done"
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_the_library_imports_nothing_from_the_job():
+    for module, imported in import_graph().items():
+        if module.startswith("lstm_jax.sentiment") or module in JOB_SHORTCUTS:
+            continue
+        assert not [name for name in imported if name.startswith("lstm_jax.sentiment")], module
+
+
+def test_nothing_that_benchmarks_the_library_lives_in_the_job():
+    assert not [path.name for path in (PACKAGE / "sentiment").glob("*bench*")]
+    assert (ROOT / "benchmarks" / "step_speed.py").is_file()
