@@ -149,8 +149,8 @@ class RNN(nnx.Module):
         self.requested_backend = backend
         self.recurrent_dropout_rate = recurrent_dropout_rate
         self.zoneout_rate = zoneout_rate
-        if backend in ("fused", "parallel", "chunkwise"):
-            self.backend  # refuses other cells now rather than at the first call  # noqa: B018
+        if backend != "auto":
+            self.backend  # a backend that cannot run this cell here is refused now, not at the first call  # noqa: B018
 
     @property
     def backend(self) -> str:
@@ -457,8 +457,12 @@ def make_recurrent(
     cell_class = CELLS[cell]
 
     def rnn(features: int, reverse: bool) -> RNN:
+        try:
+            built = cell_class(features, hidden_features, rngs=rngs, **cell_kwargs)
+        except TypeError as error:  # e.g. proj_size for a GRU: say which cell refuses which argument
+            raise ValueError(f"cell {cell!r} does not take these arguments ({error})") from None
         return RNN(
-            cell_class(features, hidden_features, rngs=rngs, **cell_kwargs),
+            built,
             unroll=unroll,
             reverse=reverse,
             time_major=time_major,

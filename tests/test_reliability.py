@@ -180,9 +180,9 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
         ("--config.checkpoint_every_steps=0", "--config.checkpoint_every_steps=0 must be"),
         ("--config.vocab_size=2", "--config.vocab_size=2 must be"),
         ("--config.ensemble_size=100000", "--config.ensemble_size=100000 must be"),
-        ("--config.backend=cudnn", "--config.backend=cudnn cannot run here: it needs an NVIDIA GPU"),
+        ("--config.backend=cudnn", "backend='cudnn' cannot run here: it needs an NVIDIA GPU"),
         ("--config.backend=tpu", "--config.backend='tpu' is not one of auto, scan, fused, cudnn"),
-        ("--config.cell=gru --config.backend=fused", "--config.backend=fused runs the plain lstm cell only"),
+        ("--config.cell=gru --config.backend=fused", "backend='fused' runs plain LSTMCell only, not GRUCell"),
     ],
 )
 def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):

@@ -9,6 +9,7 @@ from conftest import load_config
 from test_job import run_tool, smoke_args
 from test_reliability import one_line_error, predict
 
+from lstm_jax.sentiment.config import validate
 from lstm_jax.sentiment.embeddings import read_word_vectors
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.tokenizer import Vocabulary
@@ -139,21 +140,29 @@ def test_the_job_trains_and_predicts_with_xlstm_cells(tmp_path, review_files, ce
 
 
 @pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--config.cell=slstm", "--config.num_heads=3"], "--config.hidden_size=8 must divide by --config.num_heads=3"),
-        (["--config.cell=slstm", "--config.zoneout_rate=0.1"], "applies to the classic cells, not slstm"),
-        (["--config.cell=mlstm", "--config.recurrent_dropout_rate=0.1"], "needs a recurrent matmul"),
-        (["--config.backend=parallel"], "--config.backend=parallel runs the mlstm cell only"),
-        (["--config.embedding_init=file"], "--config.embedding_init=file and --config.embedding_path=FILE go together"),
-        (["--config.embedding_init=file", "--config.embedding_path=/nonexistent.txt"], "cannot read word vectors"),
-        (["--config.proj_size=8"], "--config.proj_size=8 needs an LSTM cell and must be below --config.hidden_size=8"),
-        (["--config.cell=gru", "--config.proj_size=2"], "needs an LSTM cell"),
-        (["--config.zoneout_rate=1"], "--config.zoneout_rate=1.0 must be in [0, 1)"),
-        (["--config.backend=fused", "--config.zoneout_rate=0.1"], "runs the plain lstm cell only"),
+    "overrides, message",
+    [  # the model's rules come from the library (the job passes its message on)
+        (dict(cell="slstm", num_heads=3), "hidden_features=8 must divide into num_heads=3"),
+        (dict(cell="slstm", zoneout_rate=0.1), "zoneout needs a cell with output\\(carry\\); SLSTMCell has none"),
+        (dict(cell="mlstm", recurrent_dropout_rate=0.1), "needs a recurrent matmul"),
+        (dict(backend="parallel"), "backend='parallel' needs a cell with a parallel form"),
+        (dict(embedding_init="file"), "--config.embedding_init=file and --config.embedding_path=FILE go together"),
+        (dict(proj_size=8), "proj_size=8, .*proj_size must be between 1 and hidden_features - 1 = 7"),
+        (dict(cell="gru", proj_size=2), "cell 'gru' does not take these arguments .*proj_size"),
+        (dict(zoneout_rate=1.0), "--config.zoneout_rate=1.0 must be in \\[0, 1\\)"),
+        (dict(backend="fused", zoneout_rate=0.1), "backend='fused' cannot apply zoneout"),
     ],
 )
-def test_bad_new_options_are_one_line_errors(tmp_path, review_files, flags, message):
-    workdir = tmp_path / "run"
-    one_line_error(run_tool(*smoke_args(review_files, workdir, *flags)), message)
-    assert not (workdir / "checkpoints").exists()
+def test_bad_new_options_are_refused_with_the_rule(overrides, message):
+    with pytest.raises(UserError, match=message) as error:
+        validate(load_config("smoke", **overrides))
+    assert "\n" not in str(error.value)
+
+
+def test_bad_options_stop_the_command_before_anything_is_written(tmp_path, review_files):
+    for flags, message in ((["--config.cell=slstm", "--config.num_heads=3"], "must divide into num_heads=3"),
+                           (["--config.embedding_init=file", "--config.embedding_path=/nonexistent.txt"],
+                            "cannot read word vectors")):  # fmt: skip
+        workdir = tmp_path / "run"
+        one_line_error(run_tool(*smoke_args(review_files, workdir, *flags)), message)
+        assert not (workdir / "checkpoints").exists()

@@ -129,33 +129,22 @@ def validate(config) -> None:
     for key in RATES:
         if not 0.0 <= config[key] < 1.0:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")
-    _check_backend(config)
-    if config.proj_size and (config.cell not in ("lstm", "peephole_lstm", "layernorm_lstm")
-                             or config.proj_size >= config.hidden_size):  # fmt: skip
-        raise UserError(f"--config.proj_size={config.proj_size} needs an LSTM cell and must be below "
-                        f"--config.hidden_size={config.hidden_size}")  # fmt: skip
-    if config.hidden_size % config.num_heads:
-        raise UserError(f"--config.hidden_size={config.hidden_size} must divide by "
-                        f"--config.num_heads={config.num_heads}")  # fmt: skip
-    if config.cell in ("slstm", "mlstm") and config.zoneout_rate:
-        raise UserError(f"--config.zoneout_rate applies to the classic cells, not {config.cell} (its stabiliser state "
-                        "would be mixed across steps); use recurrent_dropout_rate or dropout_rate")  # fmt: skip
-    if config.cell == "mlstm" and config.recurrent_dropout_rate:
-        raise UserError("--config.recurrent_dropout_rate needs a recurrent matmul, which the mlstm has not")
+    _check_model(config)
     if (config.embedding_init == "file") != bool(config.embedding_path):
         raise UserError("--config.embedding_init=file and --config.embedding_path=FILE go together")
 
 
-def _check_backend(config) -> None:
-    backend = f"--config.backend={config.backend}"
-    if config.backend in ("parallel", "chunkwise") and config.cell != "mlstm":
-        raise UserError(f"{backend} runs the mlstm cell only; use auto or scan for {config.cell}")
-    if config.backend in ("fused", "cudnn") and (config.cell != "lstm" or config.proj_size or config.zoneout_rate):
-        raise UserError(f"{backend} runs the plain lstm cell only (no proj_size, no zoneout); use auto or scan")
-    if config.backend == "cudnn":
-        from lstm_jax import cudnn
+def _check_model(config) -> None:
+    """The rules on the model (cell, heads, projection, regularisers, backend) live in the library: building the
+    model's shapes applies them, and its message is passed on."""
+    from flax import nnx  # here: the config module itself needs no Flax
 
-        if config.dtype != "float32":
-            raise UserError(f"{backend} computes in float32 only; use --config.dtype=float32 or --config.backend=auto")
-        if (reason := cudnn.unavailable_reason()) is not None:
-            raise UserError(f"{backend} cannot run here: {reason}; use --config.backend=auto")
+    from lstm_jax.sentiment.model import build_model, model_kwargs
+
+    kwargs = model_kwargs(config, vocab_size=3)  # the vocabulary's size changes no rule, only the table's rows
+    try:
+        nnx.eval_shape(lambda: build_model(kwargs, nnx.Rngs(0)))
+    except ValueError as error:
+        settings = ", ".join(f"{key}={config[key]}" for key in ("cell", "hidden_size", "num_heads", "proj_size",
+                                                                 "backend", "dtype") if config[key])  # fmt: skip
+        raise UserError(f"the --config settings do not fit together ({settings}): {error}") from None
