@@ -575,3 +575,26 @@ def test_validation_and_test_share_arrays_and_compilations():
     assert eval_step._cache_size() == compiled
     alone = device_splits(vocabulary, [second], config.max_len, mesh)[0]
     assert got == pytest.approx(Evaluator(alone, config, mesh)(state), rel=1e-6)
+
+
+def test_load_predictor_from_python_prints_no_orbax_warnings(trained_workdir):
+    code = f"import lstm_jax; print(lstm_jax.load_predictor({str(trained_workdir)!r}).predict(['great'])[0])"
+    result = run_tool("-c", code)
+    assert result.returncode == 0, result.stderr.decode()
+    assert "WARNING" not in result.stderr.decode(), result.stderr.decode()
+    assert 0.0 < float(result.stdout) < 1.0
+
+
+def test_training_curves_have_a_title_the_tested_epoch_and_percent():
+    from lstm_jax.sentiment.reporting import curves_figure
+
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_accuracy": a, "val_accuracy": a}
+               for e, a in ((1, 0.6), (2, 0.8), (3, 0.8), (4, 0.7))]  # fmt: skip
+    figure = curves_figure(history, "gru on rt", tested="best", planned_epochs=10)
+    assert figure._suptitle.get_text() == "gru on rt"
+    loss, accuracy = figure.axes
+    assert accuracy.get_ylabel() == "accuracy (%)"
+    assert max(accuracy.lines[1].get_ydata()) == pytest.approx(80.0)  # validation, in percent
+    labels = [line.get_label() for line in accuracy.lines]
+    assert "tested (epoch 2)" in labels and "early stop (of 10)" in labels  # the first best epoch
+    assert "early stop (of 4)" not in [line.get_label() for line in curves_figure(history, "", "last", 4).axes[0].lines]

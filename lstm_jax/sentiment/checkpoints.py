@@ -111,17 +111,32 @@ def check_compatible(saved: dict, wanted: dict, where: str) -> None:
 # ------------------------------------------------------------------------------------------ managers
 
 
+@contextlib.contextmanager
+def _warnings_silenced():
+    """Orbax logs a warning for every option a read-only manager ignores, and calls the folder "read only" (it is
+    merely opened for reading): noise for someone who only loads a model, from Python as from the CLIs."""
+    from absl import logging
+
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(previous)
+
+
 def _manager(directory: Path, read_only: bool = False, **options) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        directory.absolute(),
-        options=ocp.CheckpointManagerOptions(
-            create=not read_only,
-            read_only=read_only,
-            cleanup_tmp_directories=not read_only,
-            enable_async_checkpointing=not read_only,
-            **options,
-        ),
-    )
+    with _warnings_silenced() if read_only else contextlib.nullcontext():
+        return ocp.CheckpointManager(
+            directory.absolute(),
+            options=ocp.CheckpointManagerOptions(
+                create=not read_only,
+                read_only=read_only,
+                cleanup_tmp_directories=not read_only,
+                enable_async_checkpointing=not read_only,
+                **options,
+            ),
+        )
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, what: str, **items):

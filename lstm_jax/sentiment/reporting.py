@@ -42,8 +42,10 @@ def write_atomic(path: Path, text: str) -> None:
 class RunReport:
     """The human-readable outputs of one run in ``workdir`` (only the main process writes them)."""
 
-    def __init__(self, workdir: Path, history: list[dict], enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: Path, history: list[dict], enabled: bool = True, tensorboard: bool = True,
+                 title: str = "", tested: str = "best", planned_epochs: int | None = None):  # fmt: skip
         self.workdir, self.history, self.enabled = Path(workdir), history, enabled
+        self.title, self.tested, self.planned_epochs = title, tested, planned_epochs  # for the curves picture
         self._writer, self._curves, self._curves_error = None, None, None
         if enabled:  # import matplotlib (0.3 s) while training runs: the thread mostly waits on XLA, not Python
             threading.Thread(target=_import_matplotlib, daemon=True).start()
@@ -97,21 +99,40 @@ class RunReport:
         write_atomic(self.workdir / "metrics.jsonl", "".join(line + "\n" for line in lines))
 
     def _write_curves(self, history: list[dict]) -> None:
-        # The object API, not pyplot: no global state (safe in a thread), and pyplot's import is the slow part.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        epochs = [entry["epoch"] for entry in history]
-        figure = Figure(figsize=(9, 3.5))
-        FigureCanvasAgg(figure)
-        axes = figure.subplots(1, 2)
-        for axis, metric, label in zip(axes, ("loss", "accuracy"), ("binary cross-entropy", "accuracy")):
-            for split, name in (("train", "train"), ("val", "validation")):
-                axis.plot(epochs, [entry[f"{split}_{metric}"] for entry in history], "o-", label=name)
-            axis.set(xlabel="epoch", ylabel=label, title=metric)
-            axis.legend()
-            axis.grid(alpha=0.3)
-        figure.tight_layout()
+        figure = curves_figure(history, self.title, self.tested, self.planned_epochs)
         temporary = self.workdir / ".training_curves.tmp.png"
         figure.savefig(temporary, dpi=100)
         os.replace(temporary, self.workdir / "training_curves.png")
+
+
+def tested_epoch(history: list[dict], tested: str) -> int:
+    """The epoch whose weights the test uses: the first with the best validation accuracy, or the last."""
+    if tested == "best":
+        return max(history, key=lambda entry: (entry["val_accuracy"], -entry["epoch"]))["epoch"]
+    return history[-1]["epoch"]
+
+
+def curves_figure(history: list[dict], title: str, tested: str = "best", planned_epochs: int | None = None):
+    """Loss and accuracy (in %) per epoch for train and validation, the tested epoch and an early stop marked."""
+    # The object API, not pyplot: no global state (safe in a thread), and pyplot's import is the slow part.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [entry["epoch"] for entry in history]
+    figure = Figure(figsize=(9, 3.8))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    chosen = tested_epoch(history, tested)
+    for axis, metric, label, scale in zip(axes, ("loss", "accuracy"), ("binary cross-entropy", "accuracy (%)"),
+                                          (1.0, 100.0)):  # fmt: skip
+        for split, name in (("train", "train"), ("val", "validation")):
+            axis.plot(epochs, [scale * entry[f"{split}_{metric}"] for entry in history], "o-", label=name)
+        axis.axvline(chosen, color="tab:green", linestyle="--", label=f"tested (epoch {chosen})")
+        if planned_epochs and epochs[-1] < planned_epochs:
+            axis.axvline(epochs[-1], color="tab:red", linestyle=":", label=f"early stop (of {planned_epochs})")
+        axis.set(xlabel="epoch", ylabel=label, title=metric)
+        axis.legend(fontsize="small")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

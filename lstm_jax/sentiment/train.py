@@ -397,7 +397,10 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         log(f"word vectors from {config.embedding_path}: {coverage}")
     kwargs = model_kwargs(config, vocabulary.size)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors)
-    report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard)
+    title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
+             f"H{config.hidden_size}, {config.pooling} pooling, on {config.dataset} ({Path(workdir).name})")
+    report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard,
+                       title=title, tested=config.test_checkpoint, planned_epochs=config.num_epochs)  # fmt: skip
     job = Job(config, mesh, None, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
               Evaluator(test, config, mesh), log)  # fmt: skip
     return job, state
