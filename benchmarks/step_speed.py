@@ -201,9 +201,14 @@ def build_flax(shape, cell, workload) -> Runner:
 # ------------------------------------------------------------------------------------------ PyTorch
 
 
-def build_torch(shape, cell, workload, *, threads: int | None = None, device: str = "cpu") -> Runner:
-    """PyTorch eager on ``device``: its own kernels on a CPU, cuDNN's on ``cuda``."""
+def build_torch(shape, cell, workload, *, threads: int | None = None, device: str = "cpu",
+                autocast: bool = False) -> Runner:  # fmt: skip
+    """PyTorch eager on ``device``: its own kernels on a CPU, cuDNN's on ``cuda`` (``autocast``: in bfloat16)."""
+    import contextlib
+
     import torch
+
+    precision = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
 
     threads = threads or DEFAULT_TORCH_THREADS or torch.get_num_threads()
     torch.manual_seed(0)
@@ -239,7 +244,8 @@ def build_torch(shape, cell, workload, *, threads: int | None = None, device: st
             torch.set_num_threads(threads)
             for _ in range(n):
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(tokens), labels)
+                with precision():
+                    loss = loss_fn(model(tokens), labels)
                 loss.backward()
                 optimizer.step()
             finish()
@@ -249,7 +255,7 @@ def build_torch(shape, cell, workload, *, threads: int | None = None, device: st
 
         def run(n):
             torch.set_num_threads(threads)
-            with torch.inference_mode():
+            with torch.inference_mode(), precision():
                 for _ in range(n):
                     torch.sigmoid(model(tokens))
             finish()
@@ -296,23 +302,27 @@ def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     return impls
 
 
-def accelerator_implementations() -> dict[str, Callable]:
-    """The accelerator grid's LSTM implementations: every backend, bfloat16 for the scan paths, the peers."""
+def accelerator_implementations(cell: str = "lstm") -> dict[str, Callable]:
+    """The accelerator grid: for the LSTM every backend (scan with unroll 1 and 8, scan in bfloat16), Flax's
+    nn.RNN and PyTorch (cuDNN, float32 and bfloat16 autocast); for the other cells their ``auto`` backend
+    (and PyTorch's GRU)."""
     from lstm_jax import cudnn
 
     impls = {"lstm_jax auto": _ours(backend="auto")}
-    if cudnn.unavailable_reason() is None:
-        impls["lstm_jax cudnn"] = _ours(backend="cudnn")
-    for dtype, suffix in (("float32", ""), ("bfloat16", " bf16")):
-        impls[f"lstm_jax fused{suffix}"] = _ours(backend="fused", dtype=dtype)
-        for unroll in (1, 4, 16):
-            impls[f"lstm_jax scan u{unroll}{suffix}"] = _ours(unroll=unroll, backend="scan", dtype=dtype)
-    impls["flax nn.RNN"] = build_flax
-    if _has_torch():
+    if cell == "lstm":
+        if cudnn.unavailable_reason() is None:
+            impls["lstm_jax cudnn"] = _ours(backend="cudnn")
+        impls["lstm_jax fused"] = _ours(backend="fused")
+        for unroll in (1, 8):
+            impls[f"lstm_jax scan u{unroll}"] = _ours(unroll=unroll, backend="scan")
+        impls["lstm_jax scan u1 bf16"] = _ours(backend="scan", dtype="bfloat16")
+        impls["flax nn.RNN"] = build_flax
+    if cell in ("lstm", "gru") and _has_torch():
         import torch
 
         if torch.cuda.is_available():
             impls["torch cudnn"] = functools.partial(build_torch, device="cuda")
+            impls["torch cudnn bf16 autocast"] = functools.partial(build_torch, device="cuda", autocast=True)
         else:
             impls["torch eager"] = build_torch
     return impls
@@ -360,6 +370,8 @@ def measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
             "step_seconds_median": step_seconds,
             "step_seconds": times[name],
             "examples_per_second": shape["batch"] / step_seconds,
+            "us_per_time_step": 1e6 * step_seconds / shape["time"],
+            "tflops": lstm_flops(shape, workload) / step_seconds / 1e12 if cell == "lstm" else None,
             "ratio_vs_torch": statistics.median(ratios) if ratios else None,
             "ratios_vs_torch": ratios,
             "compile_seconds": runners[name].compile_seconds,
@@ -370,12 +382,22 @@ def measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
     return list(records.values())
 
 
+def lstm_flops(shape: dict, workload: str) -> float:
+    """Matrix FLOPs of one LSTM step over the batch: 2 B T (E + H) 4H forward; training about 3x (the backward
+    pass is two such products). Elementwise work, the embedding and the head are left out."""
+    forward = 2 * shape["batch"] * shape["time"] * (shape["embed"] + shape["hidden"]) * 4 * shape["hidden"]
+    return forward * (3 if workload == "train" else 1)
+
+
 def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple(SHAPES)):
     """Yields (workload, shape name, shape, cell) cases."""
     if accelerator:
         for workload in ("train", "infer"):
             for shape_name in shapes:
                 yield workload, shape_name, SHAPES[shape_name], "lstm"
+            if "large" in shapes:
+                for cell in ("gru", "slstm", "mlstm"):
+                    yield workload, "large", SHAPES["large"], cell
         return
     shapes = ["seed"] if quick else ["seed", "medium", "large"]
     cells = ["lstm", "slstm", "mlstm"] if quick else list(CELL_MODELS)
@@ -423,15 +445,17 @@ def _cpu_name() -> str:
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| workload | shape | cell | implementation | backend | examples/s | × torch | compile s |",
-        "|---|---|---|---|---|---:|---:|---:|",
+        "| workload | shape | cell | implementation | backend | examples/s | × torch | µs/step | TFLOP/s | compile s |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         ratio = f"{r['ratio_vs_torch']:.2f}×" if r["ratio_vs_torch"] else "—"
         compile_s = f"{r['compile_seconds']:.2f}" if r["compile_seconds"] is not None else "—"
+        tflops = f"{r['tflops']:.3f}" if r.get("tflops") is not None else "—"
         lines.append(
             f"| {r['workload']} | {r['shape']} | {r['cell']} | {r['implementation']} | {r.get('backend') or '—'} | "
-            f"{r['examples_per_second']:,.0f} | {ratio} | {compile_s} |"
+            f"{r['examples_per_second']:,.0f} | {ratio} | {r.get('us_per_time_step', 0):,.1f} | {tflops} | "
+            f"{compile_s} |"
         )
     return "\n".join(lines)
 
@@ -534,7 +558,7 @@ def main(argv=None):
     machine_before = machine.describe()
     records, started = [], time.time()
     for workload, shape_name, shape, cell in grid(args.quick, args.accelerator, tuple(args.shapes.split(","))):
-        impls = accelerator_implementations() if args.accelerator else implementations(cell, shape, args.quick)
+        impls = accelerator_implementations(cell) if args.accelerator else implementations(cell, shape, args.quick)
         case = measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
         records.extend(case)
         print(table(case).split("\n", 2)[2], flush=True)
