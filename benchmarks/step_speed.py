@@ -522,6 +522,7 @@ def main(argv=None):
     parser.add_argument("--tag", default=None, help="file name prefix (default: <backend>-<quick|full>)")
     parser.add_argument("--repetitions", type=int, default=None, help="timed repetitions per case")
     parser.add_argument("--seconds", type=float, default=None, help="target seconds per timed block")
+    parser.add_argument("--no-plots", action="store_true", help="write the JSON and markdown only")
     parser.add_argument("--plot-only", default=None, help="redraw the plots of an earlier JSON result and exit")
     args = parser.parse_args(argv)
     if args.plot_only:
@@ -595,7 +596,7 @@ def main(argv=None):
         "after.\n\n"
     )
     (out / f"{tag}.md").write_text(header + table(records) + "\n")
-    paths = plots(records, out, tag)
+    paths = [] if args.no_plots else plots(records, out, tag)
     print()
     print(table(records))
     print(f"\nwrote {json_path} and {', '.join(str(p) for p in paths)} in {result['wall_seconds']:.0f} s")
