@@ -441,3 +441,49 @@ def test_a_sigterm_inside_a_garbage_collector_callback_is_remembered_not_dropped
     assert dropped == []
     with pytest.raises(KeyboardInterrupt):
         errors.raise_if_interrupted()
+
+
+# ------------------------------------------------------------------------------------------ as an ordinary user
+
+
+def as_ordinary_user(*args):
+    """A command whose file access obeys permissions even when the tests run as root (as CI does): root without
+    its capabilities (``setpriv``), so a mode of 000 really refuses it."""
+    if os.geteuid() != 0:
+        return list(args)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root and setpriv (util-linux) is not installed")
+    return ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--", *args]
+
+
+def run_as_ordinary_user(*args):
+    return subprocess.run(as_ordinary_user(sys.executable, *args), cwd=ROOT, capture_output=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+
+
+def test_checkpoints_that_cannot_be_read_are_never_deleted(trained_workdir, review_files, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    steps = sorted((workdir / "checkpoints").iterdir())
+    assert len(steps) == 2
+    for step in steps:
+        (step / "state" / "manifest.ocdbt").chmod(0)
+    result = run_as_ordinary_user(*smoke_args(review_files, workdir, "--config.num_epochs=8"))
+    one_line_error(result, "(Permission denied); fix its permissions or the disk and rerun (nothing was deleted)")
+    assert sorted((workdir / "checkpoints").iterdir()) == steps
+    for step in steps:
+        (step / "state" / "manifest.ocdbt").chmod(0o644)
+    result = run_tool(*smoke_args(review_files, workdir, "--config.num_epochs=8"))  # readable again: it resumes
+    assert result.returncode == 0 and b"resumed from step" in result.stderr + result.stdout, result.stderr
+
+
+def test_with_every_latest_checkpoint_damaged_the_best_one_is_the_fallback(trained_workdir, review_files, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    for step in (workdir / "checkpoints").iterdir():
+        (step / "meta" / "metadata").write_text('{"trunc')  # content read, not parsed: proven damaged
+    best = next((workdir / "best").iterdir()).name
+    result = run_tool(*smoke_args(review_files, workdir, "--config.num_epochs=8"))
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0, output
+    assert f"resuming from the best one, step {best}" in output and f"resumed from step {best}" in output

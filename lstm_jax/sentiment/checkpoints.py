@@ -18,22 +18,27 @@ folder and renames it when complete, so a run killed while saving keeps its earl
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-from lstm_jax.sentiment.errors import CheckpointWriteError, UserError
+from lstm_jax.sentiment.errors import CheckpointReadError, CheckpointWriteError, UserError
 
 FORMAT_VERSION = 2
 
 
-class DamagedCheckpoint(UserError):
+class DamagedCheckpoint(CheckpointReadError):
     """A checkpoint folder that cannot be read (partly written, corrupted): an older one may still serve."""
 
 
-class IncompatibleCheckpoint(UserError):
+class UnreadableCheckpoint(CheckpointReadError):
+    """A checkpoint we may not read (permissions, an I/O error): not proven damaged, so never deleted."""
+
+
+class IncompatibleCheckpoint(CheckpointReadError):
     """A whole checkpoint that this code cannot use (another format, another model): no older one will do."""
 TOKENIZER = "lowercase-words-v1"  # the tokenizer.py rules; a change of rules gets a new name
 
@@ -139,14 +144,41 @@ def _manager(directory: Path, read_only: bool = False, **options) -> ocp.Checkpo
         )
 
 
+def _first_unreadable(folder: Path) -> str | None:
+    """The first file or folder under ``folder`` that the operating system will not let us read, with its reason."""
+    problems: list[str] = []
+
+    def refused(error: OSError) -> None:
+        problems.append(f"{error.filename} ({error.strerror})")
+
+    for root, _, names in os.walk(folder, onerror=refused):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+            except OSError as error:
+                problems.append(f"{path} ({error.strerror})")
+                break
+        if problems:
+            break
+    return problems[0] if problems else None
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, what: str, **items):
-    """Some items of a checkpoint; a damaged one is a UserError naming it, not an orbax traceback."""
+    """Some items of a checkpoint. A failure is :class:`UnreadableCheckpoint` when the operating system refuses a
+    file (not proven damaged: it is kept), else :class:`DamagedCheckpoint` naming it, not an orbax traceback."""
+    where = f"checkpoint {step} in {manager.directory}"
+    # Asked first (a few files): orbax would report a refused file like damage, from its threads.
+    if (unreadable := _first_unreadable(Path(manager.directory) / str(step))) is not None:
+        raise UnreadableCheckpoint(f"cannot read {where}: {unreadable}; fix its permissions or the disk and "
+                                   "rerun (nothing was deleted)")  # fmt: skip
     try:
         return manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax raises many kinds for damaged folders
         detail = str(error).splitlines()[0][:200] if str(error) else ""
         raise DamagedCheckpoint(
-            f"the {what} of checkpoint {step} in {manager.directory} are unreadable or incomplete "
+            f"the {what} of {where} are unreadable or incomplete "
             f"({type(error).__name__}: {detail}); choose another step or retrain"
         ) from None
 
@@ -214,8 +246,10 @@ class Checkpoints:
         return None
 
     def restore_newest(self, like) -> tuple[int, object, dict]:
-        """(step, state, meta) of the newest intact checkpoint; damaged newer ones are said and deleted, so the
-        resumed run can save those steps again."""
+        """(step, state, meta) of the newest intact checkpoint. Newer ones proven damaged (content read but not
+        parsed) are said and deleted, so the resumed run can save those steps again; one the system will not let us
+        read stops the run (:class:`UnreadableCheckpoint`) and nothing is deleted. With no intact latest checkpoint
+        the best one (a whole state too) is the fallback."""
         for step in sorted(self.latest.all_steps(), reverse=True):
             try:
                 state, meta = self._restore_state(step, like, self.latest)
@@ -223,6 +257,11 @@ class Checkpoints:
             except DamagedCheckpoint as error:
                 print(f"warning: checkpoint {step} is damaged; resuming from an older one ({error})", file=sys.stderr)
                 self.latest.delete(step)
+        if (best := self.best.best_step() if self.best.directory.is_dir() else None) is not None:
+            print(f"warning: no intact checkpoint in {self.latest.directory}; resuming from the best one, step {best}",
+                  file=sys.stderr)  # fmt: skip
+            state, meta = self._restore_state(best, like, self.best)
+            return best, state, meta
         raise UserError(f"no intact checkpoint in {self.latest.directory}; remove it or use a new --workdir")
 
     def save(self, step: int, state, meta: dict, val_accuracy: float | None = None) -> None:

@@ -20,6 +20,12 @@ class CheckpointWriteError(UserError):
     at once after the message (everything of ours is already closed; earlier checkpoints are complete)."""
 
 
+class CheckpointReadError(UserError):
+    """A checkpoint that could not be read or used. Orbax's event loop may still hold callbacks that print
+    "Event loop is closed" tracebacks while the interpreter shuts down, so the entry point ends the process at once
+    after the message, as for :class:`CheckpointWriteError` (nothing of ours is left open by then)."""
+
+
 def exit_on_user_error(main):
     """Wraps an entry point: UserError -> `error: <message>` on stderr, exit 2; an OSError (permissions, a full
     disk, a file-size limit) -> the same with the system's reason; Ctrl-C or SIGTERM -> exit 130."""
@@ -32,7 +38,7 @@ def exit_on_user_error(main):
             return result
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
-            if isinstance(error, CheckpointWriteError):
+            if isinstance(error, (CheckpointWriteError, CheckpointReadError)):
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(2)
