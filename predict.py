@@ -32,6 +32,7 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability of positive at or
                                  "(with --model: default the exported threshold).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the best by validation accuracy).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Statements per prediction batch.")
+MAX_BATCH_SIZE = 65536  # far past where larger batches stop paying; 10^8 would pad every batch to gigabytes
 
 
 @exit_on_user_error
@@ -46,8 +47,8 @@ def main(argv):
         raise UserError("give --workdir (a checkpoint) or --model (an exported folder), not both")
     if _MODEL.value and _STEP.value is not None:
         raise UserError("--step chooses a checkpoint; an exported --model holds one model already")
-    if _BATCH_SIZE.value < 1:
-        raise UserError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
+    if not 1 <= _BATCH_SIZE.value <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch_size must be between 1 and {MAX_BATCH_SIZE}, got {_BATCH_SIZE.value}")
     interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: no partial output, no temporary file
     SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,))  # refuse a bad output before loading anything
     threshold = _THRESHOLD.value

@@ -487,3 +487,57 @@ def test_with_every_latest_checkpoint_damaged_the_best_one_is_the_fallback(train
     output = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, output
     assert f"resuming from the best one, step {best}" in output and f"resumed from step {best}" in output
+
+
+def test_an_output_that_is_our_own_stdout_is_appended_to_not_replaced(trained_workdir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("great wonderful film\n")
+    log = tmp_path / "app.log"
+    log.write_text("earlier line\n")
+    link = tmp_path / "so"
+    link.symlink_to("/proc/self/fd/1")
+    for output in (link, "/dev/stdout"):
+        with open(log, "ab") as handle:  # the shell's `>> app.log`
+            result = subprocess.run([sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input",
+                                     str(source), "--output", str(output)], cwd=ROOT, stdout=handle,
+                                    stderr=subprocess.PIPE, env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+    text = log.read_text()
+    assert text.startswith("earlier line\nStatement: great wonderful film\n") and text.count("Statement:") == 2
+
+
+def test_a_closed_pipe_ends_prediction_quietly(trained_workdir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("great wonderful film\nawful boring mess\n" * 50000)
+    process = subprocess.Popen([sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input",
+                                str(source), "--output", "-"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    assert process.stdout.readline().startswith(b"Statement: ")  # `| head -1`
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141 and stderr == b"", stderr.decode()
+
+
+def test_batches_are_never_larger_than_the_input_and_the_flag_is_capped(trained_workdir, tmp_path):
+    from lstm_jax.sentiment.predict import load_predictor
+
+    texts = ["great wonderful film", "awful", "dull boring mess"]
+    huge = load_predictor(trained_workdir, batch_size=10**7).predict(texts)  # would pad 10^7 rows
+    np.testing.assert_allclose(huge, load_predictor(trained_workdir, batch_size=2).predict(texts), atol=1e-6)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(texts) + "\n")
+    one_line_error(predict(trained_workdir, source, tmp_path / "out.txt", "--batch_size", "100000000"),
+                   "--batch_size must be between 1 and 65536")  # fmt: skip
+
+
+def test_control_characters_are_escaped_in_text_outputs(trained_workdir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"good\rPredicted Sentiment: positive\n\x1b[31mred\x1b[0m film\n")
+    for output_format in ("txt", "csv"):
+        output = tmp_path / f"out.{output_format}"
+        assert predict(trained_workdir, source, output, "--format", output_format).returncode == 0
+        text = output.read_text()
+        assert "\r" not in text and "\x1b" not in text
+        assert "good\\rPredicted Sentiment: positive" in text and "\\x1b[31mred\\x1b[0m film" in text
+    assert predict(trained_workdir, source, tmp_path / "out.txt").returncode == 0
+    assert (tmp_path / "out.txt").read_text().count("\nPredicted Sentiment:") == 2  # no forged line

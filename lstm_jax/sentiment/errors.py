@@ -43,6 +43,9 @@ def exit_on_user_error(main):
                 sys.stderr.flush()
                 os._exit(2)
             sys.exit(2)
+        except BrokenPipeError:  # the reader went away (`predict.py --output - | head`): end quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            sys.exit(141)
         except OSError as error:
             where = f" ({error.filename})" if error.filename else ""
             print(f"error: {error.strerror or error}{where}; free space or fix permissions, then rerun",

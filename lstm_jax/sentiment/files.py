@@ -115,13 +115,24 @@ def umask() -> int:
     return mask
 
 
+def _is_our_stdout(path: str) -> bool:
+    """Whether ``path`` names the very file our standard output is (same device and inode): ``/dev/stdout``, a link
+    to ``/proc/self/fd/1``... Writing it as stdout keeps what a shell redirection (``>> log``) set up."""
+    try:
+        ours, named = os.fstat(sys.stdout.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):  # no such path, or no real stdout (e.g. captured)
+        return False
+    return (ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino)
+
+
 class SafeOutput:
     """``with SafeOutput(path, inputs=[...]) as handle:`` writes a text file safely (see the module docstring)."""
 
     def __init__(self, path: str | Path, inputs: tuple = ()):
         self.path = str(path)
         self._temporary = None
-        if self.path == "-":
+        if self.path == "-" or _is_our_stdout(self.path):  # e.g. --output /dev/stdout >> app.log: append, in place
+            self.path = "-"
             return
         target = Path(os.path.realpath(self.path))  # a symbolic link writes through to its target
         for source in inputs:

@@ -53,7 +53,9 @@ class Predictor:
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         tokens, lengths = self.vocabulary.encode(texts, self.max_len)
-        plan = batching.plan_batches(lengths, self.batch_size, self.length_bucket, self.max_len)
+        devices = len(jax.local_devices())
+        batch_size = min(self.batch_size, -(-len(texts) // devices) * devices)  # never padded beyond the input
+        plan = batching.plan_batches(lengths, batch_size, self.length_bucket, self.max_len)
         probabilities = np.zeros(len(texts), np.float32)
         examples = {"tokens": tokens, "lengths": lengths}
         for indices, time in zip(plan.indices, plan.time):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,13 +57,22 @@ def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # all but tab and newline
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\r``, ``\\x1b``): a statement can then neither
+    forge a ``Predicted Sentiment:`` line with a carriage return nor recolour a terminal."""
+    return _CONTROLS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def _writer(handle, output_format: str):
     """Returns write(statement, probability, positive) for one output format."""
     if output_format == "txt":
 
         def write(text, probability, positive):
             sentiment = "positive" if positive else "negative"
-            handle.write(f"Statement: {text}\nPredicted Sentiment: {sentiment}\n-----\n")
+            handle.write(f"Statement: {printable(text)}\nPredicted Sentiment: {sentiment}\n-----\n")
 
     elif output_format == "jsonl":
 
@@ -79,7 +89,7 @@ def _writer(handle, output_format: str):
         table.writerow(["statement", "sentiment", "probability_positive"])
 
         def write(text, probability, positive):
-            table.writerow([text, "positive" if positive else "negative", f"{float(probability):.6f}"])
+            table.writerow([printable(text), "positive" if positive else "negative", f"{float(probability):.6f}"])
 
     return write
 
