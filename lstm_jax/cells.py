@@ -24,6 +24,7 @@ LSTM columns are ``[i | f | g | o]``, GRU columns ``[r | z | n]``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import jax
@@ -57,6 +58,9 @@ class _Cell(nnx.Module):
         rngs: nnx.Rngs,
         recurrent_features: int | None = None,
     ):
+        for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.recurrent_features = recurrent_features or hidden_features  # width of the state W_h reads

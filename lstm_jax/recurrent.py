@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lstm_jax import cells as cells_lib
@@ -186,9 +187,14 @@ class RNN(nnx.Module):
         time, batch = x.shape[:2]
         if lengths is None:
             lengths = jnp.full((batch,), time, jnp.int32)
+        if isinstance(lengths, np.ndarray | int | list):  # clipped before int32, so 2**31 + 5 does not wrap to 5
+            lengths = np.clip(lengths, 0, time)
         lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 0, time)
         if initial_carry is None:
             initial_carry = self.cell.initialize_carry((batch,))
+        if time == 0 or batch == 0:  # nothing to read: every form of every cell agrees on this without running
+            outputs = jnp.zeros((time, batch, self.cell.output_features), self.cell.dtype)
+            return (outputs if self.time_major else jnp.swapaxes(outputs, 0, 1)), initial_carry
         if self.reverse:
             x = reverse_padded(x, lengths)
         masks = jnp.arange(time)[:, None] < lengths[None, :]  # [T, B]
@@ -397,6 +403,8 @@ class StackedRNN(nnx.Module):
     """
 
     def __init__(self, layers: list[nnx.Module], *, dropout_rate: float = 0.0):
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
         self.layers = nnx.List(layers)
         self.dropout = nnx.Dropout(dropout_rate)
 

@@ -35,7 +35,10 @@ MLSTMCarry = tuple[Array, Array, Array]  # (C <[batch, heads, Dk, Dv]>, n <[batc
 FORGET_GATES = ("sigmoid", "exp")
 
 
-def _check_heads(hidden_features: int, num_heads: int) -> int:
+def _check_heads(hidden_features: int, num_heads: int, in_features: int) -> int:
+    for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if num_heads < 1 or hidden_features % num_heads:
         raise ValueError(f"hidden_features={hidden_features} must divide into num_heads={num_heads} heads")
     return hidden_features // num_heads
@@ -76,7 +79,7 @@ class SLSTMCell(nnx.Module):
     ):
         if forget_gate not in FORGET_GATES:
             raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
-        head_size = _check_heads(hidden_features, num_heads)
+        head_size = _check_heads(hidden_features, num_heads, in_features)
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.recurrent_features = hidden_features
@@ -171,7 +174,7 @@ class MLSTMCell(nnx.Module):
         kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
         rngs: nnx.Rngs,
     ):
-        value_size = _check_heads(hidden_features, num_heads)
+        value_size = _check_heads(hidden_features, num_heads, in_features)
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.output_features = hidden_features

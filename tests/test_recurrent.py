@@ -329,3 +329,31 @@ def test_padding_never_reaches_values_or_gradients_even_when_it_is_nan(name, rev
 def test_a_wrong_feature_width_is_a_clear_error():
     with pytest.raises(ValueError, match=f"inputs have {IN + 1} features, the cell expects {IN}"):
         RNN(make_cell("lstm"))(jnp.zeros((2, 3, IN + 1)))
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("shape", [(3, 0, IN), (0, 5, IN)], ids=["no time steps", "empty batch"])
+def test_an_empty_batch_or_no_time_steps_give_empty_outputs_and_the_initial_carry(name, shape):
+    heads = {"num_heads": 2} if name in ("slstm", "mlstm") else {}
+    layer = lstm_jax.make_recurrent(name, IN, HIDDEN, rngs=nnx.Rngs(0), **heads)
+    outputs, (carry,) = layer(jnp.zeros(shape), jnp.zeros(shape[0], jnp.int32))
+    assert outputs.shape == (*shape[:2], HIDDEN)
+    initial = layer.layers[0].cell.initialize_carry((shape[0],))
+    assert jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape and bool(jnp.all(a == b)), carry, initial))
+
+
+def test_bad_sizes_and_rates_are_value_errors_naming_the_argument():
+    for name in ("lstm", "gru", "slstm", "mlstm"):
+        with pytest.raises(ValueError, match="hidden_features must be a positive integer, got 0"):
+            lstm_jax.make_recurrent(name, IN, 0, rngs=nnx.Rngs(0))
+    for rate in (1.5, -0.5):
+        with pytest.raises(ValueError, match="dropout_rate must be in"):
+            lstm_jax.make_recurrent("lstm", IN, HIDDEN, num_layers=2, dropout_rate=rate, rngs=nnx.Rngs(0))
+
+
+def test_lengths_beyond_int32_are_clipped_not_wrapped():
+    layer = lstm_jax.make_recurrent("lstm", IN, HIDDEN, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 5, IN))
+    huge, _ = layer(x, np.array([2**31 + 2, 3], np.int64))  # int32 would wrap 2**31 + 2 to a negative length
+    full, _ = layer(x, np.array([5, 3]))
+    np.testing.assert_array_equal(np.asarray(huge), np.asarray(full))
