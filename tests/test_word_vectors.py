@@ -64,6 +64,11 @@ def test_text_formats_match_the_vocabulary_with_our_normalisation(tmp_path, name
         (["the 1 2 3"], "1 300", "have 300 dimensions"),
         (["the 1 2 3", "film 1 2"], None, ":2 is not a line of a text vector file"),
         (["the 1 2 x"], None, ":1: a value is not a number"),
+        (["zebra 1 2 3", "the 1 nan 3"], None, ":2: a value is not finite or beyond"),
+        (["the 1 inf 3"], None, ":1: a value is not finite"),
+        (["the 1 1e30 3"], None, ":1: a value is not finite or beyond ±10000"),
+        (["zebra 1 2 3"], None, "no word of the vocabulary has a vector in .*0% coverage"),
+        ([], "0 3", "no word of the vocabulary has a vector"),  # a header only
     ],
 )
 def test_bad_vector_files_are_one_line_errors(tmp_path, lines, header, message):
@@ -80,6 +85,18 @@ def test_missing_and_binary_files_are_one_line_errors(tmp_path):
     binary.write_bytes(b"2 3\nthe \x00\x00\x80\x3f \xff\xfe\x00\x00 \x01\x02\x03\x04\n")
     with pytest.raises(UserError, match="vectors.bin:2 is not a line of a text vector file.*binary word2vec"):
         read_word_vectors(binary, VOCABULARY, DIM, TRAIN)
+
+
+def test_empty_and_truncated_compressed_files_are_one_line_errors(tmp_path):
+    empty = tmp_path / "e.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match="0% coverage"):
+        read_word_vectors(empty, VOCABULARY, DIM, TRAIN)
+    whole = write(tmp_path / "v.txt.gz", LINES * 200, compress=True).read_bytes()
+    truncated = tmp_path / "t.txt.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])  # `head -c` of a .gz: an EOFError, which has no strerror
+    with pytest.raises(UserError, match="cannot read word vectors from .*t.txt.gz: .*check --config.embedding_path"):
+        read_word_vectors(truncated, VOCABULARY, DIM, TRAIN)
 
 
 def test_odd_words_do_not_stop_a_real_file(tmp_path):

@@ -121,12 +121,19 @@ def _vector_lines(path: Path, dim: int):
             yield number, word, fields[-width:]
 
 
+MAX_ABS_VALUE = 1e4  # real word vectors are of order 1; beyond this a file is damaged or not word vectors
+
+
 def _numbers(fields: list[bytes], path: Path, number: int) -> np.ndarray:
     try:
-        return np.asarray([float(field) for field in fields], np.float32)
+        values = np.asarray([float(field) for field in fields], np.float64)
     except ValueError:
         raise UserError(f"{path}:{number}: a value is not a number; is it a GloVe .txt or word2vec/fastText .vec "
                         "file?") from None  # fmt: skip
+    if not np.isfinite(values).all() or np.abs(values).max(initial=0.0) > MAX_ABS_VALUE:
+        raise UserError(f"{path}:{number}: a value is not finite or beyond ±{MAX_ABS_VALUE:g} (training would "
+                        "diverge); fix or remove that line")  # fmt: skip
+    return values.astype(np.float32)
 
 
 def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
@@ -146,9 +153,12 @@ def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_
             if index is not None and not found[index]:  # the first line of a word wins
                 vectors[index] = _numbers(numbers, path, number)
                 found[index] = True
-    except (OSError, EOFError) as error:
-        raise UserError(f"cannot read word vectors from {path}: {error.strerror or error}; "
-                        "check --config.embedding_path") from None  # fmt: skip
+    except (OSError, EOFError) as error:  # EOFError (a truncated .gz) has no strerror
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise UserError(f"cannot read word vectors from {path}: {reason}; check --config.embedding_path") from None
+    if not found[UNKNOWN_ID + 1 :].any():
+        raise UserError(f"no word of the vocabulary has a vector in {path} (0% coverage: empty, only a header, or "
+                        "another language?); check --config.embedding_path")  # fmt: skip
     real = train_tokens[train_tokens != PAD_ID]
     token_share = float(found[real].mean()) if real.size else 0.0
     coverage = Coverage(int(found[UNKNOWN_ID + 1 :].sum()), vocabulary.size - 2, token_share)
