@@ -16,6 +16,7 @@ At most 8 files come back from the GPU machine: these are 6.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -63,9 +64,13 @@ def step_env(out: Path, rehearse: bool) -> dict:
 
 
 def step_tests(out: Path, rehearse: bool, limit: float) -> dict:
+    """One line per test (what passed is on record even if the step's limit stops it), 4 worker processes when
+    pytest-xdist is there; JAX allocates GPU memory as needed so the workers share the one GPU."""
+    workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--timeout=90", "-rfEs", *workers,
+               *GPU_TESTS]  # fmt: skip
     with open(out / "gpu-tests.txt", "w") as log:
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=90", "-rfEs", *GPU_TESTS]
-        return {"tests": run(command, log, limit)}
+        return {"tests": run(command, log, limit, {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})}
 
 
 def step_grid(out: Path, rehearse: bool, limit: float, device: str) -> dict:

@@ -1,6 +1,6 @@
 """Benchmark: lstm_jax's recurrences against Flax's nn.RNN and PyTorch, training step and inference.
 
-python benchmarks/step_speed.py --quick            # about 4-5 minutes on 2 CPU cores; results in a new ./bench-runs folder
+python benchmarks/step_speed.py --quick            # about 4-5 minutes on 2 CPU cores; results in ./bench-runs/<new>
 python benchmarks/step_speed.py                    # the full grid
 python benchmarks/step_speed.py --out benchmarks/results --tag cpu-quick   # replace the committed results
 python benchmarks/step_speed.py --accelerator      # the GPU grid (benchmarks/gpu.sh runs it)
