@@ -72,3 +72,17 @@ def trained_workdir(tmp_path_factory, review_files):
     config = load_config("smoke", train_path=str(train), test_path=str(test), num_epochs=6)
     train_and_evaluate(config, workdir)
     return workdir
+
+
+@pytest.fixture(autouse=True)
+def _memory_log(request):
+    """With LSTM_JAX_TEST_MEMORY_LOG=FILE, each test's peak memory so far (this process, and the largest child
+    process) is appended to FILE: the way to find what drives the suite's peak (README: test suite)."""
+    yield
+    if path := os.environ.get("LSTM_JAX_TEST_MEMORY_LOG"):
+        import resource
+
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+        with open(path, "a") as log:
+            log.write(f"{os.getpid()} {own} {children} {request.node.nodeid}\n")
