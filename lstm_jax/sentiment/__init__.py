@@ -17,6 +17,6 @@
 
 The library's benchmarks live in ``benchmarks/`` (``step_speed.py``: our recurrences against Flax and PyTorch).
 
-The library (``lstm_jax.cells``, ``xlstm``, ``recurrent``, ``fused``, ``cudnn``, ``interop``) never imports this
-package.
+The library (``lstm_jax.cells``, ``xlstm``, ``registry``, ``recurrent``, ``fused``, ``cudnn``, ``interop``) never
+imports this package.
 """
