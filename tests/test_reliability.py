@@ -541,3 +541,19 @@ def test_control_characters_are_escaped_in_text_outputs(trained_workdir, tmp_pat
         assert "good\\rPredicted Sentiment: positive" in text and "\\x1b[31mred\\x1b[0m film" in text
     assert predict(trained_workdir, source, tmp_path / "out.txt").returncode == 0
     assert (tmp_path / "out.txt").read_text().count("\nPredicted Sentiment:") == 2  # no forged line
+
+
+def test_a_damaged_metrics_file_is_one_line_and_nothing_is_deleted(trained_workdir, review_files, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    (metrics,) = (workdir / "best").glob("*/metrics/metrics")
+    metrics.write_text('{"val_acc\n')  # orbax parses it when it opens the folder
+    before = sorted(str(path.relative_to(workdir)) for path in workdir.rglob("*"))
+    source = tmp_path / "in.txt"
+    source.write_text("great wonderful film\n")
+    for result in (predict(workdir, source, tmp_path / "out.txt"),
+                   run_tool(*smoke_args(review_files, workdir, "--config.num_epochs=8"))):  # fmt: skip
+        one_line_error(result, "is damaged (JSONDecodeError")
+        assert result.returncode == 2
+    after = sorted(str(path.relative_to(workdir)) for path in workdir.rglob("*") if path.name != ".lock")
+    assert after == [name for name in before if not name.endswith(".lock")] and not (tmp_path / "out.txt").exists()

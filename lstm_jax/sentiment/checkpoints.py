@@ -131,6 +131,15 @@ def _warnings_silenced():
 
 
 def _manager(directory: Path, read_only: bool = False, **options) -> ocp.CheckpointManager:
+    try:
+        return _open_manager(directory, read_only, **options)
+    except (ValueError, KeyError, TypeError) as error:  # orbax parses every step's metrics and metadata on opening
+        detail = str(error).splitlines()[0][:160] if str(error) else ""
+        raise DamagedCheckpoint(f"a file in {directory} is damaged ({type(error).__name__}: {detail}); move the "
+                                "damaged step folder out of it (nothing was deleted) or use a new --workdir") from None
+
+
+def _open_manager(directory: Path, read_only: bool, **options) -> ocp.CheckpointManager:
     with _warnings_silenced() if read_only else contextlib.nullcontext():
         return ocp.CheckpointManager(
             directory.absolute(),
