@@ -40,6 +40,13 @@ def _matmul(x: Array, kernel: Array, dtype: Any) -> Array:
     return jnp.matmul(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32).astype(jnp.float32)
 
 
+def check_sizes(**sizes: int) -> None:
+    """A ``ValueError`` naming the first size that is not a positive integer (every cell's feature counts)."""
+    for name, value in sizes.items():
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 class _Cell(nnx.Module):
     """Shared parameter layout: W_x <[in, G*H]>, W_h <[R, G*H]>, b <[G*H]>; R = H except for projections."""
 
@@ -58,9 +65,7 @@ class _Cell(nnx.Module):
         rngs: nnx.Rngs,
         recurrent_features: int | None = None,
     ):
-        for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
-            if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_sizes(in_features=in_features, hidden_features=hidden_features)
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.recurrent_features = recurrent_features or hidden_features  # width of the state W_h reads

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lstm_jax.cells import _matmul
+from lstm_jax.cells import _matmul, check_sizes
 
 Array = jax.Array
 SLSTMCarry = tuple[Array, Array, Array, Array]  # (c, n, m, h), each <float32>[batch, H]
@@ -36,9 +36,7 @@ FORGET_GATES = ("sigmoid", "exp")
 
 
 def _check_heads(hidden_features: int, num_heads: int, in_features: int) -> int:
-    for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_sizes(in_features=in_features, hidden_features=hidden_features)
     if num_heads < 1 or hidden_features % num_heads:
         raise ValueError(f"hidden_features={hidden_features} must divide into num_heads={num_heads} heads")
     return hidden_features // num_heads

@@ -132,46 +132,35 @@ def _warnings_silenced():
 
 def _manager(directory: Path, read_only: bool = False, **options) -> ocp.CheckpointManager:
     try:
-        return _open_manager(directory, read_only, **options)
+        with _warnings_silenced() if read_only else contextlib.nullcontext():
+            return ocp.CheckpointManager(
+                directory.absolute(),
+                options=ocp.CheckpointManagerOptions(
+                    create=not read_only,
+                    read_only=read_only,
+                    cleanup_tmp_directories=not read_only,
+                    enable_async_checkpointing=not read_only,
+                    **options,
+                ),
+            )
     except (ValueError, KeyError, TypeError) as error:  # orbax parses every step's metrics and metadata on opening
         detail = str(error).splitlines()[0][:160] if str(error) else ""
         raise DamagedCheckpoint(f"a file in {directory} is damaged ({type(error).__name__}: {detail}); move the "
                                 "damaged step folder out of it (nothing was deleted) or use a new --workdir") from None
 
 
-def _open_manager(directory: Path, read_only: bool, **options) -> ocp.CheckpointManager:
-    with _warnings_silenced() if read_only else contextlib.nullcontext():
-        return ocp.CheckpointManager(
-            directory.absolute(),
-            options=ocp.CheckpointManagerOptions(
-                create=not read_only,
-                read_only=read_only,
-                cleanup_tmp_directories=not read_only,
-                enable_async_checkpointing=not read_only,
-                **options,
-            ),
-        )
-
-
 def _first_unreadable(folder: Path) -> str | None:
     """The first file or folder under ``folder`` that the operating system will not let us read, with its reason."""
-    problems: list[str] = []
-
-    def refused(error: OSError) -> None:
-        problems.append(f"{error.filename} ({error.strerror})")
-
-    for root, _, names in os.walk(folder, onerror=refused):
+    refused: list[OSError] = []
+    for root, _, names in os.walk(folder, onerror=refused.append):
         for name in names:
             path = os.path.join(root, name)
             try:
                 with open(path, "rb") as handle:
                     handle.read(1)
             except OSError as error:
-                problems.append(f"{path} ({error.strerror})")
-                break
-        if problems:
-            break
-    return problems[0] if problems else None
+                return f"{path} ({error.strerror})"
+    return f"{refused[0].filename} ({refused[0].strerror})" if refused else None
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, what: str, **items):

@@ -104,6 +104,11 @@ class DeployedModel:
         return probabilities
 
 
+def _shares(rows: int, parts: int) -> list[np.ndarray]:
+    """Row indices of a batch in at most ``parts`` nearly equal, non-empty shares (one per device or core)."""
+    return np.array_split(np.arange(rows), max(1, min(parts, rows)))
+
+
 def _stablehlo_runner(folder: Path, manifest: dict):
     """Runs the artifact on every local device, each on its share of the batch's rows.
 
@@ -123,9 +128,8 @@ def _stablehlo_runner(folder: Path, manifest: dict):
     call = jax.jit(exported.call)
 
     def run(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        shares = np.array_split(np.arange(len(tokens)), min(len(devices), len(tokens)))
         results = [call(weights[index], *jax.device_put((tokens[rows], lengths[rows]), devices[index]))
-                   for index, rows in enumerate(shares)]  # dispatched without waiting: the devices run together
+                   for index, rows in enumerate(_shares(len(tokens), len(devices)))]  # the devices run together
         return np.concatenate([np.asarray(result) for result in results])
 
     return run
@@ -155,7 +159,7 @@ def _onnx_runner(folder: Path, manifest: dict):
         return session.run(None, {"tokens": tokens, "lengths": lengths})[0]
 
     def run(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        shares = np.array_split(np.arange(len(tokens)), min(workers, len(tokens)))
+        shares = _shares(len(tokens), workers)
         if pool is None or len(shares) == 1:
             return run_share(tokens, lengths)
         futures = [pool.submit(run_share, tokens[rows], lengths[rows]) for rows in shares]
