@@ -100,8 +100,14 @@ class DeployedModel:
         for indices, time in zip(plan.indices, plan.time):
             rows = indices[indices >= 0]  # no filler rows: the artifacts take any batch size
             batch = batching.take_batch(examples, rows, time)
-            probabilities[rows] = self._run_batch(batch["tokens"], batch["lengths"])
+            probabilities[rows] = self.run_batch(batch["tokens"], batch["lengths"])
         return probabilities
+
+    batch_multiple = 1  # the artifacts take any batch size
+
+    def run_batch(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Probabilities of one encoded batch: ``tokens <int32>[b, t]``, ``lengths <int32>[b]``."""
+        return self._run_batch(tokens, lengths)
 
 
 def _shares(rows: int, parts: int) -> list[np.ndarray]:

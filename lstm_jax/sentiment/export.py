@@ -88,20 +88,23 @@ def _summary(restored: RestoredModel) -> dict:
     }
 
 
-def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], threshold: float) -> None:
-    model = _portable(restored)
-    manifest = {
-        "format_version": deploy.FORMAT_VERSION,
-        "formats": formats,
+def describe(restored: RestoredModel, threshold: float) -> dict:
+    """What a manifest says about a model, for a checkpoint too (the service's ``GET /model``)."""
+    return {
         "model": _summary(restored),
         "tokenizer": {"max_len": restored.max_len, "length_bucket": restored.length_bucket,
                       "name": ckpt.TOKENIZER, "pad_id": 0, "unknown_id": 1},  # fmt: skip
         "threshold": threshold,
         "inputs": {"tokens": ["int32", ["batch", "time"]], "lengths": ["int32", ["batch"]]},
         "outputs": {"probabilities": ["float32", ["batch"]]},
-        "platforms": {"stablehlo": list(PLATFORMS), "onnx": ["any onnxruntime"]},
         "versions": {"lstm_jax": lstm_jax.__version__, "jax": jax.__version__},
     }
+
+
+def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], threshold: float) -> None:
+    model = _portable(restored)
+    manifest = {"format_version": deploy.FORMAT_VERSION, "formats": formats, **describe(restored, threshold),
+                "platforms": {"stablehlo": list(PLATFORMS), "onnx": ["any onnxruntime"]}}
     (folder / "vocabulary.json").write_text(json.dumps(restored.vocabulary.to_json(), ensure_ascii=False))
     if "stablehlo" in formats:
         manifest["weights"] = export_stablehlo(model, folder)

@@ -60,10 +60,20 @@ class Predictor:
         examples = {"tokens": tokens, "lengths": lengths}
         for indices, time in zip(plan.indices, plan.time):
             batch = batching.take_batch(examples, indices, time)
-            inputs = jax.device_put((batch["tokens"], batch["lengths"]), self._batch_sharding)
-            output = np.asarray(_probabilities(self._graphdef, self._params, *inputs))
+            output = self.run_batch(batch["tokens"], batch["lengths"])
             probabilities[indices[indices >= 0]] = output[indices >= 0]
         return probabilities
+
+    @property
+    def batch_multiple(self) -> int:
+        """Rows of a batch must be a multiple of this (the local device count: each device takes a share)."""
+        return self._batch_sharding.mesh.size
+
+    def run_batch(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Probabilities of one encoded batch (``tokens <int32>[b, t]``, ``lengths <int32>[b]``, ``b`` a
+        multiple of :attr:`batch_multiple`); each new shape compiles once."""
+        inputs = jax.device_put((tokens, lengths), self._batch_sharding)
+        return np.asarray(_probabilities(self._graphdef, self._params, *inputs))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,0 +1,313 @@
+"""The prediction service: a FastAPI app over a micro-batched model (the command line is ../../serve.py).
+
+Endpoints:
+
+* ``POST /predict`` ``{"statements": [str, ...], "explain": false}`` -> ``{"predictions": [{"statement",
+  "label", "probability_positive"[, "tokens", "tokens_not_read"]}], "model": {...}}``: the labels and
+  probabilities ``predict.py`` gives (same tokenizer, ``max_len`` and threshold). With ``"explain": true``
+  each prediction also lists its read tokens with their leave-one-out contributions (:mod:`.explain`).
+* ``GET /health``: 200 ``{"status": "ready"}`` once every shape is compiled, 503 before (or if warm-up failed).
+* ``GET /model``: the exported manifest, or the same description of a checkpoint.
+* ``GET /metrics``: Prometheus text (requests by path and status, statements, rows per model call, latency
+  histograms, refused requests by reason).
+* ``GET /``: the page (``web/``: HTML, CSS and JavaScript served from here; no CDN, works offline).
+
+Every refused request gets a 4xx JSON ``{"error": "..."}`` naming the problem; a request that fails inside
+the model gets a 500 and the server goes on. Requests never share results: each one's rows travel with its
+own future through :class:`~.microbatch.MicroBatcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.resources
+import json
+import signal
+import sys
+import time
+
+import numpy as np
+import prometheus_client
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from lstm_jax.sentiment import explain
+from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.microbatch import FixedShapeScorer, MicroBatcher
+from lstm_jax.sentiment.tokenizer import UNKNOWN_ID, Vocabulary, tokenize
+
+prometheus_client.disable_created_metrics()  # the *_created series only double the page's length
+
+ROUTES = ("/", "/page.js", "/page.css", "/predict", "/health", "/model", "/metrics")
+WEB_FILES = {"/": ("index.html", "text/html"), "/page.js": ("page.js", "text/javascript"),
+             "/page.css": ("page.css", "text/css")}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (``serve.py`` flags of the same names)."""
+
+    max_body_bytes: int = 1 << 20
+    max_statements: int = 256
+    max_chars: int = 5000
+    max_explained: int = 16  # each explained statement costs one model row per token
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, reason: str = "bad_request"):
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
+    """``(statements, explain)`` from a ``/predict`` body, or :class:`ApiError` naming what is wrong."""
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ApiError(400, f"the body is not UTF-8 (byte {error.start}); send JSON encoded as UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise ApiError(400, f"the body is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
+                       ) from None  # fmt: skip
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply; send {\"statements\": [\"...\"]}") from None
+    if not isinstance(payload, dict) or "statements" not in payload:
+        raise ApiError(422, 'the body must be a JSON object {"statements": ["...", ...]}')
+    unknown = sorted(set(payload) - {"statements", "explain"})
+    if unknown:
+        raise ApiError(422, f"unknown field {unknown[0]!r}; the fields are 'statements' and 'explain'")
+    statements, explain_tokens = payload["statements"], payload.get("explain", False)
+    if not isinstance(explain_tokens, bool):
+        raise ApiError(422, f"'explain' must be true or false, got {json.dumps(explain_tokens)[:40]}")
+    if not isinstance(statements, list) or not statements:
+        raise ApiError(422, "'statements' must be a non-empty list of strings")
+    most = limits.max_explained if explain_tokens else limits.max_statements
+    if len(statements) > most:
+        raise ApiError(413, f"{len(statements)} statements in one request; at most {most}"
+                       f"{' with explain' if explain_tokens else ''}: split the request", "too_large")  # fmt: skip
+    for index, statement in enumerate(statements):
+        if not isinstance(statement, str):
+            raise ApiError(422, f"statements[{index}] is {type(statement).__name__}, not a string")
+        if not statement.strip():
+            raise ApiError(422, f"statements[{index}] is empty")
+        if len(statement) > limits.max_chars:
+            raise ApiError(413, f"statements[{index}] has {len(statement)} characters; at most {limits.max_chars}",
+                           "too_large")  # fmt: skip
+    return statements, explain_tokens
+
+
+class _Metrics:
+    def __init__(self, max_batch: int):
+        self.registry = prometheus_client.CollectorRegistry()
+        seconds = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+        rows = tuple(sorted({2**k for k in range(max_batch.bit_length())} | {max_batch}))
+        options = {"registry": self.registry}
+        self.requests = prometheus_client.Counter("lstm_jax_requests", "HTTP requests answered", ["path", "status"],
+                                                  **options)  # fmt: skip
+        self.latency = prometheus_client.Histogram("lstm_jax_request_duration_seconds", "Time to answer a request",
+                                                   ["path"], buckets=seconds, **options)  # fmt: skip
+        self.errors = prometheus_client.Counter("lstm_jax_request_errors", "Requests refused or failed", ["reason"],
+                                                **options)  # fmt: skip
+        self.statements = prometheus_client.Counter("lstm_jax_statements", "Statements predicted", **options)
+        self.batch_rows = prometheus_client.Histogram("lstm_jax_batch_rows", "Rows per model call (micro-batch)",
+                                                      buckets=rows, **options)  # fmt: skip
+        self.batch_latency = prometheus_client.Histogram("lstm_jax_batch_duration_seconds", "Time of one model call",
+                                                         buckets=seconds, **options)  # fmt: skip
+
+    def observe_batch(self, rows: int, seconds: float) -> None:
+        self.batch_rows.observe(rows)
+        self.batch_latency.observe(seconds)
+
+
+class Service:
+    """The model behind the endpoints: tokenizes, micro-batches, labels and explains."""
+
+    def __init__(self, predictor, vocabulary: Vocabulary, description: dict, threshold: float, limits: Limits,
+                 max_batch: int = 64, max_wait: float = 0.002):  # fmt: skip
+        self.vocabulary, self.description, self.threshold, self.limits = vocabulary, description, threshold, limits
+        self.max_len = predictor.max_len
+        self.scorer = FixedShapeScorer(predictor, max_batch)
+        self.metrics = _Metrics(self.scorer.max_batch)
+        self.compiled = 0
+        self.batcher = MicroBatcher(self.scorer, self.scorer.max_batch, max_wait, self._warm_up,
+                                    self.metrics.observe_batch)  # fmt: skip
+        self.summary = {"format": description.get("format", "checkpoint"), "step": description["model"]["step"],
+                        "threshold": threshold, "max_len": self.max_len}  # fmt: skip
+
+    def _warm_up(self) -> None:
+        started = time.perf_counter()
+        self.scorer.warm_up(lambda done: setattr(self, "compiled", done))
+        print(f"ready: {len(self.scorer.shapes)} batch shapes warmed up in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    def health(self) -> tuple[int, dict]:
+        if self.batcher.ready.is_set():
+            return 200, {"status": "ready", **self.summary}
+        if self.batcher.failed is not None:
+            return 503, {"status": "failed", "error": f"warm-up failed: {self.batcher.failed}"}
+        return 503, {"status": "warming up", "compiled": self.compiled, "shapes": len(self.scorer.shapes)}
+
+    async def predict(self, statements: list[str], explain_tokens: bool) -> list[dict]:
+        if not self.batcher.ready.is_set():
+            raise ApiError(503, "the model is still warming up; retry when GET /health says ready", "not_ready")
+        tokens, lengths = self.vocabulary.encode(statements, self.max_len)
+        parts = [(tokens, lengths)]
+        if explain_tokens:
+            parts += [explain.occluded_rows(row, int(length)) for row, length in zip(tokens, lengths)]
+        rows = (np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]))
+        probabilities = await asyncio.wrap_future(self.batcher.submit(*rows))
+        self.metrics.statements.inc(len(statements))
+        predictions = []
+        offset = len(statements)
+        for index, (statement, probability) in enumerate(zip(statements, probabilities[: len(statements)])):
+            prediction = {"statement": statement, "label": "positive" if probability >= self.threshold else "negative",
+                          "probability_positive": round(float(probability), 6)}  # fmt: skip
+            if explain_tokens:
+                length = int(lengths[index])
+                occluded = probabilities[offset : offset + length]
+                offset += length
+                prediction.update(self._explanation(statement, tokens[index], probability, occluded))
+            predictions.append(prediction)
+        return predictions
+
+    def _explanation(self, statement: str, ids: np.ndarray, probability: float, occluded: np.ndarray) -> dict:
+        words = tokenize(statement)
+        contribution = explain.contributions(probability, occluded)
+        read = [{"token": word, "contribution": round(float(value), 6), "known": bool(ids[index] != UNKNOWN_ID)}
+                for index, (word, value) in enumerate(zip(words, contribution))]  # fmt: skip
+        return {"tokens": read, "tokens_not_read": len(words) - len(read)}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise ApiError(413, f"the body is over {limit} bytes; send fewer or shorter statements", "too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the body is over {limit} bytes; send fewer or shorter statements", "too_large")
+    return bytes(body)
+
+
+def _web_file(name: str) -> bytes:
+    return (importlib.resources.files("lstm_jax.sentiment") / "web" / name).read_bytes()
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI app serving ``service``; its lifespan starts the micro-batcher and drains it at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.batcher.start()
+        yield
+        service.batcher.close()  # after uvicorn has finished every in-flight request
+
+    app = FastAPI(title="lstm_jax sentiment", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = service.metrics
+    pages = {path: (_web_file(name), media) for path, (name, media) in WEB_FILES.items()}
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path if request.url.path in ROUTES else "other"
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def refused(request: Request, error: ApiError):
+        metrics.errors.labels(error.reason).inc()
+        return JSONResponse({"error": error.message}, status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def not_found(request: Request, error: HTTPException):
+        metrics.errors.labels("bad_request").inc()
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception):
+        metrics.errors.labels("internal").inc()
+        return JSONResponse({"error": f"internal error ({type(error).__name__}: {error})"}, status_code=500)
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        statements, explain_tokens = parse_request(await _read_body(request, service.limits.max_body_bytes),
+                                                   service.limits)  # fmt: skip
+        return {"predictions": await service.predict(statements, explain_tokens), "model": service.summary}
+
+    @app.get("/health")
+    async def health():
+        status, body = service.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/model")
+    async def model():
+        return service.description
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(prometheus_client.generate_latest(metrics.registry),
+                        media_type=prometheus_client.CONTENT_TYPE_LATEST)  # fmt: skip
+
+    for path, (content, media) in pages.items():
+        app.add_api_route(path, lambda content=content, media=media: Response(content, media_type=media),
+                          methods=["GET"])  # fmt: skip
+    return app
+
+
+def load_service(workdir: str | None = None, model: str | None = None, model_format: str | None = None,
+                 step: int | None = None, threshold: float | None = None, cache: str = "", max_batch: int = 64,
+                 max_wait: float = 0.002, limits: Limits = Limits()) -> Service:  # fmt: skip
+    """The service for a checkpoint (``workdir``) or an exported folder (``model``), not yet warmed up."""
+    from lstm_jax.sentiment.cli import enable_compilation_cache
+
+    if model:
+        from lstm_jax.sentiment import deploy  # no Flax, no orbax; JAX only for a StableHLO model
+
+        predictor = deploy.load(model, model_format, batch_size=max_batch)
+        if predictor.format == "stablehlo":
+            enable_compilation_cache(cache)
+        threshold = predictor.threshold if threshold is None else threshold
+        description = {**predictor.manifest, "format": predictor.format}
+    else:
+        enable_compilation_cache(cache)
+        from lstm_jax.sentiment.export import describe
+        from lstm_jax.sentiment.predict import Predictor, restore_model
+
+        restored = restore_model(workdir, step)
+        predictor = Predictor(restored.model, restored.vocabulary, restored.max_len, max_batch, restored.length_bucket)
+        threshold = 0.5 if threshold is None else threshold
+        description = {**describe(restored, threshold), "format": "checkpoint"}
+    description["threshold"] = threshold
+    return Service(predictor, predictor.vocabulary, description, threshold, limits, max_batch, max_wait)
+
+
+def serve(service: Service, host: str, port: int) -> None:
+    """Listens on ``host:port`` until SIGTERM or Ctrl-C, then finishes the requests in flight and returns."""
+    import socket
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a caught SIGTERM after draining (exit 143); for us it is the normal way to stop.
+            if sig == signal.SIGTERM and sig in self._captured_signals:
+                self._captured_signals.remove(sig)
+
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(address[0], socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address[4])
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --host/--port"
+                        ) from None  # fmt: skip
+    print(f"serving http://{host}:{listener.getsockname()[1]} (warming up {len(service.scorer.shapes)} batch shapes)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, timeout_graceful_shutdown=60)
+    _Server(config).run(sockets=[listener])
