@@ -31,7 +31,8 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Probability of positive at or above which a statement is "
                                 "positive (default: 0.5, or the exported threshold with --model).")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "Most statement rows in one model call (micro-batch).")
-_MAX_WAIT_MS = flags.DEFINE_float("max_wait_ms", 2.0, "How long the first request of a micro-batch waits for others.")
+_MAX_WAIT_MS = flags.DEFINE_float("max_wait_ms", 0.0, "How long the first request of a micro-batch waits for others "
+                                   "(0: a batch is what queued while the previous one ran).")
 _MAX_BODY = flags.DEFINE_integer("max_body_bytes", 1 << 20, "Largest request body accepted.")
 _MAX_STATEMENTS = flags.DEFINE_integer("max_statements", 256, "Most statements in one request.")
 _MAX_CHARS = flags.DEFINE_integer("max_chars", 5000, "Most characters in one statement.")
