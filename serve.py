@@ -8,7 +8,6 @@ SIGTERM (or Ctrl-C) finishes the requests in flight, then exits 0.
 """
 
 import os
-import sys
 
 # One XLA CPU device per core, as predict.py: a checkpoint's batches are split over all cores.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):

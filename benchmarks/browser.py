@@ -21,7 +21,7 @@ def chromium():
     except ImportError:
         return None, "selenium is not installed (pip install -e '.[dev]')"
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
-        return None, "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        return None, "Debian's chromium and chromium-driver are missing (apt-get install chromium chromium-driver)"
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in FLAGS:
@@ -41,7 +41,8 @@ def ask_page(browser, url: str, statements: list[str]) -> list[dict]:
     browser.get(url)
     browser.find_element(By.ID, "statements").send_keys("\n".join(statements))
     browser.find_element(By.ID, "submit").click()
-    WebDriverWait(browser, 30).until(lambda page: len(page.find_elements(By.CSS_SELECTOR, ".result")) == len(statements))
+    shown = lambda page: len(page.find_elements(By.CSS_SELECTOR, ".result")) == len(statements)  # noqa: E731
+    WebDriverWait(browser, 30).until(shown)
     return [{"label": result.find_element(By.CSS_SELECTOR, ".label").text,
              "tokens": [(token.text, float(token.get_attribute("data-contribution")), token.get_attribute("class"))
                         for token in result.find_elements(By.CSS_SELECTOR, ".token")]}

@@ -129,8 +129,8 @@ def load_level(port, clients, requests, seconds, texts, expected, per_request, s
     barrier = threading.Barrier(clients + 1)
     deadline_box = [float("inf")]
     latencies, errors = [], []
-    threads = [threading.Thread(target=_client, args=(port, shared_jobs(), texts, expected, barrier, deadline_box,
-                                                      latencies, errors, per_request)) for _ in range(clients)]  # fmt: skip
+    arguments = (texts, expected, barrier, deadline_box, latencies, errors, per_request)
+    threads = [threading.Thread(target=_client, args=(port, shared_jobs(), *arguments)) for _ in range(clients)]
     for thread in threads:
         thread.start()
     barrier.wait()

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser as browser_tools  # noqa: E402
 from serve_load import ROOT, free_port  # noqa: E402
 
-STATEMENTS = ["A moving, beautifully acted film.", "not bad at all", "I wanted to like it, but the plot is a dull mess."]
+STATEMENTS = ["A moving, beautifully acted film.", "not bad at all",
+              "I wanted to like it, but the plot is a dull mess."]
 
 
 def main() -> None:
