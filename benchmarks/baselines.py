@@ -105,10 +105,11 @@ def accuracy(model, texts, labels) -> float:
 def evaluate(name: str, seed: int, splits, negation) -> dict:
     """Chooses the setting on validation, then scores test and the negation set."""
     started = time.perf_counter()
-    scored = [(accuracy(model.fit(splits.train.texts, splits.train.labels), splits.validation.texts,
-                        splits.validation.labels), setting, model) for model, setting in MODELS[name](seed)]  # fmt: skip
-    validation, setting, model = max(scored, key=lambda item: item[0])
-    return {"model": name, "seed": seed, "setting": setting, "validation": validation,
+    train, validation = splits.train, splits.validation
+    scored = [(accuracy(model.fit(train.texts, train.labels), validation.texts, validation.labels), setting, model)
+              for model, setting in MODELS[name](seed)]  # fmt: skip
+    best, setting, model = max(scored, key=lambda item: item[0])
+    return {"model": name, "seed": seed, "setting": setting, "validation": best,
             "test": accuracy(model, splits.test.texts, splits.test.labels),
             "negation": accuracy(model, *negation), "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
@@ -123,9 +124,10 @@ def main(argv=None) -> None:
     out = Path(args.out) if args.out else machine.fresh_folder("bench-runs", "baselines")
     splits, negation = load_splits(get_config()), read_negation_set()
     majority = int(np.bincount(splits.train.labels).argmax())
-    rows = [{"model": "majority class", "seed": seed, "setting": {"label": majority}, "validation":
-             float(np.mean(splits.validation.labels == majority)), "test": float(np.mean(splits.test.labels == majority)),
-             "negation": float(np.mean(negation[1] == majority)), "seconds": 0.0} for seed in SEEDS]  # fmt: skip
+    share = lambda labels: float(np.mean(labels == majority))  # noqa: E731
+    rows = [{"model": "majority class", "seed": seed, "setting": {"label": majority}, "seconds": 0.0,
+             "validation": share(splits.validation.labels), "test": share(splits.test.labels),
+             "negation": share(negation[1])} for seed in SEEDS]  # fmt: skip
     for name in MODELS:
         for seed in SEEDS:
             rows.append(evaluate(name, seed, splits, negation))
@@ -142,8 +144,8 @@ def main(argv=None) -> None:
                      f"{runs[0]['setting']} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "baselines.json").write_text(json.dumps({"machine": machine.describe(), "runs": rows,
-                                                    "negation_set_size": len(negation[0])}, indent=2) + "\n")  # fmt: skip
+    record = {"machine": machine.describe(), "runs": rows, "negation_set_size": len(negation[0])}
+    (out / "baselines.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "baselines.md").write_text(f"# Linear baselines on our split\n\n`python benchmarks/baselines.py`\n\n{table}")
     print(table)
 

