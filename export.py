@@ -13,7 +13,8 @@ import sys
 
 from absl import flags, logging
 
-from lstm_jax.sentiment.cli import run
+from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
+from lstm_jax.sentiment.cli import require_local, run
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm
 from lstm_jax.sentiment.export import FORMATS, export_model
 
@@ -32,6 +33,7 @@ def main(argv):
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not _WORKDIR.value or not _OUTPUT.value:
         raise UserError("--workdir and --output are required, e.g. --workdir checkpoints/default --output exported")
+    require_local(workdir=_WORKDIR.value, output=_OUTPUT.value)
     interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: nothing half-written is left
     folder = export_model(_WORKDIR.value, _OUTPUT.value, _FORMAT.value, _STEP.value, _FORCE.value, _THRESHOLD.value)
     size = sum(path.stat().st_size for path in folder.iterdir())

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
+
 # One XLA CPU device per core, so prediction batches are split over all cores (XLA runs a recurrence's small
 # per-step matmuls on one core). Must be set before JAX starts; an explicit XLA_FLAGS setting wins.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -18,7 +20,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 from absl import flags, logging  # noqa: E402
 
-from lstm_jax.sentiment.cli import enable_compilation_cache, run  # noqa: E402
+from lstm_jax.sentiment.cli import enable_compilation_cache, require_local, run  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm  # noqa: E402
 from lstm_jax.sentiment.files import SafeOutput  # noqa: E402
 from lstm_jax.sentiment.statements import FORMATS, predict_file  # noqa: E402
@@ -43,6 +45,7 @@ def main(argv):
     if not (_WORKDIR.value or _MODEL.value) or not _INPUT.value:
         raise UserError("--workdir (or --model) and --input are required, e.g. --workdir checkpoints/default "
                         "--input reviews.txt")
+    require_local(workdir=_WORKDIR.value, model=_MODEL.value, input=_INPUT.value, output=_OUTPUT.value)
     if _WORKDIR.value and _MODEL.value:
         raise UserError("give --workdir (a checkpoint) or --model (an exported folder), not both")
     if _MODEL.value and _STEP.value is not None:

@@ -9,6 +9,8 @@ SIGTERM (or Ctrl-C) finishes the requests in flight, then exits 0.
 
 import os
 
+from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
+
 # One XLA CPU device per core, as predict.py: a checkpoint's batches are split over all cores.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
@@ -17,7 +19,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 from absl import flags, logging  # noqa: E402
 
-from lstm_jax.sentiment.cli import run  # noqa: E402
+from lstm_jax.sentiment.cli import require_local, run  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
@@ -44,6 +46,7 @@ def _check_flags() -> None:
         raise UserError("--workdir (a checkpoint) or --model (an exported folder) is required")
     if _WORKDIR.value and _MODEL.value:
         raise UserError("give --workdir or --model, not both")
+    require_local(workdir=_WORKDIR.value, model=_MODEL.value)
     if _MODEL.value and _STEP.value is not None:
         raise UserError("--step chooses a checkpoint; an exported --model holds one model already")
     if _WORKDIR.value and _FORMAT.value:

@@ -557,3 +557,98 @@ def test_a_damaged_metrics_file_is_one_line_and_nothing_is_deleted(trained_workd
         assert result.returncode == 2
     after = sorted(str(path.relative_to(workdir)) for path in workdir.rglob("*") if path.name != ".lock")
     assert after == [name for name in before if not name.endswith(".lock")] and not (tmp_path / "out.txt").exists()
+
+
+# ------------------------------------------------------------------------------------------ round 2, row 4 and 9
+
+
+@pytest.mark.parametrize("tool", ["train", "predict", "export", "serve"])
+def test_a_url_workdir_is_one_line_and_creates_nothing(tmp_path, review_files, tool):
+    train, test = review_files
+    url = "gs://no-bucket/run"
+    arguments = {"train": ["train.py", "--config", str(ROOT / "configs" / "smoke.py"), "--workdir", url,
+                           f"--config.train_path={train}", f"--config.test_path={test}"],
+                 "predict": ["predict.py", "--workdir", url, "--input", str(ROOT / "examples" / "reviews.txt")],
+                 "export": ["export.py", "--workdir", "gs://no-bucket/run", "--output", str(tmp_path / "out")],
+                 "serve": ["serve.py", "--workdir", "gs://no-bucket/run"]}[tool]  # fmt: skip
+    arguments[0] = str(ROOT / arguments[0])
+    # From a scratch folder: a relative "gs:" folder would be created there.
+    result = subprocess.run([sys.executable, *arguments], cwd=tmp_path, capture_output=True, timeout=120,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    one_line_error(result, "--workdir gs://no-bucket/run is a URL")
+    assert not (ROOT / "gs:").exists() and not (tmp_path / "gs:").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_utf16_and_utf32_without_a_byte_order_mark_are_decoded(trained_workdir, tmp_path, encoding):
+    statements = "a wonderful film\nboring and dull\n"
+    (tmp_path / "plain.txt").write_text(statements, encoding="utf-8")
+    (tmp_path / "wide.txt").write_bytes(statements.encode(encoding))  # no mark: Python's -le/-be codecs write none
+    assert predict(trained_workdir, tmp_path / "plain.txt", tmp_path / "a.txt").returncode == 0
+    result = predict(trained_workdir, tmp_path / "wide.txt", tmp_path / "b.txt")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "b.txt").read_text() == (tmp_path / "a.txt").read_text()
+    assert "\\x00" not in (tmp_path / "b.txt").read_text()
+
+
+def test_training_data_in_utf16_without_a_mark_reads_like_utf8(tmp_path):
+    from lstm_jax.sentiment.data import read_labelled_file
+
+    text = "text,label\nfine film,positive\ndull film,negative\n"
+    (tmp_path / "a.csv").write_bytes(text.encode("utf-16-le"))
+    split = read_labelled_file(str(tmp_path / "a.csv"))
+    assert split.texts == ["fine film", "dull film"] and split.labels.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"text": ["a", "list"], "label": 1}'], "train.jsonl:1: 'text' is list, not a string"),
+        (['{"text": "fine", "label": 1}', '{"text": null, "label": 0}'], "train.jsonl:2: 'text' is NoneType"),
+        (['{"text": "fine", "label": 1}', "[" * 100_000 + "]" * 100_000], "train.jsonl:2: JSON nested too deeply"),
+        ([json.dumps({"text": f"fine film {i}", "label": 1}) for i in range(60)], "has only positive examples"),
+    ],
+)
+def test_unusable_training_files_are_refused_with_file_and_line(tmp_path, review_files, lines, message):
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    workdir = tmp_path / "run"
+    result = run_tool("train.py", "--config", "configs/smoke.py", "--workdir", str(workdir),
+                      f"--config.train_path={train}", f"--config.test_path={review_files[1]}")  # fmt: skip
+    one_line_error(result, message)
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next(trained_workdir, tmp_path):
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("a wonderful film\n" * 200_000)  # long enough to be killed while writing
+    run = subprocess.Popen([sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input", str(source),
+                            "--output", str(output)], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.txt.*.tmp")) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    run.kill()
+    run.wait()
+    left = list(tmp_path.glob(".out.txt.*.tmp"))
+    assert len(left) == 1 and f".out.txt.{run.pid}." in left[0].name and not output.exists()
+    unrelated = tmp_path / ".out.txt.notes.tmp"  # not our naming: never touched
+    unrelated.write_text("keep")
+    source.write_text("a wonderful film\n")
+    assert predict(trained_workdir, source, output).returncode == 0
+    assert not left[0].exists() and unrelated.read_text() == "keep" and output.exists()
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.8, 2.0])
+def test_ctrl_c_while_starting_up_ends_quietly(trained_workdir, tmp_path, delay):
+    source = tmp_path / "in.txt"
+    source.write_text("a wonderful film\n")
+    run = subprocess.Popen([sys.executable, "predict.py", "--workdir", str(trained_workdir), "--input", str(source),
+                            "--output", str(tmp_path / "out.txt")], cwd=ROOT, stderr=subprocess.PIPE,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    time.sleep(delay)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    stderr = stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert run.returncode != 0 or (tmp_path / "out.txt").exists()  # finished before the signal, or stopped
+    assert len(stderr.strip().splitlines()) <= 1, stderr

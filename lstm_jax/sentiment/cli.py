@@ -9,6 +9,7 @@ from pathlib import Path
 from absl import app, flags
 
 from lstm_jax.sentiment.data import default_cache_dir
+from lstm_jax.sentiment.errors import interrupt_on_ctrl_c
 
 
 def run(main) -> None:
@@ -18,6 +19,7 @@ def run(main) -> None:
     sight (``gc.freeze``): collections during the run stop re-scanning JAX's and Flax's modules, which
     saves about 0.4 s of the tutorial job's 6.
     """
+    interrupt_on_ctrl_c()  # startup.py's quiet exit ends with the imports
     gc.freeze()
     # A file-size limit (ulimit -f) then fails the write with an OSError we report, instead of killing us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -36,6 +38,15 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = "; ".join(lines[:1] + [line for line in lines if "Errno" in line][:1])
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def require_local(**paths: str | None) -> None:
+    """A one-line error for any flag (``--name``) whose value is a URL such as ``gs://bucket/run``."""
+    from lstm_jax.sentiment.files import local_path
+
+    for flag, path in paths.items():
+        if path:
+            local_path(path, f"--{flag}")
 
 
 def enable_compilation_cache(directory: str) -> None:

@@ -82,6 +82,12 @@ def load_splits(config) -> Splits:
     for split_name in ("train", "validation", "test"):
         if not len(getattr(splits, split_name)):
             raise UserError(f"the {split_name} split of dataset {name!r} is empty; check the data files")
+    present = np.unique(splits.train.labels)
+    if len(present) < 2:
+        where = f" ({config.train_path})" if name == "files" else ""
+        label = "positive" if present[0] == 1 else "negative"
+        raise UserError(f"the training split of dataset {name!r}{where} has only {label} examples; a classifier "
+                        "needs both labels: check the label column")  # fmt: skip
     return splits
 
 
@@ -306,8 +312,14 @@ def _jsonl_rows(handle, file: Path):
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise UserError(f"{file}:{number}: invalid JSON ({error.msg})") from None
+        except RecursionError:
+            raise UserError(f"{file}:{number}: JSON nested too deeply; each line needs an object with 'text' and "
+                            "'label'") from None  # fmt: skip
         if not isinstance(record, dict) or "text" not in record or "label" not in record:
             raise UserError(f"{file}:{number}: each line needs an object with 'text' and 'label'")
+        if not isinstance(record["text"], str):
+            raise UserError(f"{file}:{number}: 'text' is {type(record['text']).__name__}, not a string; write the "
+                            "text as one JSON string")  # fmt: skip
         yield number, record
 
 

@@ -70,13 +70,21 @@ def interrupt_on_sigterm() -> None:
     a file) stops the work at the next check.
     """
 
-    def handle(signum, frame):
-        _interrupted.set()
-        if not _exception_would_be_dropped(frame):
-            raise KeyboardInterrupt
-
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def interrupt_on_ctrl_c() -> None:
+    """Ctrl-C as :func:`interrupt_on_sigterm` handles SIGTERM: Python's own handler raises KeyboardInterrupt
+    even inside JAX's garbage-collector callback, where it is printed with a traceback and lost."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(signum, frame):
+    _interrupted.set()
+    if not _exception_would_be_dropped(frame):
+        raise KeyboardInterrupt
 
 
 def _exception_would_be_dropped(frame) -> bool:
@@ -88,6 +96,6 @@ def _exception_would_be_dropped(frame) -> bool:
 
 
 def raise_if_interrupted() -> None:
-    """KeyboardInterrupt if SIGTERM arrived, even when the handler's own exception was dropped."""
+    """KeyboardInterrupt if SIGTERM or Ctrl-C arrived, even when the handler's own exception was dropped."""
     if _interrupted.is_set():
         raise KeyboardInterrupt

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import codecs
 import fcntl
+import glob
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -36,10 +38,18 @@ _BOMS = [  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
 
 
 def sniff_encoding(head: bytes) -> tuple[str, int]:
-    """(encoding, length of its byte-order mark) for a file starting with ``head``; UTF-8 without a mark."""
+    """(encoding, length of its byte-order mark) for a file starting with ``head``; UTF-8 without a mark,
+    unless the zero bytes show UTF-16 or UTF-32 written without one (text never holds NUL characters, and
+    ASCII in UTF-16 LE reads ``t\\0e\\0``: as UTF-8 it would be predicted as NUL-riddled text)."""
     for bom, encoding in _BOMS:
         if head.startswith(bom):
             return encoding, len(bom)
+    if len(head) == 4 and b"\0" in head:
+        zero = [byte == 0 for byte in head]
+        patterns = {(False, True, True, True): "utf-32-le", (True, True, True, False): "utf-32-be",
+                    (False, True, False, True): "utf-16-le", (True, False, True, False): "utf-16-be"}  # fmt: skip
+        if tuple(zero) in patterns:
+            return patterns[tuple(zero)], 0
     return "utf-8", 0
 
 
@@ -47,8 +57,11 @@ def file_encoding(path: Path) -> str:
     """The Python codec that reads ``path`` with its byte-order mark removed."""
     with open(path, "rb") as handle:
         encoding, _ = sniff_encoding(handle.read(4))
-    # utf-8-sig drops a mark if there is one; utf-16 / utf-32 read the mark and take the byte order from it.
-    return "utf-8-sig" if encoding == "utf-8" else encoding[:6]
+    # utf-8-sig drops a mark if there is one; utf-16 / utf-32 read the mark and take the byte order from it
+    # (without a mark, the byte order sniffed from the zero bytes).
+    with open(path, "rb") as handle:
+        _, bom = sniff_encoding(handle.read(4))
+    return "utf-8-sig" if encoding == "utf-8" else encoding[:6] if bom else encoding
 
 
 def _bounded_lines(stream) -> Iterator[bytes]:
@@ -153,8 +166,9 @@ class SafeOutput:
         elif self.in_place:
             self.handle = open(self.target, "w", encoding="utf-8", newline="")
         else:
-            descriptor, self._temporary = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp",
-                                                           dir=self.target.parent)  # fmt: skip
+            _remove_stale_temporaries(self.target)
+            descriptor, self._temporary = tempfile.mkstemp(prefix=f".{self.target.name}.{os.getpid()}.",
+                                                           suffix=".tmp", dir=self.target.parent)  # fmt: skip
             self.handle = open(descriptor, "w", encoding="utf-8", newline="")
         return self.handle
 
@@ -170,6 +184,31 @@ class SafeOutput:
         finally:
             if self._temporary is not None and os.path.exists(self._temporary):
                 os.unlink(self._temporary)
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Deletes ``.<name>.<pid>.<random>.tmp`` files that a killed run (SIGKILL, power loss) left beside
+    ``target``: ours by name and owner, and their process is gone."""
+    pattern = re.compile(re.escape(f".{target.name}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        match = pattern.fullmatch(path.name)
+        try:
+            if match is None or path.lstat().st_uid != os.getuid() or not stat.S_ISREG(path.lstat().st_mode):
+                continue
+            os.kill(int(match.group(1)), 0)  # raises ProcessLookupError when that process is gone
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (OSError, OverflowError):  # alive but not ours to signal, or unreadable: leave it
+            continue
+
+
+def local_path(path: str, flag: str) -> str:
+    """``path`` unchanged, or a one-line error for a URL (``gs://``, ``s3://``): checkpoints, exports and
+    predictions are read and written on local (or mounted) file systems only."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path or ""):
+        raise UserError(f"{flag} {path} is a URL; lstm_jax reads and writes local folders only: use a local or "
+                        "mounted path (e.g. gcsfuse) and copy the results")  # fmt: skip
+    return path
 
 
 class WorkdirLock:

@@ -356,6 +356,7 @@ class Job:
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Trains (or resumes) the run in ``workdir``, evaluates the test split once, returns the final metrics."""
+    files.local_path(str(workdir), "--workdir")
     validate(config)
     enable_compilation_cache(config.compilation_cache_dir)
     maybe_initialize_distributed(config)
