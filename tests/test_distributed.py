@@ -6,8 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 from conftest import ROOT, load_config
 from test_job import run_tool, smoke_args, tiny_state
 
@@ -125,3 +127,62 @@ def test_each_device_gathers_only_its_share_of_a_batch():
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     # Device 0 holds rows 0-3 of the batch (examples 7..4), device 1 rows 4-7 (examples 3..0), nothing more.
     assert result.stdout.decode().strip() == "[(0, [35, 30, 25, 20]), (4, [15, 10, 5, 0])]"
+
+
+def _alone(review_files, tmp_path, *flags, timeout=60):
+    """One train.py process of a multi-process run; returns (result, seconds)."""
+    started = time.monotonic()
+    command = [sys.executable, *smoke_args(review_files, tmp_path / "run", *flags)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=timeout,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    return result, time.monotonic() - started
+
+
+def _lines(result):
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr and "@ " not in stderr, stderr  # no Python or C++ stack
+    return [line for line in stderr.strip().splitlines() if line]
+
+
+def test_a_missing_peer_is_named_at_the_timeout_in_one_line(review_files, tmp_path):
+    port = free_port()
+    result, seconds = _alone(review_files, tmp_path, f"--config.coordinator_address=127.0.0.1:{port}",
+                             "--config.num_processes=3", "--config.process_id=0",
+                             "--config.initialization_timeout=4")  # fmt: skip
+    lines = _lines(result)
+    assert result.returncode == 2 and seconds < 30
+    assert lines[0] == (f"process 0 of 3: waiting up to 4 s at 127.0.0.1:{port} for processes 1-2 "
+                        "(--config.initialization_timeout)")  # fmt: skip
+    assert lines[1:] == [f"error: process 0: process(es) 1, 2 of 3 did not join within 4 s at 127.0.0.1:{port}; start "
+                         "them with the same flags and their --config.process_id, or raise "
+                         "--config.initialization_timeout"]  # fmt: skip
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_missing_coordinator_is_named_at_the_timeout_in_one_line(review_files, tmp_path):
+    port = free_port()
+    result, seconds = _alone(review_files, tmp_path, f"--config.coordinator_address=127.0.0.1:{port}",
+                             "--config.num_processes=2", "--config.process_id=1",
+                             "--config.initialization_timeout=3")  # fmt: skip
+    lines = _lines(result)
+    assert result.returncode == 2 and seconds < 30 and lines[0].startswith("process 1 of 2: waiting up to 3 s")
+    assert lines[1:] == [f"error: process 1: process 0 did not answer at 127.0.0.1:{port} within 3 s; start it "
+                         "(--config.process_id=0) on that machine, or check the address"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config.coordinator_address=127.0.0.1", "--config.num_processes=2", "--config.process_id=0"],
+         "must be HOST:PORT with a port from 1 to 65535"),
+        (["--config.coordinator_address=127.0.0.1:99999", "--config.num_processes=2", "--config.process_id=0"],
+         "must be HOST:PORT"),
+        (["--config.coordinator_address=no-such-host.invalid:1234", "--config.num_processes=2",
+          "--config.process_id=1"], "host 'no-such-host.invalid' is unknown"),
+        (["--config.distributed=true"], "cannot join a multi-process run"),
+    ],
+)  # fmt: skip
+def test_bad_addresses_are_refused_before_waiting(review_files, tmp_path, flags, message):
+    result, seconds = _alone(review_files, tmp_path, *flags)
+    lines = _lines(result)
+    assert result.returncode == 2 and seconds < 30 and len(lines) == 1 and message in lines[0], lines

@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.coordinator_address = ""  # host:port of process 0, for a multi-process run JAX cannot detect
     config.num_processes = 0  # processes in that run (0 = one, or what JAX detects)
     config.process_id = -1  # this process's index in it (-1 = detected)
+    config.initialization_timeout = 300  # seconds to wait for the other processes (JAX's default), then stop
     config.tensorboard = True  # write TensorBoard event files to <workdir>/tensorboard
     config.compilation_cache_dir = ""  # JAX's persistent compilation cache; "" = <cache>/jax, "off" = none
     return config
@@ -83,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
 RESUMABLE_CHANGES = frozenset(
     ["num_epochs", "backend", "early_stopping_patience", "checkpoint_every_steps", "keep_checkpoints", "distributed",
      "eval_batch_size", "test_checkpoint", "tensorboard", "compilation_cache_dir", "cache_dir", "data_path",
-     "coordinator_address", "num_processes", "process_id",
+     "coordinator_address", "num_processes", "process_id", "initialization_timeout",
      "train_path", "val_path", "test_path"]
 )  # fmt: skip
 
@@ -112,7 +113,7 @@ CHOICES = {
 # ensemble would take hours to build), far above anything this job needs.
 RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_len": (1, 100_000),
           "embedding_dim": (1, 65_536), "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_heads": (1, 65_536),
-          "num_layers": (1, 64), "ensemble_size": (1, 64), "unroll": (1, 1024),
+          "num_layers": (1, 64), "ensemble_size": (1, 64), "initialization_timeout": (1, 86_400), "unroll": (1, 1024),
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
           "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3), "weight_decay": (0.0, 1e3),

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import os
 import signal
@@ -36,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from lstm_jax.sentiment import batching, files
+from lstm_jax.sentiment import batching, distributed, files
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment import data as data_lib
 from lstm_jax.sentiment.cli import enable_compilation_cache
@@ -300,30 +298,6 @@ def finished_early(history: list[dict], patience: int) -> bool:
     return len(history) - 1 - best_epoch >= patience
 
 
-def maybe_initialize_distributed(config) -> None:
-    """Joins a multi-process run through ``jax.distributed`` (CPU processes talk through gloo)."""
-    if not (config.distributed or config.num_processes > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS")):
-        return
-    if config.num_processes and config.process_id >= config.num_processes:
-        raise UserError(f"--config.process_id={config.process_id} must be below --config.num_processes="
-                        f"{config.num_processes}")  # fmt: skip
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=config.coordinator_address or None,
-        num_processes=config.num_processes or None,
-        process_id=config.process_id if config.process_id >= 0 else None,
-    )
-    # Every process must run the same job: compare a digest of the settings that shape the computation.
-    from jax.experimental import multihost_utils
-
-    shared = {k: v for k, v in config.to_dict().items() if k not in ("process_id", "compilation_cache_dir")}
-    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).digest()[:16]
-    digests = multihost_utils.process_allgather(np.frombuffer(digest, np.int32))
-    if not (digests == digests[0]).all():
-        raise UserError("the processes of this run were started with different settings; start every process "
-                        "with the same config and flags (only --config.process_id differs)")  # fmt: skip
-
-
 @dataclasses.dataclass
 class Job:
     """What a run needs beside its train state: settings, data, vocabulary, checkpoints, logs."""
@@ -359,7 +333,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     files.local_path(str(workdir), "--workdir")
     validate(config)
     enable_compilation_cache(config.compilation_cache_dir)
-    maybe_initialize_distributed(config)
+    distributed.maybe_initialize(config)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % mesh.size:
