@@ -75,8 +75,7 @@ def from_torch(module) -> StackedRNN:
         rngs=nnx.Rngs(0),
         **cell_kwargs,
     )
-    with torch.no_grad():
-        weights = {name: p.detach().cpu().numpy() for name, p in module.named_parameters()}
+    weights = _TorchWeights(module)
     for index, stacked_layer in enumerate(layer.layers):
         for rnn, suffix in zip(_direction_rnns(stacked_layer), ["", "_reverse"]):
             name = f"l{index}{suffix}"
@@ -93,6 +92,25 @@ def from_torch(module) -> StackedRNN:
                 else:
                     _set(target.bias, b_ih + b_hh, f"bias_ih_{name} + bias_hh_{name}")
     return layer
+
+
+class _TorchWeights:
+    """``weights["weight_hh_l0"]`` as NumPy: the effective tensor, read as an attribute of the module, so a
+    reparametrised weight (``torch.nn.utils.parametrizations.weight_norm``, the older ``weight_norm`` hook,
+    spectral norm) converts as the module computes it (``named_parameters`` would list ``..._g`` / ``..._v``)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __getitem__(self, name: str):
+        import torch
+
+        with torch.no_grad():
+            tensor = getattr(self.module, name, None)
+        if not isinstance(tensor, torch.Tensor):
+            raise ConversionError(f"{type(self.module).__name__} has no tensor {name!r}; from_torch reads the "
+                                  "standard nn.LSTM / GRU / RNN weights (weight_ih_l0, weight_hh_l0, ...)")  # fmt: skip
+        return tensor.detach().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------- keras

@@ -61,6 +61,19 @@ def test_from_torch_matches_packed_sequences(case):
                 np.testing.assert_allclose(np.asarray(c), c_n[row].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("weight", ["weight_hh_l0", "weight_ih_l1_reverse"])
+def test_from_torch_converts_weight_normed_modules_as_they_compute(weight):
+    torch.manual_seed(0)
+    module = torch.nn.utils.parametrizations.weight_norm(
+        torch.nn.LSTM(IN, HIDDEN, num_layers=2, bidirectional=True, batch_first=True), name=weight
+    ).eval()  # named_parameters() now lists parametrizations.<weight>.original0/1, not <weight>
+    x = torch.randn(len(LENGTHS), TIME, IN)
+    with torch.no_grad():
+        want, _ = module(x)
+    got, _ = from_torch(module)(jnp.asarray(x.numpy()))
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-5)
+
+
 def test_from_torch_refuses_what_it_cannot_convert():
     with pytest.raises(ConversionError, match="nonlinearity='relu'"):
         from_torch(torch.nn.RNN(IN, HIDDEN, nonlinearity="relu"))
