@@ -190,8 +190,11 @@ class RNN(nnx.Module):
         if isinstance(lengths, np.ndarray | int | list):  # clipped before int32, so 2**31 + 5 does not wrap to 5
             lengths = np.clip(lengths, 0, time)
         lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 0, time)
+        zeros = self.cell.initialize_carry((batch,))
         if initial_carry is None:
-            initial_carry = self.cell.initialize_carry((batch,))
+            initial_carry = zeros
+        else:
+            _check_carry(initial_carry, zeros, type(self.cell).__name__)
         if time == 0 or batch == 0:  # nothing to read: every form of every cell agrees on this without running
             outputs = jnp.zeros((time, batch, self.cell.output_features), self.cell.dtype)
             return (outputs if self.time_major else jnp.swapaxes(outputs, 0, 1)), initial_carry
@@ -259,6 +262,21 @@ def _scan_step(rnn: RNN, noise):
         return rnn._step(carry, x_t, mask_t, recurrent_mask, zoneout_t)
 
     return step
+
+
+def _check_carry(carry, zeros, cell_name: str) -> None:
+    """A ``ValueError`` naming the expected structure when ``carry`` is not shaped like ``zeros``."""
+
+    def shapes(tree):
+        return jax.tree.map(lambda leaf: tuple(np.shape(leaf)), tree)
+
+    try:
+        same = jax.tree.structure(carry) == jax.tree.structure(zeros) and shapes(carry) == shapes(zeros)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(f"initial_carry must be shaped like {cell_name}.initialize_carry((batch,)): "
+                         f"{shapes(zeros)}, got {shapes(carry) if carry is not None else None}")  # fmt: skip
 
 
 def _scan_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
@@ -339,6 +357,9 @@ class Bidirectional(nnx.Module):
         initial_carry: Any = None,
         rngs: nnx.Rngs | None = None,
     ):
+        if initial_carry is not None and not (isinstance(initial_carry, tuple | list) and len(initial_carry) == 2):
+            raise ValueError("initial_carry of a bidirectional layer must be (forward_carry, backward_carry), got "
+                             f"{type(initial_carry).__name__}")  # fmt: skip
         forward_initial, backward_initial = initial_carry if initial_carry is not None else (None, None)
         if (rnns := _cudnn_directions(self, rngs)) is not None:
             outputs, (carries,) = _cudnn_layers([rnns], inputs, lengths, [initial_carry])
@@ -418,8 +439,10 @@ class StackedRNN(nnx.Module):
     ):
         if initial_carries is None:
             initial_carries = (None,) * len(self.layers)
-        if len(initial_carries) != len(self.layers):
-            raise ValueError(f"initial_carries has {len(initial_carries)} entries for {len(self.layers)} layers")
+        sequence = isinstance(initial_carries, tuple | list)
+        if not sequence or len(initial_carries) != len(self.layers):
+            count = len(initial_carries) if sequence else type(initial_carries).__name__
+            raise ValueError(f"initial_carries must hold one carry per layer ({len(self.layers)}), got {count}")
         dropout_active = rngs is not None and self.dropout.rate > 0
         directions = [_cudnn_directions(layer, rngs) for layer in self.layers]
         if len(self.layers) > 1 and not dropout_active and all(directions):

@@ -83,8 +83,30 @@ def test_bidirectional_takes_and_returns_a_carry_per_direction():
 
 
 def test_stacked_initial_carries_must_match_the_layers():
-    with pytest.raises(ValueError, match="initial_carries has 1 entries for 2 layers"):
+    with pytest.raises(ValueError, match="one carry per layer \\(2\\), got 1"):
         layer_for("gru")(inputs(), initial_carries=(None,))
+    with pytest.raises(ValueError, match="one carry per layer \\(2\\), got ArrayImpl"):
+        layer_for("gru")(inputs(), initial_carries=jnp.zeros((2, 8)))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "slstm", "mlstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_carry_of_the_wrong_structure_is_a_value_error_naming_the_expected_one(cell, bidirectional):
+    from lstm_jax import make_recurrent
+
+    layer = make_recurrent(cell, 4, 8, bidirectional=bidirectional, rngs=nnx.Rngs(0))
+    x = jnp.zeros((3, 5, 4))
+    good = layer.layers[0].forward_rnn.cell if bidirectional else layer.layers[0].cell
+    right = good.initialize_carry((3,))
+    for bad in (jnp.zeros((3, 7)), (jnp.zeros((3, 8)),) * 5, jax.tree.map(lambda leaf: leaf[:2], right)):
+        carry = (bad, right) if bidirectional else bad
+        with pytest.raises(ValueError, match="initial_carry must be shaped like .*Cell.initialize_carry"):
+            layer(x, initial_carries=(carry,))
+    if bidirectional:
+        with pytest.raises(ValueError, match="must be \\(forward_carry, backward_carry\\)"):
+            layer(x, initial_carries=(right,) if cell == "gru" else (jnp.zeros((3, 8)),))
+    outputs, _ = layer(x, initial_carries=((right, right) if bidirectional else right,))  # the right one runs
+    assert outputs.shape == (3, 5, 16 if bidirectional else 8)
 
 
 # ------------------------------------------------------------------------------------ recurrent dropout
