@@ -199,6 +199,16 @@ def write_glove_package(folder, lines=LINES, rows=None):
     return folder
 
 
+def test_glove_contractions_are_composed_from_the_parts_glove_split_them_into(tmp_path):
+    pytest.importorskip("pyarrow")
+    vocabulary = Vocabulary(["doesn't", "film's", "won't", "plot"])  # ids 2..5
+    lines = ["does 1 2 3", "n't 3 2 1", "film 0 0 0", "'s 2 2 2", "plot 1 1 1"]  # no "wo": won't stays unfound
+    folder = write_glove_package(tmp_path / "g", lines)
+    initial, coverage = read_glove(folder, vocabulary, DIM, np.array([[2, 3, 4, 5]]))
+    np.testing.assert_allclose(initial.vectors[2:6], [[2, 2, 2], [1, 1, 1], [0, 0, 0], [1, 1, 1]])
+    assert initial.rows[2:6].tolist() == [True, True, False, True] and coverage.words_found == 3
+
+
 def test_glove_package_matches_words_like_the_text_reader(tmp_path):
     pytest.importorskip("pyarrow")
     initial, coverage = read_glove(write_glove_package(tmp_path / "glove"), VOCABULARY, DIM, TRAIN)

@@ -206,7 +206,8 @@ def _glove_words(path: Path) -> list:
 def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
     """(:class:`InitialVectors`, :class:`Coverage`) from a package-shaped folder: ``glove_6B_50d_emb.npy``
     (``<float32>[words, 50]``, memory-mapped) and ``glove_6B_index.parquet`` (one column: the word of each
-    row). Words are normalised with our tokenizer, the first row of a word wins, as for text files."""
+    row). Words are normalised with our tokenizer, the first row of a word wins, as for text files; a
+    contraction GloVe's tokenizer split (``doesn't`` = ``does`` + ``n't``) gets the mean of its parts."""
     words = _glove_words(folder / GLOVE_INDEX)
     try:
         matrix = np.load(folder / GLOVE_MATRIX, mmap_mode="r", allow_pickle=False)
@@ -232,12 +233,37 @@ def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.
         order = np.argsort(rows)  # ascending rows: the memory map reads forward
         vectors[targets[order]] = np.asarray(matrix[rows[order]], np.float32)
         found[targets] = True
+        _compose_contractions(vectors, found, vocabulary, words, matrix)
         bad = ~np.isfinite(vectors).all(axis=1) | (np.abs(np.nan_to_num(vectors)).max(axis=1) > MAX_ABS_VALUE)
         if bad.any():
             word = vocabulary.words[int(np.argmax(bad)) - 2]
             raise UserError(f"{folder / GLOVE_MATRIX}: the vector of {word!r} is not finite or beyond "
                             f"±{MAX_ABS_VALUE:g} (damaged file); reinstall: {_GLOVE_HOW}")  # fmt: skip
     return InitialVectors(vectors, found), _coverage(found, train_tokens, folder)
+
+
+def _clitic_split(word: str) -> tuple[str, str] | None:
+    """How GloVe's (Penn Treebank) tokenizer splits a contraction: ``doesn't`` -> (``does``, ``n't``),
+    ``it's`` -> (``it``, ``'s``); None for a word without one."""
+    if word.endswith("n't") and len(word) > 3:
+        return word[:-3], "n't"
+    head, apostrophe, tail = word.partition("'")
+    return (head, apostrophe + tail) if head and tail else None
+
+
+def _compose_contractions(vectors, found, vocabulary: Vocabulary, words: list, matrix) -> None:
+    """Vocabulary words our tokenizer keeps whole but GloVe split (``doesn't``, ``isn't``, ``film's``: 2.7% of
+    Rotten Tomatoes' training tokens, negations among them) get the mean of their two parts' vectors."""
+    pairs = {index: _clitic_split(word) for index, word in enumerate(vocabulary.words, 2) if not found[index]}
+    wanted = {part for pair in pairs.values() if pair for part in pair}
+    rows = {}
+    for row, word in enumerate(words):
+        if word in wanted and word not in rows:
+            rows[word] = row
+    for index, pair in pairs.items():
+        if pair and pair[0] in rows and pair[1] in rows:
+            vectors[index] = (np.asarray(matrix[rows[pair[0]]]) + np.asarray(matrix[rows[pair[1]]])) / 2
+            found[index] = True
 
 
 def _check_width(width: int, dim: int, path: Path) -> None:
