@@ -205,6 +205,40 @@ def test_damaged_or_unknown_exports_are_refused_in_one_line(exported, tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda m: m.update(threshold="abc"), "threshold 'abc' is not a number from 0 to 1"),
+        (lambda m: m.update(threshold=True), "threshold True"),
+        (lambda m: m["tokenizer"].update(max_len=-5), "tokenizer max_len -5"),
+        (lambda m: m["tokenizer"].update(length_bucket=10**12), "length_bucket 1000000000000"),
+        (lambda m: m.pop("tokenizer"), "no tokenizer or model section"),
+        (lambda m: m["model"].update(vocab_size="z"), "vocab_size 'z'"),
+        (lambda m: m.update(weights=m["weights"][:-1]), "do not fit the StableHLO model's inputs"),
+        (lambda m: m.update(weights=m["weights"][::-1]), "do not fit the StableHLO model's inputs"),
+    ],
+)  # fmt: skip
+def test_a_hand_edited_manifest_is_refused_in_one_line(exported, tmp_path, edit, fragment):
+    """The digests cover the model files, not the manifest's own settings: those are checked when loading."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in exported.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    manifest = json.loads((exported / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    script = tmp_path / "load.py"  # as a user's program would, with the one-line errors of our entry points
+    script.write_text("import sys\nimport lstm_jax.deploy\nfrom lstm_jax.sentiment.errors import exit_on_user_error\n"
+                      "load = lambda: lstm_jax.deploy.load(sys.argv[1], sys.argv[2]).predict(['great'])\n"
+                      "exit_on_user_error(load)()\n")
+    for model_format in ("onnx", "stablehlo"):
+        result = run_tool(str(script), str(copy), model_format)
+        if "StableHLO" in fragment and model_format == "onnx":
+            assert result.returncode == 0, result.stderr.decode()  # the ONNX graph does not use the weights list
+        else:
+            _one_line_error(result, fragment)
+
+
 def test_export_refuses_bad_requests_and_writes_nothing(trained_workdir, exported, tmp_path):
     before = {file.name: file.read_bytes() for file in exported.iterdir()}
     _one_line_error(run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(exported)),

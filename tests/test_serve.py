@@ -123,6 +123,7 @@ def test_occluded_rows_leave_out_one_token_each():
         (b'{"statements": []}', 422, "non-empty list"),
         (b'{"statements": [1]}', 422, "statements[0] is int"),
         (b'{"statements": ["ok", "  "]}', 422, "statements[1] is empty"),
+        (b'{"statements": ["\\ud800 bad"]}', 422, "statements[0] holds an unpaired surrogate"),
         (b'{"statements": ["ok"], "explain": "yes"}', 422, "'explain' must be true or false"),
         (b'{"statement": ["ok"]}', 422, "must be a JSON object"),
         (b'{"statements": ["ok"], "threshold": 1}', 422, "unknown field 'threshold'"),

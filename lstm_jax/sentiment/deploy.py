@@ -70,7 +70,32 @@ def read_manifest(folder: Path) -> dict:
             raise UserError(f"{file} is damaged (its SHA-256 differs from the manifest's); export the model again")
     if not formats or any(name not in FILES for name in formats):
         raise UserError(f"{path} lists unknown formats {formats!r}; export the model again")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path} is damaged ({problem}); export the model again")
     return manifest
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with the manifest's settings (they are not covered by the digests), or None."""
+
+    def whole(value, least, most):
+        return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+    tokenizer, model = manifest.get("tokenizer"), manifest.get("model")
+    if not isinstance(tokenizer, dict) or not isinstance(model, dict):
+        return "no tokenizer or model section"
+    if not whole(tokenizer.get("max_len"), 1, 100_000) or not whole(tokenizer.get("length_bucket"), 0, 100_000):
+        return f"tokenizer max_len {tokenizer.get('max_len')!r} / length_bucket {tokenizer.get('length_bucket')!r}"
+    threshold = manifest.get("threshold")
+    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
+        return f"threshold {threshold!r} is not a number from 0 to 1"
+    if not whole(model.get("vocab_size"), 3, 10_000_000):
+        return f"vocab_size {model.get('vocab_size')!r}"
+    weights = manifest.get("weights", [])
+    if "stablehlo" in manifest["formats"] and (not weights or not all(isinstance(name, str) for name in weights)):
+        return "the StableHLO weights are not listed by name"
+    return None
 
 
 class DeployedModel:
@@ -130,6 +155,11 @@ def _stablehlo_runner(folder: Path, manifest: dict):
             arrays = [archive[name] for name in manifest["weights"]]
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder} holds a damaged StableHLO model ({error}); export the model again") from None
+    expected = [tuple(aval.shape) for aval in exported.in_avals[: len(exported.in_avals) - 2]]  # then tokens, lengths
+    if expected != [array.shape for array in arrays]:
+        raise UserError(f"{folder}: the weights the manifest lists do not fit the StableHLO model's inputs "
+                        f"({len(arrays)} arrays for {len(expected)} inputs, or other shapes); export the model "
+                        "again")  # fmt: skip
     weights = [tuple(jax.device_put(array, device) for array in arrays) for device in devices]
     call = jax.jit(exported.call)
 

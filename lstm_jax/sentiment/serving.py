@@ -92,6 +92,11 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
             raise ApiError(422, f"statements[{index}] is {type(statement).__name__}, not a string")
         if not statement.strip():
             raise ApiError(422, f"statements[{index}] is empty")
+        try:
+            statement.encode("utf-8")
+        except UnicodeEncodeError as error:  # JSON's "\ud800" escapes decode to text no UTF-8 answer can carry
+            raise ApiError(422, f"statements[{index}] holds an unpaired surrogate ({statement[error.start]!r} at "
+                           f"{error.start}); send valid Unicode") from None  # fmt: skip
         if len(statement) > limits.max_chars:
             raise ApiError(413, f"statements[{index}] has {len(statement)} characters; at most {limits.max_chars}",
                            "too_large")  # fmt: skip
