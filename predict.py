@@ -5,18 +5,12 @@ python predict.py --workdir DIR --input reviews.txt [--output predictions.txt] [
 python predict.py --model EXPORTED --input reviews.txt ...   (a folder written by export.py: no Flax, no orbax)
 """
 
-import os
 import sys
 from pathlib import Path
 
 from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
 
-# One XLA CPU device per core, so prediction batches are split over all cores (XLA runs a recurrence's small
-# per-step matmuls on one core). Must be set before JAX starts; an explicit XLA_FLAGS setting wins.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}"
-    ).strip()
+startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its share of a batch
 
 from absl import flags, logging  # noqa: E402
 

@@ -7,15 +7,10 @@ POST /predict {"statements": ["..."], "explain": false}; GET /health, /model, /m
 SIGTERM (or Ctrl-C) finishes the requests in flight, then exits 0.
 """
 
-import os
 
-from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
+from lstm_jax.sentiment import startup  # first: Ctrl-C while the libraries load exits quietly
 
-# One XLA CPU device per core, as predict.py: a checkpoint's batches are split over all cores.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}"
-    ).strip()
+startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its share of a batch
 
 from absl import flags, logging  # noqa: E402
 

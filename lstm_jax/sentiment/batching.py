@@ -57,6 +57,22 @@ def plan_batches(
     return BatchPlan(indices, tuple(padded_time(int(n), length_bucket, max_len) for n in longest))
 
 
+def run_in_batches(run_batch, tokens: np.ndarray, lengths: np.ndarray, batch_size: int, length_bucket: int,
+                   max_len: int, fill: bool = True) -> np.ndarray:  # fmt: skip
+    """``run_batch(tokens, lengths) -> <float32>[b]`` over all rows, sorted by length into batches of
+    ``batch_size`` padded to their length bucket; results in input order. ``fill``: the last batch is filled
+    with filler rows to ``batch_size`` (a shape already compiled); else it is cut to its real rows."""
+    plan = plan_batches(lengths, batch_size, length_bucket, max_len)
+    results = np.zeros(len(lengths), np.float32)
+    examples = {"tokens": tokens, "lengths": lengths}
+    for indices, time in zip(plan.indices, plan.time):
+        real = indices >= 0
+        batch = take_batch(examples, indices if fill else indices[real], time)
+        output = np.asarray(run_batch(batch["tokens"], batch["lengths"]))
+        results[indices[real]] = output[real] if fill else output
+    return results
+
+
 def take_batch(examples: dict, indices, time: int) -> dict:
     """The batch of ``indices`` from ``examples`` (NumPy or JAX arrays alike), padded to ``time`` steps.
 

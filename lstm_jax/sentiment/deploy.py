@@ -119,14 +119,9 @@ class DeployedModel:
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         tokens, lengths = self.vocabulary.encode(texts, self.max_len)
-        plan = batching.plan_batches(lengths, self.batch_size, self.length_bucket, self.max_len)
-        probabilities = np.zeros(len(texts), np.float32)
-        examples = {"tokens": tokens, "lengths": lengths}
-        for indices, time in zip(plan.indices, plan.time):
-            rows = indices[indices >= 0]  # no filler rows: the artifacts take any batch size
-            batch = batching.take_batch(examples, rows, time)
-            probabilities[rows] = self.run_batch(batch["tokens"], batch["lengths"])
-        return probabilities
+        # No filler rows: the artifacts take any batch size.
+        return batching.run_in_batches(self.run_batch, tokens, lengths, self.batch_size, self.length_bucket,
+                                       self.max_len, fill=False)  # fmt: skip
 
     batch_multiple = 1  # the artifacts take any batch size
 

@@ -63,14 +63,8 @@ class FixedShapeScorer:
         count = len(lengths)
         size = next((size for size in self.batch_sizes if size >= count), self.max_batch)
         predictor = self.predictor
-        plan = batching.plan_batches(lengths, size, predictor.length_bucket, predictor.max_len)
-        probabilities = np.zeros(count, np.float32)
-        examples = {"tokens": tokens, "lengths": lengths}
-        for indices, steps in zip(plan.indices, plan.time):
-            batch = batching.take_batch(examples, indices, steps)
-            output = predictor.run_batch(batch["tokens"], batch["lengths"])
-            probabilities[indices[indices >= 0]] = output[indices >= 0]
-        return probabilities
+        return batching.run_in_batches(predictor.run_batch, tokens, lengths, size, predictor.length_bucket,
+                                       predictor.max_len)  # fmt: skip
 
 
 @dataclasses.dataclass

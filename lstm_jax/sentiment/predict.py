@@ -55,14 +55,7 @@ class Predictor:
         tokens, lengths = self.vocabulary.encode(texts, self.max_len)
         devices = len(jax.local_devices())
         batch_size = min(self.batch_size, -(-len(texts) // devices) * devices)  # never padded beyond the input
-        plan = batching.plan_batches(lengths, batch_size, self.length_bucket, self.max_len)
-        probabilities = np.zeros(len(texts), np.float32)
-        examples = {"tokens": tokens, "lengths": lengths}
-        for indices, time in zip(plan.indices, plan.time):
-            batch = batching.take_batch(examples, indices, time)
-            output = self.run_batch(batch["tokens"], batch["lengths"])
-            probabilities[indices[indices >= 0]] = output[indices >= 0]
-        return probabilities
+        return batching.run_in_batches(self.run_batch, tokens, lengths, batch_size, self.length_bucket, self.max_len)
 
     @property
     def batch_multiple(self) -> int:

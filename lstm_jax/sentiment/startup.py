@@ -16,3 +16,11 @@ def _interrupted_while_starting(signum, frame):
 
 
 signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+def one_cpu_device_per_core() -> None:
+    """One XLA CPU device per core, so prediction batches are split over all cores (XLA runs a recurrence's
+    small per-step matmuls on one core). Must run before JAX starts; an explicit XLA_FLAGS setting wins."""
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        flag = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
