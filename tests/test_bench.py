@@ -3,6 +3,7 @@
 import statistics
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -65,3 +66,14 @@ def test_the_accelerator_grid_runs_every_backend_and_reports_the_one_picked():
         (w, s, c) for w in ("train", "infer")
         for s, c in (("seed", "lstm"), ("large", "lstm"), ("large", "gru"), ("large", "slstm"), ("large", "mlstm"))
     ]  # fmt: skip
+
+
+def test_the_negation_set_is_balanced_and_the_nb_svm_baseline_learns():
+    pytest.importorskip("sklearn")
+    import baselines
+
+    texts, labels = baselines.read_negation_set()
+    assert len(texts) == 60 and labels.sum() == 30 and len(set(texts)) == 60
+    train = ["a great film", "great fun", "a dull film", "dull and boring", "wonderful", "boring mess"]
+    model = baselines.NBSVM(C=1.0, beta=1.0, seed=0).fit(train, np.array([1, 1, 0, 0, 1, 0]))
+    assert model.predict(["great and wonderful", "dull boring mess"]).tolist() == [1, 0]
