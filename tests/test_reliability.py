@@ -652,3 +652,43 @@ def test_ctrl_c_while_starting_up_ends_quietly(trained_workdir, tmp_path, delay)
     assert "Traceback" not in stderr, stderr
     assert run.returncode != 0 or (tmp_path / "out.txt").exists()  # finished before the signal, or stopped
     assert len(stderr.strip().splitlines()) <= 1, stderr
+
+
+# ------------------------------------------------------------------------------------------ round 2, row 5
+
+DAMAGE_TARGETS = ["state/manifest.ocdbt", "state/_METADATA", "state/array_metadatas/process_0", "state/d/*",
+                  "state/_sharding", "_CHECKPOINT_METADATA", "meta/metadata", "metrics/metrics"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "target, damage",
+    [(target, "flip") for target in DAMAGE_TARGETS] + [("state/manifest.ocdbt", "delete"), ("meta", "delete"),
+                                                        ("state/_METADATA", "truncate")],
+)  # fmt: skip
+def test_every_damaged_file_of_the_best_step_is_one_line_or_harmless(trained_workdir, tmp_path, target, damage):
+    """Predicting from a damaged step: the same predictions (a file not read for prediction), or one line and
+    exit 2: never a traceback, never orbax's "Event loop is closed" reports after our line."""
+    source = tmp_path / "in.txt"
+    source.write_text("a wonderful film\nan awful mess\n")
+    expected = tmp_path / "expected.txt"
+    assert predict(trained_workdir, source, expected).returncode == 0
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    (step,) = [path for path in (workdir / "best").iterdir() if path.name.isdigit()]
+    path = sorted(step.glob(target))[0]
+    if damage == "delete":
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        content = bytearray(path.read_bytes())
+        content[len(content) // 2] ^= 0xFF
+        path.write_bytes(bytes(content))
+    output = tmp_path / "out.txt"
+    result = predict(workdir, source, output)
+    if result.returncode == 0:
+        assert output.read_text() == expected.read_text()
+        assert "Traceback" not in result.stderr.decode()
+    else:
+        one_line_error(result, "error: ")
+        assert not output.exists()
