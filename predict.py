@@ -8,7 +8,7 @@ python predict.py --model EXPORTED --input reviews.txt ...   (a folder written b
 import sys
 from pathlib import Path
 
-from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
+from lstm_jax.sentiment import startup  # first: Ctrl-C while the libraries load exits quietly
 
 startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its share of a batch
 

@@ -7,7 +7,6 @@ POST /predict {"statements": ["..."], "explain": false}; GET /health, /model, /m
 SIGTERM (or Ctrl-C) finishes the requests in flight, then exits 0.
 """
 
-
 from lstm_jax.sentiment import startup  # first: Ctrl-C while the libraries load exits quietly
 
 startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its share of a batch

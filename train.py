@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
-from lstm_jax.sentiment.cli import require_local, run
+from lstm_jax.sentiment.cli import run
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error
 from lstm_jax.sentiment.train import train_and_evaluate
 
@@ -30,7 +30,6 @@ def main(argv):
     if not config_file.is_file():
         raise UserError(f"config file {config_file} does not exist; choose one of configs/*.py")
     workdir = _WORKDIR.value or str(Path("checkpoints") / config_file.stem)
-    require_local(workdir=workdir)
     train_and_evaluate(_CONFIG.value, workdir)
 
 

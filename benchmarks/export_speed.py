@@ -28,7 +28,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()  # fmt: skip
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -245,10 +244,7 @@ def main(argv=None) -> None:
                                  + statements_table("LSTM E128 H128", medium, repetitions, seconds, work))  # fmt: skip
         results["load"] = load_times(work / "statements-default (BiGRU 64)")
     results["machine_after"] = machine.describe()
-    (out / "export_speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "export_speed.md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"results in {out}", file=sys.stderr)
+    machine.save_results(out, "export_speed", results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,19 @@ def describe() -> dict:
     }
 
 
+def save_results(out, name: str, results: dict, markdown: str) -> None:
+    """Writes ``out/name.json`` and ``out/name.md``, prints the table and says where they went."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+    print(f"results in {out}", file=sys.stderr)
+
+
 def fresh_folder(base: str, name: str):
     """A new folder ``base/name-<timestamp>`` for a run's results (never the committed benchmarks/results)."""
     from pathlib import Path

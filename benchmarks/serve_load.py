@@ -224,11 +224,7 @@ def main(argv=None) -> None:
                + " ".join(argv if argv is not None else sys.argv[1:]), "machine_before": before,
                "machine_after": machine.describe(), "predict_before": predict_before, "predict_after": predict_after,
                "startup_s": round(startup, 2), "server_exit_code": server.returncode, "levels": levels}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "serve_load.md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"results in {out}", file=sys.stderr)
+    machine.save_results(out, "serve_load", results, markdown(results))
 
 
 if __name__ == "__main__":

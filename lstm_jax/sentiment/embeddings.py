@@ -22,6 +22,7 @@ the pairs that co-occur (a few % of V x V), which keeps this about a second for 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 from pathlib import Path
 from typing import NamedTuple
@@ -152,15 +153,25 @@ def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_
     ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
     try:
         for number, word, numbers in _vector_lines(path, dim):
-            tokens = tokenize(word)
-            index = ids.get(tokens[0]) if len(tokens) == 1 else None
+            index = ids.get(_our_word(word))
             if index is not None and not found[index]:  # the first line of a word wins
                 vectors[index] = _numbers(numbers, path, number)
                 found[index] = True
-    except (OSError, EOFError) as error:  # EOFError (a truncated .gz) has no strerror
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        raise UserError(f"cannot read word vectors from {path}: {reason}; check --config.embedding_path") from None
+    except (OSError, EOFError) as error:
+        raise _unreadable(path, error) from None
     return InitialVectors(vectors, found), _coverage(found, train_tokens, path)
+
+
+def _our_word(word: str) -> str | None:
+    """The one word our tokenizer makes of a vector file's word (``Film`` -> ``film``), or None when it makes
+    none or several (``,``, ``new_york``)."""
+    tokens = tokenize(word)
+    return tokens[0] if len(tokens) == 1 else None
+
+
+def _unreadable(path: Path, error: Exception) -> UserError:
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__  # a truncated .gz: EOFError
+    return UserError(f"cannot read word vectors from {path}: {reason}; check --config.embedding_path")
 
 
 def _coverage(found: np.ndarray, train_tokens: np.ndarray, source) -> Coverage:
@@ -203,12 +214,28 @@ def _glove_words(path: Path) -> list:
     return table.column(0).to_pylist() if table.num_columns else []
 
 
+def _glove_index(path: Path) -> tuple[list, list]:
+    """(the index's words, our word for each or None), read and normalised once per version of the file:
+    :func:`vector_words` and :func:`read_glove` both need them, and 400,000 words take about a second."""
+    try:
+        version = (path.stat().st_mtime_ns, path.stat().st_size)
+    except OSError:
+        version = None  # _glove_words reports it
+    return _glove_index_of(path, version)
+
+
+@functools.lru_cache(maxsize=2)
+def _glove_index_of(path: Path, version) -> tuple[list, list]:
+    words = _glove_words(path)
+    return words, [_our_word(word) if isinstance(word, str) else None for word in words]
+
+
 def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
     """(:class:`InitialVectors`, :class:`Coverage`) from a package-shaped folder: ``glove_6B_50d_emb.npy``
     (``<float32>[words, 50]``, memory-mapped) and ``glove_6B_index.parquet`` (one column: the word of each
     row). Words are normalised with our tokenizer, the first row of a word wins, as for text files; a
     contraction GloVe's tokenizer split (``doesn't`` = ``does`` + ``n't``) gets the mean of its parts."""
-    words = _glove_words(folder / GLOVE_INDEX)
+    words, our_words = _glove_index(folder / GLOVE_INDEX)
     try:
         matrix = np.load(folder / GLOVE_MATRIX, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -221,9 +248,8 @@ def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.
     _check_width(matrix.shape[1], dim, folder)
     ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
     chosen = {}  # vocabulary id -> matrix row
-    for row, word in enumerate(words):
-        tokens = tokenize(word)
-        index = ids.get(tokens[0]) if len(tokens) == 1 else None
+    for row, word in enumerate(our_words):
+        index = ids.get(word)
         if index is not None and index not in chosen:
             chosen[index] = row
     vectors = np.zeros((vocabulary.size, dim), np.float32)
@@ -276,21 +302,20 @@ def vector_words(config, limit: int, known: set[str]) -> list[str]:
     """The first ``limit`` words of the configured vectors (file order: most frequent first in GloVe and
     fastText files) that our tokenizer keeps as one word and ``known`` lacks."""
     if config.embedding_init == "glove":
-        folder = glove_folder(config.embedding_path)
-        words = (word for word in _glove_words(folder / GLOVE_INDEX) if isinstance(word, str))
-    else:
-        path = Path(config.embedding_path)
-        try:
-            words = [word for _, word, _ in _vector_lines(path, config.embedding_dim)]
-        except (OSError, EOFError) as error:
-            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-            raise UserError(f"cannot read word vectors from {path}: {reason}; check --config.embedding_path") from None
+        return _new_words(_glove_index(glove_folder(config.embedding_path) / GLOVE_INDEX)[1], limit, known)
+    path = Path(config.embedding_path)
+    try:  # read only as far as the limit
+        return _new_words((_our_word(word) for _, word, _ in _vector_lines(path, config.embedding_dim)), limit, known)
+    except (OSError, EOFError) as error:
+        raise _unreadable(path, error) from None
+
+
+def _new_words(our_words, limit: int, known: set[str]) -> list[str]:
     extra, seen = [], set(known)
-    for word in words:
-        tokens = tokenize(word)
-        if len(tokens) == 1 and tokens[0] not in seen:
-            seen.add(tokens[0])
-            extra.append(tokens[0])
+    for word in our_words:
+        if word is not None and word not in seen:
+            seen.add(word)
+            extra.append(word)
             if len(extra) == limit:
                 break
     return extra

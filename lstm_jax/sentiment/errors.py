@@ -41,9 +41,6 @@ def exit_on_user_error(main):
             if isinstance(error, (CheckpointWriteError, CheckpointReadError)):
                 sys.stdout.flush()
                 sys.stderr.flush()
-                # orbax's worker threads may still print tracebacks ("Event loop is closed") while we exit: our
-                # line is out, so nothing after it reaches the terminal.
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
                 os._exit(2)
             sys.exit(2)
         except BrokenPipeError:  # the reader went away (`predict.py --output - | head`): end quietly, as Unix tools do

@@ -56,11 +56,9 @@ def sniff_encoding(head: bytes) -> tuple[str, int]:
 def file_encoding(path: Path) -> str:
     """The Python codec that reads ``path`` with its byte-order mark removed."""
     with open(path, "rb") as handle:
-        encoding, _ = sniff_encoding(handle.read(4))
+        encoding, bom = sniff_encoding(handle.read(4))
     # utf-8-sig drops a mark if there is one; utf-16 / utf-32 read the mark and take the byte order from it
     # (without a mark, the byte order sniffed from the zero bytes).
-    with open(path, "rb") as handle:
-        _, bom = sniff_encoding(handle.read(4))
     return "utf-8-sig" if encoding == "utf-8" else encoding[:6] if bom else encoding
 
 

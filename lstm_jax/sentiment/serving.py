@@ -186,14 +186,16 @@ class Service:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` (declared, or streamed in chunks)."""
+    too_large = ApiError(413, f"the body is over {limit} bytes; send fewer or shorter statements", "too_large")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise ApiError(413, f"the body is over {limit} bytes; send fewer or shorter statements", "too_large")
+        raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, f"the body is over {limit} bytes; send fewer or shorter statements", "too_large")
+            raise too_large
     return bytes(body)
 
 

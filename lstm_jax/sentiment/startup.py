@@ -1,8 +1,8 @@
 """Imported first by every entry point: Ctrl-C while the libraries load (JAX alone takes seconds) ends the
 process quietly with exit code 130, instead of a traceback from the middle of an import.
 
-``cli.run`` puts Python's own handler back once everything is imported, so an interrupt during the work is
-handled as the entry points document (nothing half-written, a one-line message).
+``cli.run`` replaces this handler once everything is imported (``errors.interrupt_on_ctrl_c``), so an interrupt
+during the work is handled as the entry points document (nothing half-written, a one-line message).
 """
 
 import os
