@@ -23,6 +23,7 @@ def get_config():
     config.dropout_rate = 0.5
     config.embedding_dropout_rate = 0.25
     config.word_dropout_rate = 0.3
+    config.ngram_buckets = 1 << 20  # + an NB-weighted word 1-2-gram logistic regression's logit (lstm_jax/sentiment/ngrams.py)
     config.num_epochs = 12
     config.early_stopping_patience = 3
     config.test_checkpoint = "best"

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax.recurrent import make_recurrent
+from lstm_jax.sentiment.ngrams import ngram_logits
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID
 
 POOLINGS = ("last", "max", "mean_max")
@@ -28,6 +29,33 @@ def _last_outputs(outputs: jax.Array, lengths: jax.Array, bidirectional: bool) -
     return jnp.concatenate([forward, outputs[:, 0, width:]], axis=-1) if bidirectional else forward
 
 
+class NgramTable(nnx.Variable):
+    """A fitted, never-trained weight of the n-gram scorer (the optimizer leaves it as it is)."""
+
+
+class NgramScorer(nnx.Module):
+    """``tokens <int32>[B, T]``, ``lengths <int32>[B]`` -> ``logits <float32>[B]`` of the linear n-gram model of
+    :mod:`.ngrams`: ``bias + sum of table[bucket]`` over each text's distinct word 1-2-grams. ``table
+    <float32>[buckets]`` and ``bias`` are filled by :func:`.ngrams.fit_ngram_scorer` before training."""
+
+    def __init__(self, buckets: int):
+        if buckets & (buckets - 1):
+            raise ValueError(f"ngram_buckets must be a power of two, got {buckets}")
+        self.table = NgramTable(jnp.zeros((buckets,), jnp.float32))
+        self.bias = NgramTable(jnp.zeros((), jnp.float32))
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+        return ngram_logits(self.table[...], self.bias[...], tokens, lengths)
+
+
+def _with_ngrams(ngrams: NgramScorer | None, logits: jax.Array, tokens, lengths, deterministic: bool) -> jax.Array:
+    """Adds the n-gram scorer's logit at evaluation and prediction. Training leaves it out: fitted on the same
+    training texts, it is nearly always right there, and the recurrent model would learn nothing beside it."""
+    if ngrams is None or not deterministic:
+        return logits
+    return logits + ngrams(tokens, lengths)
+
+
 class SentimentClassifier(nnx.Module):
     """``tokens <int32>[batch, time]``, ``lengths <int32>[batch]`` -> ``logits <float32>[batch]``.
 
@@ -36,7 +64,8 @@ class SentimentClassifier(nnx.Module):
     outputs; ``mean_max`` concatenates their mean and maximum. Dropout (on embeddings, between layers and
     before the head) and word dropout (real tokens replaced by the unknown id) are active only when
     ``rngs`` with a ``dropout`` stream is passed. ``word_scores`` adds a linear bag-of-words path: a
-    learned score per word, averaged over the real tokens and added to the logit.
+    learned score per word, averaged over the real tokens and added to the logit. ``ngram_buckets > 0`` adds
+    an :class:`NgramScorer`'s logit at evaluation (not in training).
     """
 
     def __init__(
@@ -53,6 +82,7 @@ class SentimentClassifier(nnx.Module):
         embedding_dropout_rate: float = 0.0,
         word_dropout_rate: float = 0.0,
         word_scores: bool = False,
+        ngram_buckets: int = 0,
         unroll: int = 1,
         backend: str = "auto",
         proj_size: int = 0,
@@ -95,6 +125,7 @@ class SentimentClassifier(nnx.Module):
         self.word_scores = (
             nnx.Embed(vocab_size, 1, embedding_init=nnx.initializers.zeros, rngs=rngs) if word_scores else None
         )
+        self.ngrams = NgramScorer(ngram_buckets) if ngram_buckets else None
 
     def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """<float32>[1, batch]: the same interface as :class:`SentimentEnsemble`."""
@@ -104,7 +135,7 @@ class SentimentClassifier(nnx.Module):
         return [self.embed]
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        deterministic = rngs is None
+        deterministic, words = rngs is None, tokens
         if not deterministic and self.word_dropout_rate > 0:
             # Word dropout: real tokens become "unknown" at random, so no single word decides the label.
             dropped = jax.random.bernoulli(rngs.dropout(), self.word_dropout_rate, tokens.shape)
@@ -131,22 +162,25 @@ class SentimentClassifier(nnx.Module):
         if self.word_scores is not None:
             scores = self.word_scores(tokens)[..., 0].astype(jnp.float32) * (tokens != PAD_ID)
             logits = logits + jnp.sum(scores, axis=1) / jnp.maximum(lengths, 1)
-        return logits
+        return _with_ngrams(self.ngrams, logits, words, lengths, deterministic)
 
 
 class SentimentEnsemble(nnx.Module):
     """``size`` independently initialised classifiers trained side by side on the same batches.
 
     Each member gets its own loss (``member_logits``), so members do not co-adapt: this is an ordinary
-    ensemble trained in one loop. Predictions average the members' logits.
+    ensemble trained in one loop. Predictions average the members' logits. One n-gram scorer
+    (``ngram_buckets``) serves the whole ensemble: its logit is added to every member's at evaluation.
     """
 
-    def __init__(self, *, size: int, rngs: nnx.Rngs, **kwargs):
+    def __init__(self, *, size: int, rngs: nnx.Rngs, ngram_buckets: int = 0, **kwargs):
         self.members = nnx.List([SentimentClassifier(**kwargs, rngs=rngs) for _ in range(size)])
+        self.ngrams = NgramScorer(ngram_buckets) if ngram_buckets else None
 
     def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """<float32>[members, batch]."""
-        return jnp.stack([member(tokens, lengths, rngs=rngs) for member in self.members])
+        logits = jnp.stack([member(tokens, lengths, rngs=rngs) for member in self.members])
+        return _with_ngrams(self.ngrams, logits, tokens, lengths, rngs is None)
 
     def __call__(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         return jnp.mean(self.member_logits(tokens, lengths, rngs=rngs), axis=0)
@@ -178,6 +212,7 @@ def model_kwargs(config, vocab_size: int) -> dict:
         embedding_dropout_rate=config.embedding_dropout_rate,
         word_dropout_rate=config.word_dropout_rate,
         word_scores=config.word_scores,
+        ngram_buckets=config.ngram_buckets,
         unroll=config.unroll,
         backend=config.backend,
         proj_size=config.proj_size,

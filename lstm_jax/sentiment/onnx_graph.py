@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.ngrams import HASH_FIRST, HASH_SECOND
 
 OPSET = 17
 OPERATORS = {"lstm": "LSTM", "peephole_lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
@@ -141,6 +142,38 @@ def _member(graph: _Graph, kwargs: dict, weights: dict, prefix: str, shared: dic
     return logit
 
 
+def _ngram_logit(graph: _Graph, weights: dict, shared: dict) -> str:
+    """The n-gram scorer's logit <float32>[B] (see :func:`.ngrams.ngram_ids`): the same hash in int64 arithmetic
+    (``(a*K1 + b*K2) mod 2**32``, then its top bits), unigrams paired with 0, repeats counted once."""
+    int64, axis1 = 7, graph.const([1], np.int64)
+    table = weights["ngrams/table"]
+    words = graph.op("Cast", "tokens", to=int64)  # [B, T]
+    head = graph.op("Slice", words, graph.const([0], np.int64), graph.const([-1], np.int64), axis1)
+    tail = graph.op("Slice", words, axis1, graph.const([np.iinfo(np.int64).max], np.int64), axis1)
+    first = graph.op("Concat", words, head, axis=1)  # [B, 2T-1]
+    second = graph.op("Concat", graph.op("Mul", words, graph.const(np.int64(0))), tail, axis=1)
+    hashed = graph.op("Add", graph.op("Mul", first, graph.const(np.int64(HASH_FIRST))),
+                      graph.op("Mul", second, graph.const(np.int64(HASH_SECOND))))  # fmt: skip
+    hashed = graph.op("Mod", hashed, graph.const(np.int64(1 << 32)))
+    ids = graph.op("Div", hashed, graph.const(np.int64((1 << 32) // len(table))))
+    one, time = graph.const(np.int32(1)), shared["time"]
+    position = graph.op("Concat", graph.op("Range", graph.const(np.int32(0)), time, one),
+                        graph.op("Range", one, time, one), axis=0)  # [N]: the last token each n-gram needs
+    real = graph.op("Less", graph.op("Unsqueeze", position, graph.const([0], np.int64)),
+                    graph.op("Unsqueeze", shared["lengths"], axis1))  # [B, N]  # fmt: skip
+    index = graph.op("Range", graph.const(np.int32(0)), graph.op("Sub", graph.op("Add", time, time), one), one)
+    earlier = graph.op("Less", graph.op("Unsqueeze", index, graph.const([0], np.int64)),
+                       graph.op("Unsqueeze", index, axis1))  # [N, N]: j < i  # fmt: skip
+    same = graph.op("Equal", graph.op("Unsqueeze", ids, graph.const([2], np.int64)), graph.op("Unsqueeze", ids, axis1))
+    repeat = graph.op("And", graph.op("And", same, earlier), graph.op("Unsqueeze", real, axis1))
+    repeated = graph.op("ReduceMax", graph.op("Cast", repeat, to=6), axes=[2], keepdims=0)  # [B, N]
+    counted = graph.op("And", real, graph.op("Not", graph.op("Cast", repeated, to=9)))
+    values = graph.op("Where", counted, graph.op("Gather", graph.const(table, np.float32), ids),
+                      graph.const(np.float32(0.0)))  # fmt: skip
+    total = graph.op("ReduceSum", values, axis1, keepdims=0)
+    return graph.op("Add", total, graph.const(np.asarray(weights["ngrams/bias"], np.float32)))
+
+
 def _shared(graph: _Graph) -> dict:
     """Lengths clipped to [0, T] and the masks every member uses."""
     int32 = 6  # onnx.TensorProto.INT32, FLOAT = 1, BOOL = 9
@@ -151,6 +184,8 @@ def _shared(graph: _Graph) -> dict:
                        graph.op("Unsqueeze", lengths, graph.const([0], np.int64)))  # [T, B]  # fmt: skip
     lengths_b = graph.op("Cast", graph.op("Max", lengths, graph.const(np.int32(1))), to=1)
     return {
+        "time": time,
+        "lengths": lengths,
         "seq_lens": graph.op("Max", lengths, graph.const(np.int32(1))),
         "real_tb1": graph.op("Unsqueeze", real_tb, graph.const([2], np.int64)),
         "nonempty_b1": graph.op("Unsqueeze", graph.op("Greater", lengths, graph.const(np.int32(0))),
@@ -172,6 +207,8 @@ def build(kwargs: dict, weights: dict[str, np.ndarray]):
     prefixes = [f"members/{index}/" for index in range(size)] if size > 1 else [""]
     logits = [_member(graph, kwargs, weights, prefix, shared) for prefix in prefixes]
     logit = logits[0] if size == 1 else graph.op("Div", graph.op("Sum", *logits), graph.const(np.float32(size)))
+    if "ngrams/table" in weights:
+        logit = graph.op("Add", logit, _ngram_logit(graph, weights, shared))
     graph.nodes.append(helper.make_node("Sigmoid", [logit], ["probabilities"]))
     onnx_graph = helper.make_graph(
         graph.nodes,

@@ -49,6 +49,7 @@ from lstm_jax.sentiment.embeddings import (
 )
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model, model_kwargs
+from lstm_jax.sentiment.ngrams import NgramFit, fit_ngram_scorer
 from lstm_jax.sentiment.reporting import RunReport
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
@@ -92,14 +93,17 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
         optimizer = optax.adam(learning_rate)
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
-    if config.freeze_embeddings:
-        optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, _embedding_labels)
+    frozen_modules = {"ngrams"} | ({"embed"} if config.freeze_embeddings else set())
+    if config.ngram_buckets or config.freeze_embeddings:
+        optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
+                                          functools.partial(_frozen_labels, frozen_modules))  # fmt: skip
     return optimizer
 
 
-def _embedding_labels(params):
-    """"frozen" for the word-embedding tables (every ``embed`` module, ensemble members' too), else "train"."""
-    frozen = lambda path: any(getattr(key, "key", None) == "embed" for key in path)  # noqa: E731
+def _frozen_labels(modules: set[str], params):
+    """"frozen" for the weights under any of ``modules`` (``embed``: every word-embedding table, ensemble
+    members' too; ``ngrams``: the fitted n-gram scorer), else "train"."""
+    frozen = lambda path: any(getattr(key, "key", None) in modules for key in path)  # noqa: E731
     return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if frozen(path) else "train", params)
 
 
@@ -108,15 +112,18 @@ def zero_sums() -> dict[str, jax.Array]:
 
 
 def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
-                       initial_vectors: InitialVectors | None = None) -> TrainState:  # fmt: skip
+                       initial_vectors: InitialVectors | None = None, ngram_fit: NgramFit | None = None) -> TrainState:
     """A fresh state, built in one jitted call (eager initialisation costs hundreds of small dispatches).
 
-    ``initial_vectors``, when given, replace rows of every embedding table (see :class:`InitialVectors`).
+    ``initial_vectors``, when given, replace rows of every embedding table (see :class:`InitialVectors`);
+    ``ngram_fit`` fills the n-gram scorer.
     """
     tx = make_optimizer(config, steps_per_epoch)
 
-    def init(initial_vectors):
+    def init(initial_vectors, ngram_fit):
         model = build_model(kwargs, nnx.Rngs(params=config.seed))
+        if ngram_fit is not None:
+            model.ngrams.table[...], model.ngrams.bias[...] = ngram_fit
         if initial_vectors is not None:
             vectors, rows = initial_vectors.vectors, initial_vectors.rows
             for embed in model.embeddings():
@@ -140,7 +147,8 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
             ema_decay=config.ema_decay,
         )
 
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors)
+    fitted = None if ngram_fit is None else (ngram_fit.table, np.float32(ngram_fit.bias))
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted)
 
 
 def batch_sums(member_logits, labels, weights) -> dict[str, jax.Array]:
@@ -393,8 +401,15 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         folder = glove_folder(config.embedding_path)
         initial_vectors, coverage = read_glove(folder, vocabulary, config.embedding_dim, train.tokens)
         log(f"GloVe 6B vectors from {folder}: {coverage}")
+    ngram_fit = None
+    if config.ngram_buckets and meta is None:  # a resumed run restores its fitted table
+        ngram_fit = fit_ngram_scorer((train.tokens, train.lengths, splits.train.labels),
+                                     (validation.tokens, validation.lengths, splits.validation.labels),
+                                     config.ngram_buckets.bit_length() - 1)  # fmt: skip
+        log(ngram_fit.describe())
     kwargs = model_kwargs(config, vocabulary.size)
-    state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors)
+    state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors,
+                               ngram_fit)  # fmt: skip
     title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
              f"H{config.hidden_size}, {config.pooling} pooling, on {config.dataset} ({Path(workdir).name})")
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard,
