@@ -7,8 +7,9 @@ both (README "Accuracy against linear baselines"). The scorer is the NB-LR of Wa
   token ids the model reads, hashed into ``2**log2_buckets`` buckets;
 * each feature scaled by its naive-Bayes log-count ratio ``r = log(p / |p|_1) - log(q / |q|_1)``, with ``p`` and
   ``q`` the (add-one) counts of texts holding it among positive and negative training texts;
-* an L2-regularised logistic regression on those features (L-BFGS), its strength ``C`` chosen by the scorer's own
-  validation accuracy; the learned ``w * r`` per bucket and the bias are all that is kept.
+* an L2-regularised logistic regression on those features (SciPy's L-BFGS on a sparse matrix), its strength
+  ``C`` chosen by the scorer's own validation accuracy; the learned ``w * r`` per bucket and the bias are all
+  that is kept.
 
 The table is fitted once, before the recurrent model trains, from the training split only; training never
 changes it (the recurrent model learns without it, evaluation adds it). Hashing keeps the graph free of string
@@ -22,13 +23,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize
+import scipy.sparse
+import scipy.special
 
 from lstm_jax.sentiment.tokenizer import PAD_ID
 
 # Multiplicative hashing (Knuth): the top bits of (a * K1 + b * K2) mod 2**32. A unigram is the pair (a, PAD).
 HASH_FIRST, HASH_SECOND = 2654435761, 2246822519
 C_GRID = (0.3, 1.0, 3.0)  # inverse L2 strengths tried (as scikit-learn's C: per-example loss summed, times C)
-LBFGS_STEPS = 150
+MAX_ITERATIONS = 500  # L-BFGS iterations per C (they converge in about 100-300)
 
 
 def ngram_ids(tokens: jax.Array, lengths: jax.Array, log2_buckets: int) -> tuple[jax.Array, jax.Array]:
@@ -82,41 +86,30 @@ def _counted_ids(tokens: np.ndarray, lengths: np.ndarray, log2_buckets: int, bat
     return np.concatenate(rows) if rows else np.zeros((0, 2 * tokens.shape[1] - 1), np.int32)
 
 
-def _compact(ids: np.ndarray, buckets: np.ndarray) -> np.ndarray:
-    """Bucket ids -> positions in ``buckets`` (sorted); uncounted or unknown buckets -> len(buckets) (a zero slot)."""
-    position = np.searchsorted(buckets, ids)
-    known = (ids >= 0) & (position < len(buckets))
-    known[known] &= buckets[position[known]] == ids[known]
-    return np.where(known, position, len(buckets)).astype(np.int32)
+def _features(ids: np.ndarray, buckets: np.ndarray) -> scipy.sparse.csr_matrix:
+    """Counted bucket ids <[N, 2T-1]> -> binary features <[N, len(buckets)]> over the sorted ``buckets``
+    (buckets not among them are dropped: no training text holds them)."""
+    rows, columns = np.nonzero(ids >= 0)
+    position = np.searchsorted(buckets, ids[rows, columns])
+    known = position < len(buckets)
+    known[known] &= buckets[position[known]] == ids[rows, columns][known]
+    return scipy.sparse.csr_matrix((np.ones(known.sum()), (rows[known], position[known])),
+                                   shape=(len(ids), len(buckets)))  # fmt: skip
 
 
-def _fit_logistic(features: jax.Array, ratio: jax.Array, labels: jax.Array, strength: float, start):
-    """(w, b) minimising mean cross-entropy of ``sum_j w_j r_j`` over each row's features + |w|^2 / (2 C N)."""
-    import optax  # here: prediction imports this module for ngram_logits only
+def _fit_logistic(features: scipy.sparse.csr_matrix, labels: np.ndarray, strength: float, start: np.ndarray):
+    """``[w..., b]`` minimising the mean cross-entropy of ``features @ w + b`` plus ``|w|^2 / (2 C N)`` (L-BFGS)."""
+    count, signs = len(labels), np.where(labels == 1, 1.0, -1.0)
 
-    count = labels.shape[0]
+    def loss_and_gradient(theta):
+        margins = signs * (features @ theta[:-1] + theta[-1])
+        slope = -signs * scipy.special.expit(-margins) / count  # d loss / d logit
+        penalty = theta[:-1] / (strength * count)
+        loss = np.mean(np.logaddexp(0.0, -margins)) + theta[:-1] @ penalty / 2
+        return loss, np.append(features.T @ slope + penalty, slope.sum())
 
-    def loss(params):
-        weights, bias = params
-        scaled = jnp.append(weights * ratio, 0.0)  # the last slot: features not counted
-        logits = jnp.sum(scaled[features], axis=1) + bias
-        penalty = jnp.sum(weights * weights) / (2.0 * strength * count)
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels)) + penalty
-
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def step(carry, _):
-        params, state = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-        return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (start, solver.init(start)), length=LBFGS_STEPS)
-    return params
-
-
-_fit_logistic_jit = jax.jit(_fit_logistic)
+    return scipy.optimize.minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B",
+                                   options={"maxiter": MAX_ITERATIONS}).x  # fmt: skip
 
 
 def fit_ngram_scorer(train: tuple[np.ndarray, np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray,
@@ -128,24 +121,23 @@ def fit_ngram_scorer(train: tuple[np.ndarray, np.ndarray, np.ndarray], validatio
     train_ids = _counted_ids(train[0], train[1], log2_buckets)
     labels = np.asarray(train[2])
     buckets = np.unique(train_ids[train_ids >= 0])
-    features = _compact(train_ids, buckets)
-    holding = lambda rows: np.bincount(features[rows].ravel(), minlength=len(buckets) + 1)[:-1] + 1.0  # noqa: E731
+    features = _features(train_ids, buckets)
+    holding = lambda rows: np.asarray(features[rows].sum(axis=0)).ravel() + 1.0  # noqa: E731  add-one counts
     positive, negative = holding(labels == 1), holding(labels == 0)
     ratio = np.log(positive / positive.sum()) - np.log(negative / negative.sum())
-    val_features = _compact(_counted_ids(validation[0], validation[1], log2_buckets), buckets)
+    scaled = features @ scipy.sparse.diags(ratio)
+    val_ids = _counted_ids(validation[0], validation[1], log2_buckets)
+    val_features = _features(val_ids, buckets) @ scipy.sparse.diags(ratio)
     tried, fits = {}, {}
-    params = (jnp.zeros(len(buckets), jnp.float32), jnp.zeros((), jnp.float32))
+    theta = np.zeros(len(buckets) + 1)
     if len(validation[2]) == 0:
         strengths = [strengths[len(strengths) // 2]]
     for strength in sorted(strengths):  # warm start: each fit begins where the stronger-regularised one ended
-        params = _fit_logistic_jit(jnp.asarray(features), jnp.asarray(ratio, jnp.float32),
-                                   jnp.asarray(labels, jnp.float32), float(strength), params)  # fmt: skip
-        weights, bias = (np.asarray(value) for value in params)
-        scaled = np.append(weights * ratio, 0.0).astype(np.float32)
-        val_logits = scaled[val_features].sum(axis=1) + bias
+        theta = _fit_logistic(scaled, labels, float(strength), theta)
+        val_logits = val_features @ theta[:-1] + theta[-1]
         tried[strength] = float(np.mean((val_logits > 0) == (np.asarray(validation[2]) == 1)))
-        fits[strength] = (scaled[:-1], float(bias))
+        fits[strength] = theta
     best = max(tried, key=lambda strength: (tried[strength], -strength))
     table = np.zeros(1 << log2_buckets, np.float32)
-    table[buckets] = fits[best][0]
-    return NgramFit(table, fits[best][1], float(best), tried)
+    table[buckets] = fits[best][:-1] * ratio
+    return NgramFit(table, float(fits[best][-1]), float(best), tried)
