@@ -136,3 +136,19 @@ def test_bucket_count_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         build_model(_kwargs(ngram_buckets=48), nnx.Rngs(0))
     assert jax.tree.leaves(nnx.state(build_model(_kwargs(ngram_buckets=0), nnx.Rngs(0)), lambda *_: True))
+
+
+def test_logistic_regression_equals_scikit_learns():
+    """Our objective (mean loss + |w|^2 / (2 C N), bias free) is scikit-learn's (C * summed loss + |w|^2 / 2)."""
+    import scipy.sparse
+    from sklearn.linear_model import LogisticRegression
+
+    from lstm_jax.sentiment.ngrams import _fit_logistic
+
+    rng = np.random.default_rng(3)
+    features = scipy.sparse.random(300, 40, density=0.1, random_state=4, format="csr") * 2.0
+    labels = (features @ rng.normal(size=40) + 0.3 * rng.normal(size=300) > 0).astype(int)
+    theta = _fit_logistic(features, labels, 0.5, np.zeros(41))
+    reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(features, labels)
+    np.testing.assert_allclose(theta[:-1], reference.coef_[0], atol=1e-3)  # L-BFGS tolerances differ
+    assert theta[-1] == pytest.approx(reference.intercept_[0], abs=1e-3)
