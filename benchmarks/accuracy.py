@@ -31,7 +31,7 @@ from baselines import read_negation_set  # noqa: E402
 MODELS = {
     "tutorial": ["--config", "configs/seed.py"],
     "default": ["--config", "configs/default.py"],
-    "default_without_ngrams": ["--config", "configs/default.py", "--config.ngram_buckets=0"],  # the recurrent model alone
+    "default_without_ngrams": ["--config", "configs/default.py", "--config.ngram_buckets=0"],  # recurrent alone
     # The from-scratch recurrent variant with the best mean validation accuracy (README: what was tried).
     "scratch_vocab16k": ["--config", "configs/default.py", "--config.vocab_size=16000",
                          "--config.word_dropout_rate=0.4", "--config.ngram_buckets=0"],
