@@ -23,9 +23,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
-import scipy.sparse
-import scipy.special
 
 from lstm_jax.sentiment.tokenizer import PAD_ID
 
@@ -86,9 +83,11 @@ def _counted_ids(tokens: np.ndarray, lengths: np.ndarray, log2_buckets: int, bat
     return np.concatenate(rows) if rows else np.zeros((0, 2 * tokens.shape[1] - 1), np.int32)
 
 
-def _features(ids: np.ndarray, buckets: np.ndarray) -> scipy.sparse.csr_matrix:
-    """Counted bucket ids <[N, 2T-1]> -> binary features <[N, len(buckets)]> over the sorted ``buckets``
-    (buckets not among them are dropped: no training text holds them)."""
+def _features(ids: np.ndarray, buckets: np.ndarray):
+    """Counted bucket ids <[N, 2T-1]> -> binary features <[N, len(buckets)]> (a SciPy CSR matrix) over the sorted
+    ``buckets`` (buckets not among them are dropped: no training text holds them)."""
+    import scipy.sparse  # here, as SciPy's optimiser below: prediction imports this module and needs neither
+
     rows, columns = np.nonzero(ids >= 0)
     position = np.searchsorted(buckets, ids[rows, columns])
     known = position < len(buckets)
@@ -97,8 +96,11 @@ def _features(ids: np.ndarray, buckets: np.ndarray) -> scipy.sparse.csr_matrix:
                                    shape=(len(ids), len(buckets)))  # fmt: skip
 
 
-def _fit_logistic(features: scipy.sparse.csr_matrix, labels: np.ndarray, strength: float, start: np.ndarray):
+def _fit_logistic(features, labels: np.ndarray, strength: float, start: np.ndarray):
     """``[w..., b]`` minimising the mean cross-entropy of ``features @ w + b`` plus ``|w|^2 / (2 C N)`` (L-BFGS)."""
+    import scipy.optimize
+    import scipy.special
+
     count, signs = len(labels), np.where(labels == 1, 1.0, -1.0)
 
     def loss_and_gradient(theta):
@@ -118,6 +120,8 @@ def fit_ngram_scorer(train: tuple[np.ndarray, np.ndarray, np.ndarray], validatio
 
     Ties go to the smaller C (the stronger regularisation). Without a validation split the middle C is used.
     """
+    import scipy.sparse
+
     train_ids = _counted_ids(train[0], train[1], log2_buckets)
     labels = np.asarray(train[2])
     buckets = np.unique(train_ids[train_ids >= 0])
