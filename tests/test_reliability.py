@@ -183,11 +183,26 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
         ("--config.backend=cudnn", "backend='cudnn' cannot run here: it needs an NVIDIA GPU"),
         ("--config.backend=tpu", "--config.backend='tpu' is not one of auto, scan, fused, cudnn"),
         ("--config.cell=gru --config.backend=fused", "backend='fused' runs plain LSTMCell only, not GRUCell"),
+        ("--config.cell=transformer", "--config.cell='transformer' is not one of lstm, peephole_lstm"),
+        ("--config.dropout_rate=1.5", "--config.dropout_rate=1.5 must be in [0, 1)"),
+        ("--config.ngram_buckets=1000", "--config.ngram_buckets=1000 must be a power of two"),
     ],
 )
 def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):
+    """In the job's own process (a UserError becomes one line and exit code 2 in the entry points: that path is
+    test_job.py's test_bad_config_flags_are_one_line_errors, through real processes)."""
+    from lstm_jax.sentiment.train import train_and_evaluate
+
+    train, test = review_files
+    config = load_config(train_path=str(train), test_path=str(test))
+    for setting in flag.split():
+        key, value = setting.removeprefix("--config.").split("=", 1)
+        config[key] = value if isinstance(config[key], str) else type(config[key])(value)
     workdir = tmp_path / "run"
-    one_line_error(run_tool(*smoke_args(review_files, workdir, *flag.split())), message)
+    with pytest.raises(UserError) as refused:
+        train_and_evaluate(config, workdir)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert not workdir.exists()
     assert not workdir.exists()
 
 
@@ -660,18 +675,26 @@ DAMAGE_TARGETS = ["state/manifest.ocdbt", "state/_METADATA", "state/array_metada
                   "state/_sharding", "_CHECKPOINT_METADATA", "meta/metadata", "metrics/metrics"]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def undamaged(trained_workdir, tmp_path_factory):
+    """(statements file, what predict.py writes for them from the intact run)."""
+    folder = tmp_path_factory.mktemp("undamaged")
+    source, expected = folder / "in.txt", folder / "expected.txt"
+    source.write_text("a wonderful film\nan awful mess\n")
+    assert predict(trained_workdir, source, expected).returncode == 0
+    return source, expected
+
+
 @pytest.mark.parametrize(
     "target, damage",
     [(target, "flip") for target in DAMAGE_TARGETS] + [("state/manifest.ocdbt", "delete"), ("meta", "delete"),
                                                         ("state/_METADATA", "truncate")],
 )  # fmt: skip
-def test_every_damaged_file_of_the_best_step_is_one_line_or_harmless(trained_workdir, tmp_path, target, damage):
+def test_every_damaged_file_of_the_best_step_is_one_line_or_harmless(trained_workdir, undamaged, tmp_path, target,
+                                                                      damage):  # fmt: skip
     """Predicting from a damaged step: the same predictions (a file not read for prediction), or one line and
     exit 2: never a traceback, never orbax's "Event loop is closed" reports after our line."""
-    source = tmp_path / "in.txt"
-    source.write_text("a wonderful film\nan awful mess\n")
-    expected = tmp_path / "expected.txt"
-    assert predict(trained_workdir, source, expected).returncode == 0
+    source, expected = undamaged
     workdir = tmp_path / "run"
     shutil.copytree(trained_workdir, workdir)
     (step,) = [path for path in (workdir / "best").iterdir() if path.name.isdigit()]
