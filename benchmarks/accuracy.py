@@ -35,8 +35,14 @@ MODELS = {
     # The from-scratch recurrent variant with the best mean validation accuracy (README: what was tried).
     "scratch_vocab16k": ["--config", "configs/default.py", "--config.vocab_size=16000",
                          "--config.word_dropout_rate=0.4", "--config.ngram_buckets=0"],
+    # The same variant with the n-gram scorer (tried for the default on validation).
+    "scratch_vocab16k_ngrams": ["--config", "configs/default.py", "--config.vocab_size=16000",
+                                "--config.word_dropout_rate=0.4"],
+    # The default with its recurrent model trained on top of the n-gram scorer's out-of-fold logits.
+    "default_ngram_residual": ["--config", "configs/default.py", "--config.ngram_residual=true"],
     "glove": ["--config", "configs/glove.py"],
     "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0"],
+    "glove_ngram_residual": ["--config", "configs/glove.py", "--config.ngram_residual=true"],
 }
 
 

@@ -152,3 +152,40 @@ def test_logistic_regression_equals_scikit_learns():
     reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(features, labels)
     np.testing.assert_allclose(theta[:-1], reference.coef_[0], atol=1e-3)  # L-BFGS tolerances differ
     assert theta[-1] == pytest.approx(reference.intercept_[0], abs=1e-3)
+
+
+def test_out_of_fold_logits_never_see_their_own_label():
+    """A text's out-of-fold logit comes from scorers fitted without it: flipping its own label cannot move it,
+    while the full fit (which saw it) does move."""
+    from lstm_jax.sentiment.ngrams import out_of_fold_logits
+
+    rng = np.random.default_rng(1)
+    texts, labels = _texts(rng, 120)
+    vocabulary = Vocabulary.fit(texts, 100)
+    tokens, lengths = vocabulary.encode(texts, 12)
+    flipped = labels.copy()
+    flipped[7] = 1 - flipped[7]
+    before = out_of_fold_logits((tokens, lengths, labels), 16, strength=1.0)
+    after = out_of_fold_logits((tokens, lengths, flipped), 16, strength=1.0)
+    assert before.shape == (120,) and before[7] == after[7]
+    assert np.count_nonzero(before != after) > 10  # the other folds' scorers did learn the flipped label
+    full = [fit_ngram_scorer((tokens, lengths, y), (tokens[:0], lengths[:0], y[:0]), 16, strengths=(1.0,))
+            for y in (labels, flipped)]  # fmt: skip
+    logits = [np.asarray(ngram_logits(jnp.asarray(f.table), f.bias, tokens[7:8], lengths[7:8]))[0] for f in full]
+    assert logits[0] != logits[1]
+
+
+def test_residual_training_resumes_to_the_same_weights(review_files, tmp_path):
+    from lstm_jax.sentiment.config import validate
+    from lstm_jax.sentiment.train import train_and_evaluate
+
+    with pytest.raises(UserError, match="ngram_residual .* needs --config.ngram_buckets"):
+        validate(load_config(ngram_residual=True))
+    train, test = review_files
+    settings = dict(train_path=str(train), test_path=str(test), ngram_buckets=1 << 12, ngram_residual=True)
+    train_and_evaluate(load_config(num_epochs=1, **settings), tmp_path / "resumed")
+    resumed = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "resumed")
+    straight = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "straight")
+    assert resumed == straight
+    plain = train_and_evaluate(load_config(num_epochs=2, **{**settings, "ngram_residual": False}), tmp_path / "plain")
+    assert plain["test_loss"] != straight["test_loss"]  # the offsets did change what was learned

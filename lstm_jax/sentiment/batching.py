@@ -86,6 +86,7 @@ def take_batch(examples: dict, indices, time: int) -> dict:
         "lengths": examples["lengths"][rows] * valid,
         "weights": valid.astype(np.float32),
     }
-    if "labels" in examples:
-        batch["labels"] = examples["labels"][rows]
+    for name in ("labels", "offsets"):  # offsets: logits added in training (the n-gram scorer's, out of fold)
+        if name in examples:
+            batch[name] = examples[name][rows]
     return batch

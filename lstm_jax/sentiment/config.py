@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.ngram_buckets = 0  # add a linear word 1-2-gram scorer's logit at evaluation (NB-weighted logistic
     # regression fitted on the training split before the recurrent model trains): hashed into this many buckets
     # (a power of two); 0 = none
+    config.ngram_residual = False  # train the recurrent model on top of the n-gram scorer's logits (each training
+    # text's from a scorer fitted without it: 5 folds), so it learns what the n-grams get wrong
     config.ensemble_size = 1  # train this many independently initialised models side by side; predict with their mean
     config.unroll = 1  # lax.scan unroll factor
     config.backend = "auto"  # how the recurrence runs (same function): auto|scan|fused|cudnn|parallel|chunkwise
@@ -140,6 +142,8 @@ def validate(config) -> None:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")
     if config.ngram_buckets & (config.ngram_buckets - 1):
         raise UserError(f"--config.ngram_buckets={config.ngram_buckets} must be a power of two (e.g. 1048576) or 0")
+    if config.ngram_residual and not config.ngram_buckets:
+        raise UserError("--config.ngram_residual trains on top of the n-gram scorer: it needs --config.ngram_buckets")
     _check_model(config)
     if config.embedding_init == "file" and not config.embedding_path:
         raise UserError("--config.embedding_init=file needs --config.embedding_path=FILE")

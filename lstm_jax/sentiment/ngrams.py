@@ -139,9 +139,26 @@ def fit_ngram_scorer(train: tuple[np.ndarray, np.ndarray, np.ndarray], validatio
     for strength in sorted(strengths):  # warm start: each fit begins where the stronger-regularised one ended
         theta = _fit_logistic(scaled, labels, float(strength), theta)
         val_logits = val_features @ theta[:-1] + theta[-1]
-        tried[strength] = float(np.mean((val_logits > 0) == (np.asarray(validation[2]) == 1)))
+        right = (val_logits > 0) == (np.asarray(validation[2]) == 1)
+        tried[strength] = float(np.mean(right)) if len(right) else np.nan
         fits[strength] = theta
     best = max(tried, key=lambda strength: (tried[strength], -strength))
     table = np.zeros(1 << log2_buckets, np.float32)
     table[buckets] = fits[best][:-1] * ratio
     return NgramFit(table, float(fits[best][-1]), float(best), tried)
+
+
+def out_of_fold_logits(train: tuple[np.ndarray, np.ndarray, np.ndarray], log2_buckets: int, strength: float,
+                       folds: int = 5, seed: int = 0) -> np.ndarray:  # fmt: skip
+    """``<float32>[N]``: each training text's n-gram logit from a scorer fitted without its fold (C fixed), the
+    honest estimate of what the scorer will say on unseen text (the full fit has seen every training text)."""
+    tokens, lengths, labels = (np.asarray(part) for part in train)
+    fold = np.empty(len(labels), np.int64)
+    fold[np.random.default_rng(seed).permutation(len(labels))] = np.arange(len(labels)) % folds
+    logits = np.zeros(len(labels), np.float32)
+    for held_out in range(folds):
+        held = fold == held_out
+        fit = fit_ngram_scorer((tokens[~held], lengths[~held], labels[~held]),
+                               (tokens[held], lengths[held], labels[held]), log2_buckets, strengths=(strength,))
+        logits[held] = np.asarray(ngram_logits(jnp.asarray(fit.table), fit.bias, tokens[held], lengths[held]))
+    return logits

@@ -49,7 +49,7 @@ from lstm_jax.sentiment.embeddings import (
 )
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model, model_kwargs
-from lstm_jax.sentiment.ngrams import NgramFit, fit_ngram_scorer
+from lstm_jax.sentiment.ngrams import NgramFit, fit_ngram_scorer, out_of_fold_logits
 from lstm_jax.sentiment.reporting import RunReport
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
@@ -173,8 +173,10 @@ def train_step(state: TrainState, examples: dict, order: jax.Array, time: int) -
     def loss_fn(params):
         model = nnx.merge(state.graphdef, params)
         dropout = nnx.Rngs(dropout=dropout_key)  # made inside: NNX RNG counters belong to the trace using them
-        sums = batch_sums(model.member_logits(batch["tokens"], batch["lengths"], rngs=dropout), batch["labels"],
-                          batch["weights"])  # fmt: skip
+        logits = model.member_logits(batch["tokens"], batch["lengths"], rngs=dropout)
+        if "offsets" in batch:  # ngram_residual: the recurrent model learns what the n-gram scorer gets wrong
+            logits = logits + batch["offsets"]
+        sums = batch_sums(logits, batch["labels"], batch["weights"])
         return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
     grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -401,12 +403,7 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         folder = glove_folder(config.embedding_path)
         initial_vectors, coverage = read_glove(folder, vocabulary, config.embedding_dim, train.tokens)
         log(f"GloVe 6B vectors from {folder}: {coverage}")
-    ngram_fit = None
-    if config.ngram_buckets and meta is None:  # a resumed run restores its fitted table
-        ngram_fit = fit_ngram_scorer((train.tokens, train.lengths, splits.train.labels),
-                                     (validation.tokens, validation.lengths, splits.validation.labels),
-                                     config.ngram_buckets.bit_length() - 1)  # fmt: skip
-        log(ngram_fit.describe())
+    ngram_fit = fit_ngrams(config, splits, train, validation, meta is not None, mesh, log)
     kwargs = model_kwargs(config, vocabulary.size)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors,
                                ngram_fit)  # fmt: skip
@@ -417,6 +414,26 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     job = Job(config, mesh, None, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
               Evaluator(test, config, mesh), log)  # fmt: skip
     return job, state
+
+
+def fit_ngrams(config, splits, train: DeviceSplit, validation: DeviceSplit, resumed: bool, mesh: Mesh,
+               log) -> NgramFit | None:  # fmt: skip
+    """The n-gram scorer fitted on the training split (None without one, and for a resumed run, which restores
+    its table); with ``ngram_residual``, also the out-of-fold logits the recurrent model trains on top of (put
+    beside ``train``'s examples). A resumed residual run refits to find the same C (the fit is deterministic)."""
+    if not config.ngram_buckets or (resumed and not config.ngram_residual):
+        return None
+    log2_buckets = config.ngram_buckets.bit_length() - 1
+    fit = fit_ngram_scorer((train.tokens, train.lengths, splits.train.labels),
+                           (validation.tokens, validation.lengths, splits.validation.labels), log2_buckets)
+    if config.ngram_residual:
+        offsets = out_of_fold_logits((train.tokens, train.lengths, splits.train.labels), log2_buckets, fit.strength,
+                                     seed=config.seed)  # fmt: skip
+        train.examples["offsets"] = put(offsets, NamedSharding(mesh, P()))
+    if resumed:
+        return None
+    log(fit.describe())
+    return fit
 
 
 def resume(job: Job, state: TrainState) -> TrainState:
