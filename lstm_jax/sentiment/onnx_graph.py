@@ -9,6 +9,9 @@ Each recurrent layer becomes ONNX's own operator, so ONNX Runtime runs its fused
   (ours ``[r | u | n]``), both biases;
 * ``SimpleRNNCell`` -> ``RNN`` with ``tanh``.
 
+The n-gram scorer (``ngrams/table``) becomes plain integer and gather operators: the same multiplicative hash of
+token-id pairs in int64 arithmetic, a repeat mask from an equality matrix, and a sum of the table's values.
+
 Exact lengths: every operator gets ``sequence_lens``, so each row stops at its last real token and the backward
 direction of a bidirectional layer starts there (ONNX Runtime reverses each row's real steps). Rows of length 0
 run one step (the operators need at least one) and are then given the zero state back, as our layers do. Padded
