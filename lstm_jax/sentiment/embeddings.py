@@ -218,7 +218,8 @@ def _glove_index(path: Path) -> tuple[list, list]:
     """(the index's words, our word for each or None), read and normalised once per version of the file:
     :func:`vector_words` and :func:`read_glove` both need them, and 400,000 words take about a second."""
     try:
-        version = (path.stat().st_mtime_ns, path.stat().st_size)
+        info = path.stat()
+        version = (info.st_mtime_ns, info.st_size)
     except OSError:
         version = None  # _glove_words reports it
     return _glove_index_of(path, version)

@@ -191,7 +191,8 @@ def _remove_stale_temporaries(target: Path) -> None:
     for path in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         match = pattern.fullmatch(path.name)
         try:
-            if match is None or path.lstat().st_uid != os.getuid() or not stat.S_ISREG(path.lstat().st_mode):
+            info = path.lstat() if match else None
+            if info is None or info.st_uid != os.getuid() or not stat.S_ISREG(info.st_mode):
                 continue
             os.kill(int(match.group(1)), 0)  # raises ProcessLookupError when that process is gone
         except ProcessLookupError:

@@ -135,7 +135,7 @@ class SentimentClassifier(nnx.Module):
         return [self.embed]
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        deterministic, words = rngs is None, tokens
+        deterministic = rngs is None
         if not deterministic and self.word_dropout_rate > 0:
             # Word dropout: real tokens become "unknown" at random, so no single word decides the label.
             dropped = jax.random.bernoulli(rngs.dropout(), self.word_dropout_rate, tokens.shape)
@@ -162,7 +162,7 @@ class SentimentClassifier(nnx.Module):
         if self.word_scores is not None:
             scores = self.word_scores(tokens)[..., 0].astype(jnp.float32) * (tokens != PAD_ID)
             logits = logits + jnp.sum(scores, axis=1) / jnp.maximum(lengths, 1)
-        return _with_ngrams(self.ngrams, logits, words, lengths, deterministic)
+        return _with_ngrams(self.ngrams, logits, tokens, lengths, deterministic)  # eval only: tokens as given
 
 
 class SentimentEnsemble(nnx.Module):

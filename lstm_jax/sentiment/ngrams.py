@@ -100,7 +100,7 @@ def _fit_logistic(features, labels: np.ndarray, strength: float, start: np.ndarr
     """``[w..., b]`` minimising the mean cross-entropy of ``features @ w + b`` plus ``|w|^2 / (2 C N)``.
 
     Newton's method with conjugate gradients (SciPy's Newton-CG) and exact Hessian-vector products
-    ``X^T D X v + v / (C N)``: about 10 steps, 5-7 times faster here than L-BFGS, and closer to the optimum.
+    ``X^T D X v + v / (C N)``: about 10 steps, 4.7-7.4 times faster here than L-BFGS, and closer to the optimum.
     """
     import scipy.optimize
     import scipy.special
@@ -131,26 +131,32 @@ def fit_ngram_scorer(train: tuple[np.ndarray, np.ndarray, np.ndarray], validatio
 
     Ties go to the smaller C (the stronger regularisation). Without a validation split the middle C is used.
     """
+    train_ids = _counted_ids(train[0], train[1], log2_buckets)
+    val_ids = _counted_ids(validation[0], validation[1], log2_buckets)
+    return _fit_on_ids(train_ids, np.asarray(train[2]), val_ids, np.asarray(validation[2]), log2_buckets, strengths)
+
+
+def _fit_on_ids(train_ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, val_labels: np.ndarray,
+                log2_buckets: int, strengths) -> NgramFit:  # fmt: skip
+    """:func:`fit_ngram_scorer` from counted bucket ids (:func:`_counted_ids`, computed row by row, so a
+    subset's ids are the rows of the whole set's)."""
     import scipy.sparse
 
-    train_ids = _counted_ids(train[0], train[1], log2_buckets)
-    labels = np.asarray(train[2])
     buckets = np.unique(train_ids[train_ids >= 0])
     features = _features(train_ids, buckets)
     holding = lambda rows: np.asarray(features[rows].sum(axis=0)).ravel() + 1.0  # noqa: E731  add-one counts
     positive, negative = holding(labels == 1), holding(labels == 0)
     ratio = np.log(positive / positive.sum()) - np.log(negative / negative.sum())
     scaled = features @ scipy.sparse.diags(ratio)
-    val_ids = _counted_ids(validation[0], validation[1], log2_buckets)
     val_features = _features(val_ids, buckets) @ scipy.sparse.diags(ratio)
     tried, fits = {}, {}
     theta = np.zeros(len(buckets) + 1)
-    if len(validation[2]) == 0:
+    if len(val_labels) == 0:
         strengths = [strengths[len(strengths) // 2]]
     for strength in sorted(strengths):  # warm start: each fit begins where the stronger-regularised one ended
         theta = _fit_logistic(scaled, labels, float(strength), theta)
         val_logits = val_features @ theta[:-1] + theta[-1]
-        right = (val_logits > 0) == (np.asarray(validation[2]) == 1)
+        right = (val_logits > 0) == (val_labels == 1)
         tried[strength] = float(np.mean(right)) if len(right) else np.nan
         fits[strength] = theta
     best = max(tried, key=lambda strength: (tried[strength], -strength))
@@ -166,10 +172,10 @@ def out_of_fold_logits(train: tuple[np.ndarray, np.ndarray, np.ndarray], log2_bu
     tokens, lengths, labels = (np.asarray(part) for part in train)
     fold = np.empty(len(labels), np.int64)
     fold[np.random.default_rng(seed).permutation(len(labels))] = np.arange(len(labels)) % folds
+    ids = _counted_ids(tokens, lengths, log2_buckets)  # once: each fold's fit takes its rows
     logits = np.zeros(len(labels), np.float32)
     for held_out in range(folds):
         held = fold == held_out
-        fit = fit_ngram_scorer((tokens[~held], lengths[~held], labels[~held]),
-                               (tokens[held], lengths[held], labels[held]), log2_buckets, strengths=(strength,))
+        fit = _fit_on_ids(ids[~held], labels[~held], ids[held], labels[held], log2_buckets, (strength,))
         logits[held] = np.asarray(ngram_logits(jnp.asarray(fit.table), fit.bias, tokens[held], lengths[held]))
     return logits
