@@ -50,7 +50,8 @@ def main(argv):
     SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,))  # refuse a bad output before loading anything
     threshold = _THRESHOLD.value
     if _MODEL.value:
-        from lstm_jax.sentiment import deploy  # no Flax, no orbax; JAX only for a StableHLO model
+        with startup.quiet_while_importing():
+            from lstm_jax.sentiment import deploy  # no Flax, no orbax; JAX only for a StableHLO model
 
         predictor = deploy.load(_MODEL.value, batch_size=_BATCH_SIZE.value)
         if predictor.format == "stablehlo":
@@ -58,7 +59,8 @@ def main(argv):
         if not flags.FLAGS["threshold"].present:
             threshold = predictor.threshold
     else:
-        from lstm_jax.sentiment.predict import load_predictor
+        with startup.quiet_while_importing():
+            from lstm_jax.sentiment.predict import load_predictor
 
         enable_compilation_cache("")
         predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)

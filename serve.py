@@ -65,7 +65,8 @@ def main(argv):
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     _check_flags()
     try:
-        from lstm_jax.sentiment import serving
+        with startup.quiet_while_importing():
+            from lstm_jax.sentiment import serving
     except ImportError as error:
         raise UserError(f"serving needs {error.name}: pip install 'lstm_jax[serve]'") from None
     service = serving.load_service(

@@ -5,9 +5,11 @@ process quietly with exit code 130, instead of a traceback from the middle of an
 during the work is handled as the entry points document (nothing half-written, a one-line message).
 """
 
+import contextlib
 import os
 import signal
 import sys
+import threading
 
 
 def _interrupted_while_starting(signum, frame):
@@ -16,6 +18,20 @@ def _interrupted_while_starting(signum, frame):
 
 
 signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+@contextlib.contextmanager
+def quiet_while_importing():
+    """The same quiet exit around an import an entry point makes late (JAX, only when a command needs it): a
+    KeyboardInterrupt raised inside a C extension's import aborts the process with a C++ traceback instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _interrupted_while_starting)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def one_cpu_device_per_core() -> None:
