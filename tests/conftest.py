@@ -43,17 +43,51 @@ def write_reviews(path: Path, count: int, seed: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _release_compiled_programs():
-    """Each test module compiles its own shapes; dropping JAX's in-memory caches after a module keeps the whole
-    suite's memory near one module's (it grew to 6 GB) at the cost of recompiling what modules share."""
-    yield
+COMPILED_MEMORY_LIMIT_MB = 600  # a test worker whose memory grew this much since its last release releases again
+_after_release_mb = 0  # the worker's resident memory after its last release: imported libraries, fixtures
+
+
+def _resident_mb() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    except OSError:  # not Linux
+        return 0
+
+
+def _release_memory() -> None:
+    """Drops JAX's compiled programs and gives freed memory back to the system (glibc keeps what the compiler
+    freed in its arenas: 700 MB after test_cudnn alone)."""
+    import ctypes
     import gc
 
     import jax
 
+    global _after_release_mb
     jax.clear_caches()
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    _after_release_mb = _resident_mb()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs_per_module():
+    """Each test module compiles its own shapes: release them after the module (the suite grew to 6 GB)."""
+    yield
+    _release_memory()
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs_when_large():
+    """Within a module too, once a worker's compiled programs hold more than COMPILED_MEMORY_LIMIT_MB
+    (test_recurrent's cases grew one worker from 0.9 to 3 GB); measured from the last release, as the libraries
+    a worker has imported (torch, keras, onnxruntime) stay."""
+    yield
+    if _after_release_mb and _resident_mb() > _after_release_mb + COMPILED_MEMORY_LIMIT_MB:
+        _release_memory()
 
 
 @pytest.fixture(scope="session")
