@@ -5,7 +5,7 @@ python train.py                      # = python train.py --config configs/defaul
 A bidirectional GRU over embeddings initialised from the training texts' co-occurrences (PPMI + SVD), with
 mean-and-max pooling over the real tokens, word/embedding/output dropout, early stopping on validation
 accuracy and the test evaluated on the best validation checkpoint; its logit is summed with that of a linear
-word 1-2-gram model (NB-weighted logistic regression, fitted before training: lstm_jax/sentiment/ngrams.py),
+word 1-3-gram model (NB-weighted logistic regression, fitted before training: lstm_jax/sentiment/ngrams.py),
 which the two models' different mistakes make worth about a point. See README "Accuracy against linear
 baselines" for the measured accuracy and the experiments behind the choices.
 """
@@ -25,7 +25,8 @@ def get_config():
     config.dropout_rate = 0.5
     config.embedding_dropout_rate = 0.25
     config.word_dropout_rate = 0.3
-    config.ngram_buckets = 1 << 20  # + the logit of a word 1-2-gram model hashed into 2^20 buckets (4 MB)
+    config.ngram_buckets = 1 << 20  # + the logit of a word 1-3-gram model hashed into 2^20 buckets (4 MB)
+    config.ngram_order = 3  # 1-3-grams: validation 79.36% against 78.68% with 1-2-grams (README)
     config.num_epochs = 12
     config.early_stopping_patience = 3
     config.test_checkpoint = "best"

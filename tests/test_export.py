@@ -58,7 +58,7 @@ ONNX_GRID = [
 
     dict(cell="lstm", bidirectional=True, num_layers=2, pooling="last"),
     dict(cell="gru", num_layers=2, pooling="max", word_scores=True),
-    dict(cell="gru", bidirectional=True, pooling="mean_max", ngram_buckets=64),  # 64: buckets collide too
+    dict(cell="gru", bidirectional=True, pooling="mean_max", ngram_buckets=64, ngram_order=3),  # 64: collisions
     dict(cell="lstm", pooling="mean_max", ensemble_size=2, ngram_buckets=1 << 20),
 ]
 
@@ -99,7 +99,7 @@ STABLEHLO_GRID = [
     dict(cell="lstm", bidirectional=True, pooling="mean_max", ensemble_size=2),
     dict(cell="gru", pooling="max", num_layers=2),
     dict(cell="layernorm_lstm", bidirectional=True, pooling="last"),
-    dict(cell="lstm", proj_size=2, word_scores=True, ngram_buckets=64),
+    dict(cell="lstm", proj_size=2, word_scores=True, ngram_buckets=64, ngram_order=3),
     dict(cell="slstm", num_heads=2, bidirectional=True),
     dict(cell="mlstm", num_heads=2, pooling="mean_max"),
 ]

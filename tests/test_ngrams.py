@@ -9,7 +9,14 @@ from flax import nnx
 
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model
-from lstm_jax.sentiment.ngrams import HASH_FIRST, HASH_SECOND, fit_ngram_scorer, ngram_ids, ngram_logits
+from lstm_jax.sentiment.ngrams import (
+    HASH_FIRST,
+    HASH_MULTIPLIERS,
+    HASH_SECOND,
+    fit_ngram_scorer,
+    ngram_ids,
+    ngram_logits,
+)
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 
@@ -17,13 +24,22 @@ def _bucket(first: int, second: int, log2_buckets: int) -> int:
     return ((first * HASH_FIRST + second * HASH_SECOND) % (1 << 32)) >> (32 - log2_buckets)
 
 
-def _reference_logits(table, bias, tokens, lengths):
-    """Plain Python: the set of a text's unigram (a, 0) and bigram (a, b) buckets, each counted once."""
+def _trigram_bucket(a: int, b: int, c: int, log2_buckets: int) -> int:
+    return ((a * HASH_MULTIPLIERS[0] + b * HASH_MULTIPLIERS[1] + c * HASH_MULTIPLIERS[2]) % (1 << 32)) >> (
+        32 - log2_buckets
+    )
+
+
+def _reference_logits(table, bias, tokens, lengths, order=2):
+    """Plain Python: the set of a text's unigram (a, 0), bigram (a, b) and (order 3) trigram (a, b, c) buckets,
+    each counted once."""
     log2 = int(np.log2(len(table)))
     logits = []
     for row, length in zip(tokens.tolist(), lengths.tolist()):
         words = row[:length]
         buckets = {_bucket(a, 0, log2) for a in words} | {_bucket(a, b, log2) for a, b in zip(words, words[1:])}
+        if order == 3:
+            buckets |= {_trigram_bucket(a, b, c, log2) for a, b, c in zip(words, words[1:], words[2:])}
         logits.append(bias + sum(table[k] for k in buckets))
     return np.asarray(logits, np.float32)
 
@@ -48,8 +64,27 @@ def test_logits_equal_a_plain_python_reference_with_colliding_buckets():
     tokens[np.arange(12)[None] >= lengths[:, None]] = 0
     for buckets in (16, 1 << 20):  # 16: many n-grams share a bucket, which then counts once
         table = rng.normal(size=buckets).astype(np.float32)
-        got = ngram_logits(jnp.asarray(table), jnp.float32(0.5), jnp.asarray(tokens), jnp.asarray(lengths))
-        np.testing.assert_allclose(got, _reference_logits(table, 0.5, tokens, lengths), rtol=1e-5, atol=1e-5)
+        for order in (2, 3):
+            got = ngram_logits(jnp.asarray(table), jnp.float32(0.5), jnp.asarray(tokens), jnp.asarray(lengths), order)
+            want = _reference_logits(table, 0.5, tokens, lengths, order)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{buckets} buckets, order {order}")
+
+
+@pytest.mark.parametrize("time", [1, 2, 3, 5])
+def test_order_three_adds_trigrams_after_the_same_unigram_and_bigram_ids(time):
+    """A table fitted with 1-2-grams keeps its meaning: order 3 appends the trigrams, including for texts
+    shorter than a trigram (and a 1-token batch, which has no bigram column at all)."""
+    tokens = np.array([[4, 9, 4, 9, 7][:time], [8] * time], np.int32)
+    lengths = np.array([time, time], np.int32)
+    two = [np.asarray(x) for x in ngram_ids(jnp.asarray(tokens), jnp.asarray(lengths), 20, 2)]
+    three = [np.asarray(x) for x in ngram_ids(jnp.asarray(tokens), jnp.asarray(lengths), 20, 3)]
+    assert two[0].shape == (2, 2 * time - 1) and three[0].shape == (2, 3 * time - 2)
+    np.testing.assert_array_equal(three[0][:, : 2 * time - 1], two[0])
+    np.testing.assert_array_equal(three[1][:, : 2 * time - 1], two[1])
+    trigrams = three[0][0, 2 * time - 1 :][three[1][0, 2 * time - 1 :]].tolist()
+    words = tokens[0].tolist()
+    assert sorted(trigrams) == sorted({_trigram_bucket(a, b, c, 20) for a, b, c in zip(words, words[1:], words[2:])})
+    assert three[1][1, 2 * time - 1 :].sum() == (time >= 3)  # "8 8 8 ..." has one distinct trigram
 
 
 def _texts(rng, count):

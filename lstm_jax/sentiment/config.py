@@ -48,9 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
     config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
     config.word_scores = False  # add a linear bag-of-words path (one learned score per word) to the logit
-    config.ngram_buckets = 0  # add a linear word 1-2-gram scorer's logit at evaluation (NB-weighted logistic
+    config.ngram_buckets = 0  # add a linear word n-gram scorer's logit at evaluation (NB-weighted logistic
     # regression fitted on the training split before the recurrent model trains): hashed into this many buckets
     # (a power of two); 0 = none
+    config.ngram_order = 2  # the scorer's n-grams: 2 = word 1-2-grams, 3 = 1-3-grams
     config.ngram_residual = False  # train the recurrent model on top of the n-gram scorer's logits (each training
     # text's from a scorer fitted without it: 5 folds), so it learns what the n-grams get wrong
     config.ensemble_size = 1  # train this many independently initialised models side by side; predict with their mean
@@ -119,7 +120,7 @@ CHOICES = {
 RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_len": (1, 100_000),
           "embedding_dim": (1, 65_536), "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_heads": (1, 65_536),
           "num_layers": (1, 64), "ensemble_size": (1, 64), "ngram_buckets": (0, 1 << 26),
-          "initialization_timeout": (1, 86_400), "unroll": (1, 1024),
+          "ngram_order": (2, 3), "initialization_timeout": (1, 86_400), "unroll": (1, 1024),
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
           "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3), "weight_decay": (0.0, 1e3),

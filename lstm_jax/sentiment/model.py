@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax.recurrent import make_recurrent
-from lstm_jax.sentiment.ngrams import ngram_logits
+from lstm_jax.sentiment.ngrams import ORDERS, ngram_logits
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID
 
 POOLINGS = ("last", "max", "mean_max")
@@ -35,17 +35,20 @@ class NgramTable(nnx.Variable):
 
 class NgramScorer(nnx.Module):
     """``tokens <int32>[B, T]``, ``lengths <int32>[B]`` -> ``logits <float32>[B]`` of the linear n-gram model of
-    :mod:`.ngrams`: ``bias + sum of table[bucket]`` over each text's distinct word 1-2-grams. ``table
-    <float32>[buckets]`` and ``bias`` are filled by :func:`.ngrams.fit_ngram_scorer` before training."""
+    :mod:`.ngrams`: ``bias + sum of table[bucket]`` over each text's distinct word 1- to ``order``-grams.
+    ``table <float32>[buckets]`` and ``bias`` are filled by :func:`.ngrams.fit_ngram_scorer` before training."""
 
-    def __init__(self, buckets: int):
+    def __init__(self, buckets: int, order: int = 2):
         if buckets & (buckets - 1):
             raise ValueError(f"ngram_buckets must be a power of two, got {buckets}")
+        if order not in ORDERS:
+            raise ValueError(f"ngram_order must be one of {ORDERS}, got {order}")
+        self.order = order
         self.table = NgramTable(jnp.zeros((buckets,), jnp.float32))
         self.bias = NgramTable(jnp.zeros((), jnp.float32))
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-        return ngram_logits(self.table[...], self.bias[...], tokens, lengths)
+        return ngram_logits(self.table[...], self.bias[...], tokens, lengths, self.order)
 
 
 def _with_ngrams(ngrams: NgramScorer | None, logits: jax.Array, tokens, lengths, deterministic: bool) -> jax.Array:
@@ -83,6 +86,7 @@ class SentimentClassifier(nnx.Module):
         word_dropout_rate: float = 0.0,
         word_scores: bool = False,
         ngram_buckets: int = 0,
+        ngram_order: int = 2,
         unroll: int = 1,
         backend: str = "auto",
         proj_size: int = 0,
@@ -125,7 +129,7 @@ class SentimentClassifier(nnx.Module):
         self.word_scores = (
             nnx.Embed(vocab_size, 1, embedding_init=nnx.initializers.zeros, rngs=rngs) if word_scores else None
         )
-        self.ngrams = NgramScorer(ngram_buckets) if ngram_buckets else None
+        self.ngrams = NgramScorer(ngram_buckets, ngram_order) if ngram_buckets else None
 
     def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """<float32>[1, batch]: the same interface as :class:`SentimentEnsemble`."""
@@ -173,9 +177,9 @@ class SentimentEnsemble(nnx.Module):
     (``ngram_buckets``) serves the whole ensemble: its logit is added to every member's at evaluation.
     """
 
-    def __init__(self, *, size: int, rngs: nnx.Rngs, ngram_buckets: int = 0, **kwargs):
+    def __init__(self, *, size: int, rngs: nnx.Rngs, ngram_buckets: int = 0, ngram_order: int = 2, **kwargs):
         self.members = nnx.List([SentimentClassifier(**kwargs, rngs=rngs) for _ in range(size)])
-        self.ngrams = NgramScorer(ngram_buckets) if ngram_buckets else None
+        self.ngrams = NgramScorer(ngram_buckets, ngram_order) if ngram_buckets else None
 
     def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """<float32>[members, batch]."""
@@ -213,6 +217,7 @@ def model_kwargs(config, vocab_size: int) -> dict:
         word_dropout_rate=config.word_dropout_rate,
         word_scores=config.word_scores,
         ngram_buckets=config.ngram_buckets,
+        ngram_order=config.ngram_order,
         unroll=config.unroll,
         backend=config.backend,
         proj_size=config.proj_size,

@@ -24,12 +24,13 @@ stabiliser state), zoneout (its inference form mixes the old and new state) and 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.ngrams import HASH_FIRST, HASH_SECOND
+from lstm_jax.sentiment.ngrams import HASH_MULTIPLIERS
 
 OPSET = 17
 OPERATORS = {"lstm": "LSTM", "peephole_lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
@@ -145,27 +146,36 @@ def _member(graph: _Graph, kwargs: dict, weights: dict, prefix: str, shared: dic
     return logit
 
 
-def _ngram_logit(graph: _Graph, weights: dict, shared: dict) -> str:
+def _ngram_logit(graph: _Graph, weights: dict, shared: dict, order: int) -> str:
     """The n-gram scorer's logit <float32>[B] (see :func:`.ngrams.ngram_ids`): the same hash in int64 arithmetic
-    (``(a*K1 + b*K2) mod 2**32``, then its top bits), unigrams paired with 0, repeats counted once."""
+    (``(a*K1 + b*K2 [+ c*K3]) mod 2**32``, then its top bits), unigrams paired with 0, repeats counted once."""
     int64, axis1 = 7, graph.const([1], np.int64)
     table = weights["ngrams/table"]
     words = graph.op("Cast", "tokens", to=int64)  # [B, T]
-    head = graph.op("Slice", words, graph.const([0], np.int64), graph.const([-1], np.int64), axis1)
-    tail = graph.op("Slice", words, axis1, graph.const([np.iinfo(np.int64).max], np.int64), axis1)
-    first = graph.op("Concat", words, head, axis=1)  # [B, 2T-1]
-    second = graph.op("Concat", graph.op("Mul", words, graph.const(np.int64(0))), tail, axis=1)
-    hashed = graph.op("Add", graph.op("Mul", first, graph.const(np.int64(HASH_FIRST))),
-                      graph.op("Mul", second, graph.const(np.int64(HASH_SECOND))))  # fmt: skip
-    hashed = graph.op("Mod", hashed, graph.const(np.int64(1 << 32)))
+    begin, end = graph.const([0], np.int64), graph.const([np.iinfo(np.int64).max], np.int64)
+
+    def shifted(start: int, stop: int) -> str:  # words[:, start : T - stop]
+        return graph.op("Slice", words, graph.const([start], np.int64),
+                        graph.const([-stop], np.int64) if stop else end, axis1)  # fmt: skip
+
+    def times(tensor: str, k: int) -> str:
+        return graph.op("Mul", tensor, graph.const(np.int64(HASH_MULTIPLIERS[k])))
+
+    hashed = [times(words, 0)]  # unigrams: the bigram (a, 0), whose second term is 0
+    for n in range(2, order + 1):
+        terms = [times(shifted(k, n - 1 - k), k) for k in range(n)]
+        hashed.append(functools.reduce(lambda a, b: graph.op("Add", a, b), terms))
+    hashed = graph.op("Mod", graph.op("Concat", *hashed, axis=1), graph.const(np.int64(1 << 32)))  # [B, N]
     ids = graph.op("Div", hashed, graph.const(np.int64((1 << 32) // len(table))))
-    one, time = graph.const(np.int32(1)), shared["time"]
-    position = graph.op("Concat", graph.op("Range", graph.const(np.int32(0)), time, one),
-                        graph.op("Range", one, time, one), axis=0)  # [N]: the last token each n-gram needs
-    real = graph.op("Less", graph.op("Unsqueeze", position, graph.const([0], np.int64)),
+    zero, one, time = graph.const(np.int32(0)), graph.const(np.int32(1)), shared["time"]
+    # [N]: the last token each n-gram needs: 0..T-1 for unigrams, 1..T-1 for bigrams, 2..T-1 for trigrams
+    position = graph.op("Concat", *[graph.op("Range", graph.const(np.int32(n - 1)), graph.op("Max", time,
+                        graph.const(np.int32(n - 1))), one) for n in range(1, order + 1)], axis=0)  # fmt: skip
+    real = graph.op("Less", graph.op("Unsqueeze", position, begin),
                     graph.op("Unsqueeze", shared["lengths"], axis1))  # [B, N]  # fmt: skip
-    index = graph.op("Range", graph.const(np.int32(0)), graph.op("Sub", graph.op("Add", time, time), one), one)
-    earlier = graph.op("Less", graph.op("Unsqueeze", index, graph.const([0], np.int64)),
+    index = graph.op("Range", zero, graph.op("Cast", graph.op("Gather", graph.op("Shape", position),
+                     graph.const(np.int64(0))), to=6), one)  # fmt: skip
+    earlier = graph.op("Less", graph.op("Unsqueeze", index, begin),
                        graph.op("Unsqueeze", index, axis1))  # [N, N]: j < i  # fmt: skip
     same = graph.op("Equal", graph.op("Unsqueeze", ids, graph.const([2], np.int64)), graph.op("Unsqueeze", ids, axis1))
     repeat = graph.op("And", graph.op("And", same, earlier), graph.op("Unsqueeze", real, axis1))
@@ -211,7 +221,7 @@ def build(kwargs: dict, weights: dict[str, np.ndarray]):
     logits = [_member(graph, kwargs, weights, prefix, shared) for prefix in prefixes]
     logit = logits[0] if size == 1 else graph.op("Div", graph.op("Sum", *logits), graph.const(np.float32(size)))
     if "ngrams/table" in weights:
-        logit = graph.op("Add", logit, _ngram_logit(graph, weights, shared))
+        logit = graph.op("Add", logit, _ngram_logit(graph, weights, shared, kwargs.get("ngram_order", 2)))
     graph.nodes.append(helper.make_node("Sigmoid", [logit], ["probabilities"]))
     onnx_graph = helper.make_graph(
         graph.nodes,

@@ -425,10 +425,11 @@ def fit_ngrams(config, splits, train: DeviceSplit, validation: DeviceSplit, resu
         return None
     log2_buckets = config.ngram_buckets.bit_length() - 1
     fit = fit_ngram_scorer((train.tokens, train.lengths, splits.train.labels),
-                           (validation.tokens, validation.lengths, splits.validation.labels), log2_buckets)
+                           (validation.tokens, validation.lengths, splits.validation.labels), log2_buckets,
+                           order=config.ngram_order)  # fmt: skip
     if config.ngram_residual:
         offsets = out_of_fold_logits((train.tokens, train.lengths, splits.train.labels), log2_buckets, fit.strength,
-                                     seed=config.seed)  # fmt: skip
+                                     seed=config.seed, order=config.ngram_order)  # fmt: skip
         train.examples["offsets"] = put(offsets, NamedSharding(mesh, P()))
     if resumed:
         return None
