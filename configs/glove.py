@@ -3,7 +3,7 @@
 python train.py --config configs/glove.py --workdir checkpoints/glove
 
 Same as configs/default.py (bidirectional GRU, mean-and-max pooling, dropout, early stopping on validation, plus
-the word 1-2-gram scorer's logit) except that the embeddings start from GloVe (embedding_dim 50, the vectors'
+the word 1-3-gram scorer's logit) except that the embeddings start from GloVe (embedding_dim 50, the vectors'
 width) instead of PPMI-SVD, the vocabulary keeps the 16,000 most frequent training words, and the vectors' first
 100,000 other words get ids too (words never seen in training keep their GloVe meaning). Chosen by mean
 validation accuracy over seeds 0-2 among the variants in README "Accuracy against linear baselines"; its test
