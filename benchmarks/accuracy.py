@@ -37,15 +37,20 @@ MODELS = {
     # The from-scratch recurrent variant with the best mean validation accuracy (README: what was tried).
     "scratch_vocab16k": ["--config", "configs/default.py", "--config.vocab_size=16000",
                          "--config.word_dropout_rate=0.4", "--config.ngram_buckets=0"],
-    # The same variant with the n-gram scorer (tried for the default on validation).
+    # The same variant with the n-gram scorer (tried for the default on validation), on 1-2-grams and 1-3-grams.
     "scratch_vocab16k_ngrams": ["--config", "configs/default.py", "--config.vocab_size=16000",
-                                "--config.word_dropout_rate=0.4"],
-    # The default with its recurrent model trained on top of the n-gram scorer's out-of-fold logits.
-    "default_ngram_residual": ["--config", "configs/default.py", "--config.ngram_residual=true"],
+                                "--config.word_dropout_rate=0.4", "--config.ngram_order=2"],
+    "scratch_vocab16k_trigrams": ["--config", "configs/default.py", "--config.vocab_size=16000",
+                                  "--config.word_dropout_rate=0.4"],
+    # An ensemble of 3 recurrent models beside the default's scorer.
+    "default_ensemble3": ["--config", "configs/default.py", "--config.ensemble_size=3"],
+    # The default with its recurrent model trained on top of the (1-2-gram) scorer's out-of-fold logits.
+    "default_ngram_residual": ["--config", "configs/default.py", "--config.ngram_residual=true",
+                               "--config.ngram_order=2"],
     "glove": ["--config", "configs/glove.py"],
     "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0"],
     "glove_bigrams": ["--config", "configs/glove.py", "--config.ngram_order=2"],
-    "glove_ngram_residual": ["--config", "configs/glove.py", "--config.ngram_residual=true"],
+    "glove_ngram_residual": ["--config", "configs/glove.py", "--config.ngram_residual=true", "--config.ngram_order=2"],
 }
 
 
