@@ -56,3 +56,21 @@ def test_the_library_imports_nothing_from_the_job():
 def test_nothing_that_benchmarks_the_library_lives_in_the_job():
     assert not [path.name for path in (PACKAGE / "sentiment").glob("*bench*")]
     assert (ROOT / "benchmarks" / "step_speed.py").is_file()
+
+
+def test_every_config_is_locked_and_valid_and_vocab16k_is_the_default_with_two_changes():
+    import pytest
+    from conftest import load_config
+
+    from lstm_jax.sentiment.config import validate
+
+    names = sorted(path.stem for path in (ROOT / "configs").glob("*.py") if path.stem != "__init__")
+    assert {"default", "glove", "seed", "smoke", "vocab16k"} <= set(names)
+    for name in names:
+        config = load_config(name)
+        validate(config)
+        with pytest.raises(AttributeError):
+            config.no_such_key = 1  # locked: a misspelt override fails instead of being ignored
+    # README: configs/vocab16k.py = configs/default.py --config.vocab_size=16000 --config.word_dropout_rate=0.4
+    want = load_config("default", vocab_size=16000, word_dropout_rate=0.4)
+    assert load_config("vocab16k").to_dict() == want.to_dict()
