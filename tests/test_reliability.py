@@ -653,6 +653,36 @@ def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next(trained_wo
     assert not left[0].exists() and unrelated.read_text() == "keep" and output.exists()
 
 
+def test_the_quiet_start_up_exit_lasts_through_flag_parsing_until_main_begins(monkeypatch):
+    import gc
+
+    from lstm_jax.sentiment import cli, errors, startup
+
+    handlers = {}
+
+    def parse(argv):
+        handlers["parsing flags"] = signal.getsignal(signal.SIGINT)
+        return argv
+
+    def main(argv):
+        handlers["main"] = signal.getsignal(signal.SIGINT)
+
+    monkeypatch.setattr(cli, "parse_flags", parse)
+    monkeypatch.setattr(cli.app, "run", lambda main, flags_parser: main(flags_parser(["predict.py"])))
+    for name in ("excepthook", "unraisablehook"):
+        monkeypatch.setattr(sys, name, getattr(sys, name))
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGXFSZ)}
+    signal.signal(signal.SIGINT, startup._interrupted_while_starting)
+    try:
+        cli.run(main)
+    finally:
+        gc.unfreeze()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    assert handlers == {"parsing flags": startup._interrupted_while_starting, "main": errors._interrupt}
+
+
 @pytest.mark.parametrize("delay", [0.2, 0.8, 2.0])
 def test_ctrl_c_while_starting_up_ends_quietly(trained_workdir, tmp_path, delay):
     source = tmp_path / "in.txt"
