@@ -9,19 +9,12 @@ from flax import nnx
 
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model
-from lstm_jax.sentiment.ngrams import (
-    HASH_FIRST,
-    HASH_MULTIPLIERS,
-    HASH_SECOND,
-    fit_ngram_scorer,
-    ngram_ids,
-    ngram_logits,
-)
+from lstm_jax.sentiment.ngrams import HASH_MULTIPLIERS, fit_ngram_scorer, ngram_ids, ngram_logits
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 
 def _bucket(first: int, second: int, log2_buckets: int) -> int:
-    return ((first * HASH_FIRST + second * HASH_SECOND) % (1 << 32)) >> (32 - log2_buckets)
+    return ((first * HASH_MULTIPLIERS[0] + second * HASH_MULTIPLIERS[1]) % (1 << 32)) >> (32 - log2_buckets)
 
 
 def _trigram_bucket(a: int, b: int, c: int, log2_buckets: int) -> int:

@@ -31,7 +31,6 @@ from lstm_jax.sentiment.tokenizer import PAD_ID
 # of (a * K1 + b * K2) for a bigram, and a unigram is the bigram (a, PAD): a model of order 2 computes the same ids
 # as one of order 3 without its trigrams.
 HASH_MULTIPLIERS = (2654435761, 2246822519, 3266489917)
-HASH_FIRST, HASH_SECOND = HASH_MULTIPLIERS[:2]
 ORDERS = (2, 3)  # the n-gram orders a scorer may have
 C_GRID = (0.3, 1.0, 3.0)  # inverse L2 strengths tried (as scikit-learn's C: per-example loss summed, times C)
 MAX_ITERATIONS = 200  # Newton steps per C (about 10 suffice)
@@ -91,11 +90,10 @@ def _counted_ids(tokens: np.ndarray, lengths: np.ndarray, log2_buckets: int, ord
                  batch: int = 512) -> np.ndarray:  # fmt: skip
     """``<int32>[N, columns]``: bucket ids, -1 where not counted (in batches: the repeat test is columns^2 a row)."""
     rows = []
-    for start in range(0, len(tokens), batch):
+    for start in range(0, max(len(tokens), 1), batch):  # no texts: one empty batch, which still has the columns
         ids, counted = _batch_ids(tokens[start : start + batch], lengths[start : start + batch], log2_buckets, order)
         rows.append(np.where(np.asarray(counted), np.asarray(ids), -1))
-    columns = tokens.shape[1] + (order - 1) * max(tokens.shape[1] - 1, 0)
-    return np.concatenate(rows) if rows else np.zeros((0, columns), np.int32)
+    return np.concatenate(rows)
 
 
 def _features(ids: np.ndarray, buckets: np.ndarray):
