@@ -597,3 +597,20 @@ def test_training_curves_have_a_title_the_tested_epoch_and_percent():
     labels = [line.get_label() for line in accuracy.lines]
     assert "tested (epoch 2)" in labels and "early stop (of 10)" in labels  # the first best epoch
     assert "early stop (of 4)" not in [line.get_label() for line in curves_figure(history, "", "last", 4).axes[0].lines]
+
+
+def test_length_pooled_training_resumes_to_the_same_weights_and_changes_the_batches(tmp_path):
+    from conftest import write_reviews
+
+    # Reviews of 8 words padded with 0 to 9 fillers, so pooling by length does reorder them.
+    base = write_reviews(tmp_path / "base.csv", 64, seed=4).read_text().splitlines()
+    rows = [f'"{row.split(",")[0]}{" the" * (index % 10)}",{row.split(",")[1]}' for index, row in enumerate(base[1:])]
+    train = tmp_path / "train.csv"
+    train.write_text("\n".join([base[0], *rows]) + "\n")
+    settings = dict(train_path=str(train), test_path=str(train), max_len=20, length_bucket=10, length_pool=4)
+    train_and_evaluate(load_config(num_epochs=1, **settings), tmp_path / "resumed")
+    resumed = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "resumed")
+    straight = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "straight")
+    assert resumed == straight
+    plain = train_and_evaluate(load_config(num_epochs=2, **{**settings, "length_pool": 0}), tmp_path / "plain")
+    assert plain["test_loss"] != straight["test_loss"]

@@ -10,8 +10,10 @@ Training, evaluation and prediction all work the same way:
 3. :func:`take_batch`, inside the jitted step, gathers a batch from the indices: rows marked ``-1`` get
    weight 0, and the tokens are cut to the batch's padded length (a static shape).
 
-Training keeps the shuffled order (the batches are exactly what the shuffle gives); evaluation and
-prediction sort by length first, so each batch is padded only as far as its own longest example.
+Evaluation and prediction sort by length first, so each batch is padded only as far as its own longest
+example. Training keeps the shuffled order (the batches are exactly what the shuffle gives) or, with a length
+pool (:func:`plan_training_batches`), sorts each pool of a few batches' worth of shuffled examples by length
+before cutting it into batches, then shuffles the batches.
 """
 
 from __future__ import annotations
@@ -55,6 +57,23 @@ def plan_batches(
     indices = indices.reshape(batches, batch_size)
     longest = np.where(indices >= 0, lengths[np.maximum(indices, 0)], 0).max(axis=1, initial=0)
     return BatchPlan(indices, tuple(padded_time(int(n), length_bucket, max_len) for n in longest))
+
+
+def plan_training_batches(lengths: np.ndarray, batch_size: int, length_bucket: int, max_len: int,
+                          order: np.ndarray, pool_batches: int, rng: np.random.Generator) -> BatchPlan:  # fmt: skip
+    """One epoch's batches over the shuffled ``order``. ``pool_batches`` > 1: each consecutive run of
+    ``pool_batches * batch_size`` examples of ``order`` is sorted by length (stably) before it is cut into
+    batches, and the batches are then put in ``rng``'s order, so a batch holds texts of similar lengths and
+    pads far fewer steps (Rotten Tomatoes, pools of 8 batches: 28 padded steps per batch on average instead of
+    47), while the examples that meet in a pool still change every epoch. 0 or 1: the batches of ``order``."""
+    if pool_batches <= 1:
+        return plan_batches(lengths, batch_size, length_bucket, max_len, order)
+    lengths, pool = np.asarray(lengths), pool_batches * batch_size
+    pools = [order[start : start + pool] for start in range(0, len(order), pool)]
+    sorted_order = np.concatenate([part[np.argsort(lengths[part], kind="stable")] for part in pools])
+    plan = plan_batches(lengths, batch_size, length_bucket, max_len, sorted_order)
+    shuffled = rng.permutation(len(plan))
+    return BatchPlan(plan.indices[shuffled], tuple(plan.time[i] for i in shuffled))
 
 
 def run_in_batches(run_batch, tokens: np.ndarray, lengths: np.ndarray, batch_size: int, length_bucket: int,
