@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import machine  # noqa: E402
 from baselines import read_negation_set  # noqa: E402
 
-# The default's batches until 2026-12-02 15:00 UTC (the plain shuffle, padded to a multiple of 16): the rows
+# The default's batches until 2026-12-02 14:40 UTC (the plain shuffle, padded to a multiple of 16): the rows
 # measured then name them, so each row's command still computes what its figures say.
 PLAIN = ["--config.length_pool=0", "--config.length_bucket=16"]
 MODELS = {
