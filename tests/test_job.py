@@ -602,15 +602,23 @@ def test_training_curves_have_a_title_the_tested_epoch_and_percent():
 def test_length_pooled_training_resumes_to_the_same_weights_and_changes_the_batches(tmp_path):
     from conftest import write_reviews
 
+    from lstm_jax.sentiment.train import train_step
+
     # Reviews of 8 words padded with 0 to 9 fillers, so pooling by length does reorder them.
     base = write_reviews(tmp_path / "base.csv", 64, seed=4).read_text().splitlines()
     rows = [f'"{row.split(",")[0]}{" the" * (index % 10)}",{row.split(",")[1]}' for index, row in enumerate(base[1:])]
     train = tmp_path / "train.csv"
     train.write_text("\n".join([base[0], *rows]) + "\n")
-    settings = dict(train_path=str(train), test_path=str(train), max_len=20, length_bucket=10, length_pool=4)
+    settings = dict(train_path=str(train), test_path=str(train), max_len=20, length_bucket=10, length_pool=4,
+                    train_length_bucket=4)  # fmt: skip
     train_and_evaluate(load_config(num_epochs=1, **settings), tmp_path / "resumed")
     resumed = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "resumed")
+    compiled = train_step._cache_size()
     straight = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "straight")
     assert resumed == straight
+    # Training padded to multiples of 4 (lengths 8-17: 8, 12, 16, 20), not of length_bucket 10 (10, 20) ...
+    assert train_step._cache_size() - compiled >= 3
+    # ... which stays the checkpoint's setting for prediction and serving.
+    assert load_predictor(tmp_path / "straight").length_bucket == 10
     plain = train_and_evaluate(load_config(num_epochs=2, **{**settings, "length_pool": 0}), tmp_path / "plain")
     assert plain["test_loss"] != straight["test_loss"]

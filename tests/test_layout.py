@@ -76,5 +76,5 @@ def test_every_config_is_locked_and_valid_and_vocab16k_is_the_default_with_four_
         with pytest.raises(AttributeError):
             config.no_such_key = 1  # locked: a misspelt override fails instead of being ignored
     # README: configs/vocab16k.py = configs/default.py, 16,000 words, word dropout 0.4, the plain shuffled batches
-    want = load_config("default", vocab_size=16000, word_dropout_rate=0.4, length_pool=0, length_bucket=16)
+    want = load_config("default", vocab_size=16000, word_dropout_rate=0.4, length_pool=0, train_length_bucket=0)
     assert load_config("vocab16k").to_dict() == want.to_dict()

@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.length_bucket = 16  # pad each batch to its longest text rounded up to a multiple of this; 0 = max_len
     config.length_pool = 0  # training batches: sort each run of this many batches' worth of shuffled texts by
     # length before cutting it into batches (then shuffle the batches), so batches pad less; 0 = the plain shuffle
+    config.train_length_bucket = 0  # training batches' padding multiple; 0 = length_bucket. Evaluation, prediction
+    # and serving keep length_bucket: their results do not depend on it, but the shapes a server compiles do
     config.num_epochs = 5  # passes over the training split
     config.learning_rate = 1e-3  # Adam step size (peak value with a schedule)
     config.schedule = "constant"  # constant | cosine (linear warm-up then cosine decay to 0)
@@ -125,7 +127,8 @@ RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_
           "ngram_order": (2, 3), "initialization_timeout": (1, 86_400), "unroll": (1, 1024),
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
-          "length_pool": (0, 1 << 20), "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3),
+          "length_pool": (0, 1 << 20), "train_length_bucket": (0, 100_000),
+          "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3),
           "weight_decay": (0.0, 1e3), "grad_clip_norm": (0.0, 1e9), "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1),
           "num_processes": (0, 1 << 20), "process_id": (-1, 1 << 20)}  # fmt: skip
 RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction",

@@ -285,8 +285,9 @@ def train_epoch(state: TrainState, split: DeviceSplit, config, mesh: Mesh, save,
     ``checkpoint_every_steps`` steps; returns early, mid-epoch, when ``stop.requested``."""
     epoch, first, step = int(state.epoch), int(state.batch), int(state.step)
     order = epoch_order(config.seed, epoch, len(split))
-    plan = batching.plan_training_batches(split.lengths, config.batch_size, config.length_bucket, config.max_len,
-                                          order, config.length_pool, np.random.default_rng([config.seed, epoch, 1]))
+    plan = batching.plan_training_batches(split.lengths, config.batch_size,
+                                          config.train_length_bucket or config.length_bucket, config.max_len, order,
+                                          config.length_pool, np.random.default_rng([config.seed, epoch, 1]))
     indices = put(plan.indices, NamedSharding(mesh, P(None, "data")))
     bar = tqdm(range(first, len(plan)), desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=first,
                total=len(plan), disable=None if show else True, leave=False)  # fmt: skip
