@@ -58,6 +58,7 @@ MODELS = {
                         "--config.train_length_bucket=8"],
     "glove": ["--config", "configs/glove.py"],
     "glove_plain_batches": ["--config", "configs/glove.py", *PLAIN],
+    "glove_ensemble3": ["--config", "configs/glove.py", "--config.ensemble_size=3"],
     "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0", *PLAIN],
     "glove_bigrams": ["--config", "configs/glove.py", "--config.ngram_order=2", *PLAIN],
     "glove_ngram_residual": ["--config", "configs/glove.py", "--config.ngram_residual=true", "--config.ngram_order=2",
