@@ -1,6 +1,6 @@
 """Peak memory of a command and every process it starts (Linux): how the README's test-suite memory is measured.
 
-python benchmarks/tree_memory.py -- python -m pytest -q -n 2 --dist worksteal
+python benchmarks/tree_memory.py -- python -m pytest -q -n 2
 python benchmarks/tree_memory.py -- bash .ci/run
 
 Once a second, the command's process tree is walked through /proc and two sums are taken over it: resident set
