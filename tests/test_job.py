@@ -599,10 +599,10 @@ def test_training_curves_have_a_title_the_tested_epoch_and_percent():
     assert "early stop (of 4)" not in [line.get_label() for line in curves_figure(history, "", "last", 4).axes[0].lines]
 
 
-def test_length_pooled_training_resumes_to_the_same_weights_and_changes_the_batches(tmp_path):
+def test_length_pooled_training_resumes_to_the_same_weights_and_changes_the_batches(tmp_path, monkeypatch):
     from conftest import write_reviews
 
-    from lstm_jax.sentiment.train import train_step
+    from lstm_jax.sentiment import batching
 
     # Reviews of 8 words padded with 0 to 9 fillers, so pooling by length does reorder them.
     base = write_reviews(tmp_path / "base.csv", 64, seed=4).read_text().splitlines()
@@ -613,11 +613,14 @@ def test_length_pooled_training_resumes_to_the_same_weights_and_changes_the_batc
                     train_length_bucket=4)  # fmt: skip
     train_and_evaluate(load_config(num_epochs=1, **settings), tmp_path / "resumed")
     resumed = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "resumed")
-    compiled = train_step._cache_size()
+    plans = []
+    planner = batching.plan_training_batches
+    monkeypatch.setattr(batching, "plan_training_batches", lambda *args: plans.append(planner(*args)) or plans[-1])
     straight = train_and_evaluate(load_config(num_epochs=2, **settings), tmp_path / "straight")
     assert resumed == straight
-    # Training padded to multiples of 4 (lengths 8-17: 8, 12, 16, 20), not of length_bucket 10 (10, 20) ...
-    assert train_step._cache_size() - compiled >= 3
+    # Training padded to multiples of 4 (lengths 8-17), not of length_bucket 10 ...
+    assert len(plans) == 2 and {time for plan in plans for time in plan.time} <= {8, 12, 16, 20}
+    assert {12, 16} & {time for plan in plans for time in plan.time}
     # ... which stays the checkpoint's setting for prediction and serving.
     assert load_predictor(tmp_path / "straight").length_bucket == 10
     plain = train_and_evaluate(load_config(num_epochs=2, **{**settings, "length_pool": 0}), tmp_path / "plain")
