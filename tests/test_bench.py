@@ -19,20 +19,17 @@ def test_every_implementation_runs_and_ratios_are_per_repetition(tmp_path):
     full = bench.implementations("lstm", TINY, quick=False)
     assert {"lstm_jax fused", "lstm_jax scan u16", "lstm_jax python loop", "flax nn.RNN", "torch eager"} <= set(full)
     # The full set differs only in its sweep; inference runs through the same measure_case in the tests below.
-    for workload, quick in (("train", True),):
-        impls = bench.implementations("lstm", TINY, quick=quick)
-        records = bench.measure_case(workload, "tiny", TINY, "lstm", impls, repetitions=3, seconds=0.01)
-        assert {r["implementation"] for r in records} == set(impls)
-        torch_times = next(r for r in records if r["implementation"] == "torch eager")["step_seconds"]
-        for record in records:
-            times = record["step_seconds"]
-            assert len(times) == 3 and all(t > 0 for t in times)
-            assert record["examples_per_second"] == pytest.approx(TINY["batch"] / statistics.median(times))
-            # The ratio is the median of the per-repetition ratios, not a ratio of medians.
-            assert record["ratio_vs_torch"] == pytest.approx(
-                statistics.median(b / t for b, t in zip(torch_times, times))
-            )
-            assert (record["compile_seconds"] or 0) > 0 or record["implementation"].startswith("torch")
+    impls = bench.implementations("lstm", TINY, quick=True)
+    records = bench.measure_case("train", "tiny", TINY, "lstm", impls, repetitions=3, seconds=0.01)
+    assert {r["implementation"] for r in records} == set(impls)
+    torch_times = next(r for r in records if r["implementation"] == "torch eager")["step_seconds"]
+    for record in records:
+        times = record["step_seconds"]
+        assert len(times) == 3 and all(t > 0 for t in times)
+        assert record["examples_per_second"] == pytest.approx(TINY["batch"] / statistics.median(times))
+        # The ratio is the median of the per-repetition ratios, not a ratio of medians.
+        assert record["ratio_vs_torch"] == pytest.approx(statistics.median(b / t for b, t in zip(torch_times, times)))
+        assert (record["compile_seconds"] or 0) > 0 or record["implementation"].startswith("torch")
     paths = bench.plots(records, tmp_path, "tiny")
     assert all(p.stat().st_size > 1000 for p in paths)
     assert "| train | tiny | lstm | lstm_jax fused |" in bench.table(records)

@@ -223,7 +223,7 @@ def test_a_workdir_that_is_a_file_or_read_only(tmp_path, review_files):
 
 
 def test_sigterm_saves_like_ctrl_c_and_the_rerun_resumes_exactly(review_files, tmp_path):
-    extra = ["--config.num_epochs=6", "--config.test_checkpoint=last"]  # the signal comes after the first
+    extra = ["--config.num_epochs=6", "--config.test_checkpoint=last"]  # signalled after epoch 1
     workdir = tmp_path / "preempted"
     process = subprocess.Popen([sys.executable, *smoke_args(review_files, workdir, *extra)], cwd=ROOT,
                                env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
