@@ -58,7 +58,7 @@ def test_nothing_that_benchmarks_the_library_lives_in_the_job():
     assert (ROOT / "benchmarks" / "step_speed.py").is_file()
 
 
-def test_every_config_is_locked_and_valid_and_vocab16k_is_the_default_with_four_changes():
+def test_every_config_is_locked_and_valid_and_vocab16k_and_glove_are_the_default_with_their_changes():
     import pytest
     from conftest import load_config
 
@@ -78,3 +78,7 @@ def test_every_config_is_locked_and_valid_and_vocab16k_is_the_default_with_four_
     # README: configs/vocab16k.py = configs/default.py, 16,000 words, word dropout 0.4, the plain shuffled batches
     want = load_config("default", vocab_size=16000, word_dropout_rate=0.4, length_pool=0, train_length_bucket=0)
     assert load_config("vocab16k").to_dict() == want.to_dict()
+    # README: configs/glove.py = configs/default.py with GloVe (50-d), 16,000 + 100,000 words, the moving average
+    want = load_config("default", embedding_init="glove", embedding_dim=50, vocab_size=16000, vectors_vocab=100000,
+                       ema_decay=0.99)
+    assert load_config("glove").to_dict() == want.to_dict()
