@@ -31,9 +31,10 @@ from baselines import read_negation_set  # noqa: E402
 # The default's batches until 2026-12-02 14:40 UTC (the plain shuffle, padded to a multiple of 16): the rows
 # measured then name them, so each row's command still computes what its figures say.
 PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
-# configs/glove.py evaluates a moving average of the weights since 2026-12-02 17:30 UTC; the GloVe rows measured
-# before name its absence.
+# configs/glove.py evaluates a moving average of the weights since 2026-12-02 17:30 UTC and has variational
+# recurrent dropout since 18:30 UTC; the GloVe rows measured before name their absence.
 NO_EMA = ["--config.ema_decay=0"]
+NO_RD = ["--config.recurrent_dropout_rate=0"]
 MODELS = {
     "tutorial": ["--config", "configs/seed.py"],
     "default": ["--config", "configs/default.py"],
@@ -64,17 +65,23 @@ MODELS = {
                         "--config.train_length_bucket=8"],
     "glove": ["--config", "configs/glove.py"],
     # What configs/glove.py was chosen among (3 seeds each): without the moving average (configs/glove.py until
-    # 17:30 UTC), a slower average, and with the average a cosine schedule or twice the learning rate.
-    "glove_without_ema": ["--config", "configs/glove.py", *NO_EMA],
-    "glove_ema998": ["--config", "configs/glove.py", "--config.ema_decay=0.998"],
-    "glove_cosine": ["--config", "configs/glove.py", "--config.schedule=cosine", "--config.warmup_epochs=1"],
-    "glove_lr2e3": ["--config", "configs/glove.py", "--config.learning_rate=0.002"],
-    "glove_plain_batches": ["--config", "configs/glove.py", *PLAIN, *NO_EMA],
-    "glove_ensemble3": ["--config", "configs/glove.py", "--config.ensemble_size=3", *NO_EMA],
-    "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0", *PLAIN, *NO_EMA],
-    "glove_bigrams": ["--config", "configs/glove.py", "--config.ngram_order=2", *PLAIN, *NO_EMA],
+    # 17:30 UTC), without the recurrent dropout (until 18:30 UTC), and variants of the latter: a slower average,
+    # a cosine schedule, twice the learning rate, other encoders, other regularisers.
+    "glove_without_ema": ["--config", "configs/glove.py", *NO_EMA, *NO_RD],
+    "glove_without_recurrent_dropout": ["--config", "configs/glove.py", *NO_RD],
+    "glove_ema998": ["--config", "configs/glove.py", "--config.ema_decay=0.998", *NO_RD],
+    "glove_cosine": ["--config", "configs/glove.py", "--config.schedule=cosine", "--config.warmup_epochs=1", *NO_RD],
+    "glove_lr2e3": ["--config", "configs/glove.py", "--config.learning_rate=0.002", *NO_RD],
+    "glove_two_layers": ["--config", "configs/glove.py", "--config.num_layers=2", *NO_RD],  # stacked BiGRUs
+    "glove_lstm": ["--config", "configs/glove.py", "--config.cell=lstm", *NO_RD],  # a BiLSTM
+    "glove_zoneout": ["--config", "configs/glove.py", "--config.zoneout_rate=0.1", *NO_RD],
+    "glove_weight_decay": ["--config", "configs/glove.py", "--config.weight_decay=0.01", *NO_RD],
+    "glove_plain_batches": ["--config", "configs/glove.py", *PLAIN, *NO_EMA, *NO_RD],
+    "glove_ensemble3": ["--config", "configs/glove.py", "--config.ensemble_size=3", *NO_EMA, *NO_RD],
+    "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0", *PLAIN, *NO_EMA, *NO_RD],
+    "glove_bigrams": ["--config", "configs/glove.py", "--config.ngram_order=2", *PLAIN, *NO_EMA, *NO_RD],
     "glove_ngram_residual": ["--config", "configs/glove.py", "--config.ngram_residual=true", "--config.ngram_order=2",
-                             *PLAIN, *NO_EMA],
+                             *PLAIN, *NO_EMA, *NO_RD],
 }
 
 
