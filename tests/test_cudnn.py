@@ -75,9 +75,12 @@ def assert_trees_close(got, want, tolerance=1e-5):
         np.testing.assert_allclose(a, b, atol=tolerance, rtol=tolerance)
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
-@pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("bidirectional", [False, True])
+# Every stack shape with biases; without them (zeros are packed where cuDNN's weights hold the biases, and the
+# bias gradient must not leak anywhere) the smallest and the largest stack.
+STACKS = [(False, 1, True), (False, 2, True), (True, 1, True), (True, 2, True), (False, 1, False), (True, 2, False)]
+
+
+@pytest.mark.parametrize(("bidirectional", "num_layers", "use_bias"), STACKS)
 def test_cudnn_path_equals_scan_in_outputs_states_and_gradients(fake_gpu, bidirectional, num_layers, use_bias):
     scan = stack(num_layers, bidirectional, use_bias)
     on_cudnn = with_backend(scan, "cudnn")

@@ -9,7 +9,7 @@ import pytest
 import reference
 from flax import nnx
 from test_cudnn import fake_gpu  # noqa: F401  (fixture)
-from test_recurrent import IN, randomize
+from test_recurrent import IN, backends_to_test, randomize
 
 import lstm_jax
 from lstm_jax.recurrent import RNN, Bidirectional
@@ -43,8 +43,8 @@ def stream(layer, x, lengths, chunks):
     return jnp.concatenate(outputs, axis=1), carries
 
 
-@pytest.mark.parametrize("backend", ["auto", "scan"])
-@pytest.mark.parametrize("name", ["lstm", "gru", "layernorm_lstm", "lstm+proj", "simple_rnn"])
+@pytest.mark.parametrize(("name", "backend"), backends_to_test(["lstm", "gru", "layernorm_lstm", "lstm+proj",
+                                                                   "simple_rnn"]))  # fmt: skip
 def test_streaming_in_chunks_equals_the_whole_sequence(name, backend):
     layer = layer_for(name, backend)
     x, lengths = inputs(), jnp.asarray(LENGTHS)
