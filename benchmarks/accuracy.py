@@ -31,8 +31,8 @@ from baselines import read_negation_set  # noqa: E402
 # The default's batches until 2026-12-02 14:40 UTC (the plain shuffle, padded to a multiple of 16): the rows
 # measured then name them, so each row's command still computes what its figures say.
 PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
-# configs/glove.py evaluates a moving average of the weights since 2026-12-02 17:30 UTC and has variational
-# recurrent dropout since 18:30 UTC; the GloVe rows measured before name their absence.
+# configs/glove.py evaluates a moving average of the weights since 2026-12-02 17:33 UTC and has variational
+# recurrent dropout since 18:06 UTC; the GloVe rows measured before name their absence.
 NO_EMA = ["--config.ema_decay=0"]
 NO_RD = ["--config.recurrent_dropout_rate=0"]
 MODELS = {
@@ -65,7 +65,7 @@ MODELS = {
                         "--config.train_length_bucket=8"],
     "glove": ["--config", "configs/glove.py"],
     # What configs/glove.py was chosen among (3 seeds each): without the moving average (configs/glove.py until
-    # 17:30 UTC), without the recurrent dropout (until 18:30 UTC), and variants of the latter: a slower average,
+    # 17:33 UTC), without the recurrent dropout (until 18:06 UTC), and variants of the latter: a slower average,
     # a cosine schedule, twice the learning rate, other encoders, other regularisers.
     "glove_without_ema": ["--config", "configs/glove.py", *NO_EMA, *NO_RD],
     "glove_without_recurrent_dropout": ["--config", "configs/glove.py", *NO_RD],
