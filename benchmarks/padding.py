@@ -27,16 +27,11 @@ SETTINGS = [(0, 16), (8, 16), (8, 8), (16, 8)]  # (length_pool, padding multiple
 
 def mean_padded_steps(lengths: np.ndarray, config, pool: int, bucket: int) -> float:
     """Mean padded length of a training batch over the first EPOCHS epochs' plans, as train.py makes them."""
-    from lstm_jax.sentiment import batching
-    from lstm_jax.sentiment.train import epoch_order
+    from lstm_jax.sentiment.train import epoch_plan
 
-    times = []
-    for epoch in range(EPOCHS):
-        order = epoch_order(config.seed, epoch, len(lengths))
-        plan = batching.plan_training_batches(lengths, config.batch_size, bucket, config.max_len, order, pool,
-                                              np.random.default_rng([config.seed, epoch, 1]))  # fmt: skip
-        times.extend(plan.time)
-    return float(np.mean(times))
+    variant = config.copy_and_resolve_references()
+    variant.length_pool, variant.train_length_bucket = pool, bucket
+    return float(np.mean([time for epoch in range(EPOCHS) for time in epoch_plan(variant, epoch, lengths).time]))
 
 
 def probability_changes(workdir: str, texts: list[str]) -> None:

@@ -264,8 +264,13 @@ class Evaluator:
         return {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
 
 
-def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(size)
+def epoch_plan(config, epoch: int, lengths: np.ndarray) -> batching.BatchPlan:
+    """Epoch ``epoch``'s training batches: a function of (seed, epoch) alone, so a resumed run and every process
+    of a multi-process run make the same ones. Padded to ``train_length_bucket`` (0: ``length_bucket``)."""
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(lengths))
+    return batching.plan_training_batches(lengths, config.batch_size,
+                                          config.train_length_bucket or config.length_bucket, config.max_len, order,
+                                          config.length_pool, np.random.default_rng([config.seed, epoch, 1]))
 
 
 def checked_sums(state: TrainState) -> dict[str, float]:
@@ -284,10 +289,7 @@ def train_epoch(state: TrainState, split: DeviceSplit, config, mesh: Mesh, save,
     """Runs the rest of the current epoch (from ``state.batch``), calling ``save(state)`` every
     ``checkpoint_every_steps`` steps; returns early, mid-epoch, when ``stop.requested``."""
     epoch, first, step = int(state.epoch), int(state.batch), int(state.step)
-    order = epoch_order(config.seed, epoch, len(split))
-    plan = batching.plan_training_batches(split.lengths, config.batch_size,
-                                          config.train_length_bucket or config.length_bucket, config.max_len, order,
-                                          config.length_pool, np.random.default_rng([config.seed, epoch, 1]))
+    plan = epoch_plan(config, epoch, split.lengths)
     indices = put(plan.indices, NamedSharding(mesh, P(None, "data")))
     bar = tqdm(range(first, len(plan)), desc=f"epoch {epoch + 1}/{config.num_epochs}", initial=first,
                total=len(plan), disable=None if show else True, leave=False)  # fmt: skip
