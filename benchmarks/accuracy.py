@@ -58,6 +58,10 @@ MODELS = {
     # A moving average of the weights (evaluated and saved for prediction), tried for the default on validation.
     "default_ema99": ["--config", "configs/default.py", "--config.ema_decay=0.99"],
     "default_ema998": ["--config", "configs/default.py", "--config.ema_decay=0.998"],
+    # Adversarial training on the embeddings (adversarial_epsilon: the perturbation's L2 norm per text).
+    "default_adversarial01": ["--config", "configs/default.py", "--config.adversarial_epsilon=0.1"],
+    "default_adversarial03": ["--config", "configs/default.py", "--config.adversarial_epsilon=0.3"],
+    "default_adversarial1": ["--config", "configs/default.py", "--config.adversarial_epsilon=1"],
     # The default with its recurrent model trained on top of the (1-2-gram) scorer's out-of-fold logits.
     "default_ngram_residual": ["--config", "configs/default.py", "--config.ngram_residual=true",
                                "--config.ngram_order=2", *PLAIN],
@@ -76,6 +80,9 @@ MODELS = {
     "glove_lstm": ["--config", "configs/glove.py", "--config.cell=lstm", *NO_RD],  # a BiLSTM
     "glove_zoneout": ["--config", "configs/glove.py", "--config.zoneout_rate=0.1", *NO_RD],
     "glove_weight_decay": ["--config", "configs/glove.py", "--config.weight_decay=0.01", *NO_RD],
+    # Adversarial training on the embeddings (adversarial_epsilon: the perturbation's L2 norm per text).
+    "glove_adversarial01": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.1"],
+    "glove_adversarial03": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.3"],
     "glove_plain_batches": ["--config", "configs/glove.py", *PLAIN, *NO_EMA, *NO_RD],
     "glove_ensemble3": ["--config", "configs/glove.py", "--config.ensemble_size=3", *NO_EMA, *NO_RD],
     "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0", *PLAIN, *NO_EMA, *NO_RD],

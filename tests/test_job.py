@@ -106,6 +106,64 @@ def test_every_parameter_changes_in_one_step(review_files):
     assert int(state.step) == 1 and int(state.batch) == 1 and float(state.sums["count"]) == 8
 
 
+@pytest.mark.parametrize("ensemble_size", [1, 2])
+def test_a_perturbation_moves_each_embedded_token(ensemble_size):
+    """Adding perturbations[m, b, t] to member m's embedded tokens = adding it to the embedding row of the token at
+    (b, t), when every id occurs once in the batch."""
+    from flax import nnx
+
+    from lstm_jax.sentiment.model import build_model, model_kwargs
+
+    config = load_config(bidirectional=True, pooling="mean_max", ensemble_size=ensemble_size)
+    model = build_model(model_kwargs(config, 40), nnx.Rngs(0))
+    tokens, lengths = np.arange(2, 32, dtype=np.int32).reshape(3, 10), np.array([10, 6, 1], np.int32)
+    shift = np.random.default_rng(0).normal(size=(ensemble_size, 3, 10, config.embedding_dim)).astype(np.float32)
+    perturbed = np.asarray(model.member_logits(tokens, lengths, perturbations=shift))
+    assert perturbed.shape == (ensemble_size, 3)
+    for member, embed in enumerate(model.embeddings()):
+        embed.embedding[...] = embed.embedding[...].at[tokens].add(shift[member])
+    np.testing.assert_allclose(perturbed, model.member_logits(tokens, lengths), rtol=1e-5, atol=1e-6)
+
+
+def test_adversarial_training_adds_the_gradient_at_the_worst_nearby_embeddings():
+    import optax
+    from flax import nnx
+
+    from lstm_jax.sentiment.train import adversarial_gradients
+
+    epsilon = 0.5
+    state = tiny_state(load_config(adversarial_epsilon=epsilon, bidirectional=True))
+    batch = tiny_examples()
+
+    def loss_fn(params, perturbations=None):
+        logits = nnx.merge(state.graphdef, params).member_logits(batch["tokens"], batch["lengths"],
+                                                                 perturbations=perturbations)  # fmt: skip
+        loss = optax.sigmoid_binary_cross_entropy(logits[0], batch["labels"].astype(np.float32)).mean()
+        return loss, {"loss": loss}
+
+    def loss_at(perturbations):
+        return float(loss_fn(state.params, perturbations)[0])
+
+    shape = (1, 8, 12, state.params["embed"]["embedding"].shape[1])
+    clean, _ = jax.grad(loss_fn, has_aux=True)(state.params)
+    towards = jax.grad(lambda r: loss_fn(state.params, r)[0])(np.zeros(shape, np.float32))
+    norms = np.sqrt(np.sum(np.square(towards), axis=(2, 3), keepdims=True))
+    worst = epsilon * towards / norms
+    # Padding gets no gradient, so only real tokens move; each text moves by epsilon.
+    real = np.arange(12)[None, :] < batch["lengths"][:, None]
+    assert np.all(np.asarray(worst)[0][~real] == 0)
+    # The worst direction raises the loss more than any of 20 random ones of the same size per text.
+    noise = np.random.default_rng(0).normal(size=(20, *shape)) * real[None, None, :, :, None]
+    noise *= epsilon / np.sqrt(np.sum(np.square(noise), axis=(3, 4), keepdims=True))
+    assert loss_at(worst) > max(loss_at(r.astype(np.float32)) for r in noise) > loss_at(None)
+    # The step's gradient: the clean one plus the one at the worst perturbation.
+    grads, sums = adversarial_gradients(loss_fn, state, (8, 12))
+    at_worst, _ = jax.grad(loss_fn, has_aux=True)(state.params, worst)
+    for total, first, second in zip(jax.tree.leaves(grads), jax.tree.leaves(clean), jax.tree.leaves(at_worst)):
+        np.testing.assert_allclose(total, first + second, rtol=1e-4, atol=1e-7)
+    assert float(sums["loss"]) == pytest.approx(loss_at(None))
+
+
 def test_train_step_compiles_once_per_padded_length():
     from lstm_jax.sentiment import batching
     from lstm_jax.sentiment.train import train_step
@@ -459,7 +517,8 @@ def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tm
 
 def test_an_ensemble_trains_saves_and_predicts_the_mean_of_its_members(review_files, tmp_path):
     train, test = review_files
-    config = load_config(train_path=str(train), test_path=str(test), ensemble_size=3, num_epochs=2)
+    config = load_config(train_path=str(train), test_path=str(test), ensemble_size=3, num_epochs=2,
+                         adversarial_epsilon=0.1)  # fmt: skip
     train_and_evaluate(config, tmp_path)
     predictor = load_predictor(tmp_path)
     model = predictor.model
@@ -477,13 +536,13 @@ def test_an_ensemble_trains_saves_and_predicts_the_mean_of_its_members(review_fi
 
 def test_the_readme_default_config_with_every_option_trains_on_tiny_data(review_files, tmp_path):
     """configs/default.py (mean+max pooling, PPMI-SVD, word and embedding dropout, early stopping) plus a cosine
-    schedule, weight decay, clipping and EMA, shrunk to tiny data."""
+    schedule, weight decay, clipping, EMA and adversarial training, shrunk to tiny data."""
     train, test = review_files
     config = load_config(
         "default", dataset="files", train_path=str(train), test_path=str(test), vocab_size=60, max_len=12,
         embedding_dim=8, hidden_size=8, batch_size=8, eval_batch_size=16, num_epochs=8, learning_rate=2e-2,
         schedule="cosine", warmup_epochs=1.0, weight_decay=1e-4, grad_clip_norm=1.0, ema_decay=0.5,
-        early_stopping_patience=2, length_bucket=4,
+        adversarial_epsilon=0.05, early_stopping_patience=2, length_bucket=4,
     )  # fmt: skip
     final = train_and_evaluate(config, tmp_path)
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][:-1]

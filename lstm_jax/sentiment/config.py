@@ -72,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0.0  # warm-up length for the cosine schedule, in epochs
     config.weight_decay = 0.0  # decoupled weight decay (AdamW) when > 0
     config.ema_decay = 0.0  # evaluate and predict with a moving average of the weights (per-step decay); 0 = off
+    config.adversarial_epsilon = 0.0  # adversarial training: each step also trains on its batch with every text's
+    # embedded tokens moved this far (L2 norm over the text) in the direction that raises its loss most; 0 = off
     config.grad_clip_norm = 0.0  # clip the global gradient norm when > 0
     config.early_stopping_patience = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     config.test_checkpoint = "best"  # which weights the final test uses: best (by validation accuracy) | last
@@ -129,7 +131,8 @@ RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
           "length_pool": (0, 1 << 20), "train_length_bucket": (0, 100_000),
           "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3),
-          "weight_decay": (0.0, 1e3), "grad_clip_norm": (0.0, 1e9), "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1),
+          "weight_decay": (0.0, 1e3), "adversarial_epsilon": (0.0, 1e6), "grad_clip_norm": (0.0, 1e9),
+          "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1),
           "num_processes": (0, 1 << 20), "process_id": (-1, 1 << 20)}  # fmt: skip
 RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction",
          "recurrent_dropout_rate", "zoneout_rate")  # fmt: skip

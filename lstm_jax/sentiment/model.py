@@ -68,7 +68,8 @@ class SentimentClassifier(nnx.Module):
     before the head) and word dropout (real tokens replaced by the unknown id) are active only when
     ``rngs`` with a ``dropout`` stream is passed. ``word_scores`` adds a linear bag-of-words path: a
     learned score per word, averaged over the real tokens and added to the logit. ``ngram_buckets > 0`` adds
-    an :class:`NgramScorer`'s logit at evaluation (not in training).
+    an :class:`NgramScorer`'s logit at evaluation (not in training). ``perturbation <[batch, time,
+    embedding_dim]>``, when given, is added to the embedded tokens (adversarial training, see ``train_step``).
     """
 
     def __init__(
@@ -131,20 +132,26 @@ class SentimentClassifier(nnx.Module):
         )
         self.ngrams = NgramScorer(ngram_buckets, ngram_order) if ngram_buckets else None
 
-    def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """<float32>[1, batch]: the same interface as :class:`SentimentEnsemble`."""
-        return self(tokens, lengths, rngs=rngs)[None]
+    def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None, perturbations=None) -> jax.Array:
+        """<float32>[1, batch]: the same interface as :class:`SentimentEnsemble` (``perturbations <[1, batch,
+        time, embedding_dim]>``)."""
+        perturbation = None if perturbations is None else perturbations[0]
+        return self(tokens, lengths, rngs=rngs, perturbation=perturbation)[None]
 
     def embeddings(self) -> list[nnx.Embed]:
         return [self.embed]
 
-    def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None,
+                 perturbation: jax.Array | None = None) -> jax.Array:
         deterministic = rngs is None
         if not deterministic and self.word_dropout_rate > 0:
             # Word dropout: real tokens become "unknown" at random, so no single word decides the label.
             dropped = jax.random.bernoulli(rngs.dropout(), self.word_dropout_rate, tokens.shape)
             tokens = jnp.where(dropped & (tokens != PAD_ID), UNKNOWN_ID, tokens)
-        x = self.embedding_dropout(self.embed(tokens), deterministic=deterministic, rngs=rngs)
+        x = self.embed(tokens)
+        if perturbation is not None:
+            x = x + perturbation.astype(x.dtype)
+        x = self.embedding_dropout(x, deterministic=deterministic, rngs=rngs)
         outputs, carries = self.encoder(x, lengths, rngs=rngs)
         if self.pooling == "last" and self.cell == "mlstm":
             features = _last_outputs(outputs, lengths, self.bidirectional)
@@ -181,9 +188,12 @@ class SentimentEnsemble(nnx.Module):
         self.members = nnx.List([SentimentClassifier(**kwargs, rngs=rngs) for _ in range(size)])
         self.ngrams = NgramScorer(ngram_buckets, ngram_order) if ngram_buckets else None
 
-    def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """<float32>[members, batch]."""
-        logits = jnp.stack([member(tokens, lengths, rngs=rngs) for member in self.members])
+    def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None, perturbations=None) -> jax.Array:
+        """<float32>[members, batch]; ``perturbations <[members, batch, time, embedding_dim]>``: one per member,
+        added to its embedded tokens."""
+        perturbation = (lambda index: None) if perturbations is None else (lambda index: perturbations[index])
+        logits = jnp.stack([member(tokens, lengths, rngs=rngs, perturbation=perturbation(index))
+                            for index, member in enumerate(self.members)])  # fmt: skip
         return _with_ngrams(self.ngrams, logits, tokens, lengths, rngs is None)
 
     def __call__(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
