@@ -132,7 +132,7 @@ def test_adversarial_training_adds_the_gradient_at_the_worst_nearby_embeddings()
     from lstm_jax.sentiment.train import adversarial_gradients
 
     epsilon = 0.5
-    state = tiny_state(load_config(adversarial_epsilon=epsilon, bidirectional=True))
+    state = tiny_state(load_config(adversarial_epsilon=epsilon))
     batch = tiny_examples()
 
     def loss_fn(params, perturbations=None):
@@ -141,12 +141,12 @@ def test_adversarial_training_adds_the_gradient_at_the_worst_nearby_embeddings()
         loss = optax.sigmoid_binary_cross_entropy(logits[0], batch["labels"].astype(np.float32)).mean()
         return loss, {"loss": loss}
 
-    def loss_at(perturbations):
-        return float(loss_fn(state.params, perturbations)[0])
+    loss_at = jax.jit(lambda perturbations: loss_fn(state.params, perturbations)[0])
 
     shape = (1, 8, 12, state.params["embed"]["embedding"].shape[1])
-    clean, _ = jax.grad(loss_fn, has_aux=True)(state.params)
-    towards = jax.grad(lambda r: loss_fn(state.params, r)[0])(np.zeros(shape, np.float32))
+    gradient = jax.jit(jax.grad(loss_fn, has_aux=True))  # eager: several seconds more
+    clean, _ = gradient(state.params)
+    towards = jax.jit(jax.grad(loss_at))(np.zeros(shape, np.float32))
     norms = np.sqrt(np.sum(np.square(towards), axis=(2, 3), keepdims=True))
     worst = epsilon * towards / norms
     # Padding gets no gradient, so only real tokens move; each text moves by epsilon.
@@ -155,13 +155,13 @@ def test_adversarial_training_adds_the_gradient_at_the_worst_nearby_embeddings()
     # The worst direction raises the loss more than any of 20 random ones of the same size per text.
     noise = np.random.default_rng(0).normal(size=(20, *shape)) * real[None, None, :, :, None]
     noise *= epsilon / np.sqrt(np.sum(np.square(noise), axis=(3, 4), keepdims=True))
-    assert loss_at(worst) > max(loss_at(r.astype(np.float32)) for r in noise) > loss_at(None)
+    assert loss_at(worst) > max(jax.vmap(loss_at)(noise.astype(np.float32))) > loss_at(np.zeros(shape, np.float32))
     # The step's gradient: the clean one plus the one at the worst perturbation.
-    grads, sums = adversarial_gradients(loss_fn, state, (8, 12))
-    at_worst, _ = jax.grad(loss_fn, has_aux=True)(state.params, worst)
+    grads, sums = jax.jit(lambda: adversarial_gradients(loss_fn, state, (8, 12)))()
+    at_worst, _ = gradient(state.params, worst)
     for total, first, second in zip(jax.tree.leaves(grads), jax.tree.leaves(clean), jax.tree.leaves(at_worst)):
         np.testing.assert_allclose(total, first + second, rtol=1e-4, atol=1e-7)
-    assert float(sums["loss"]) == pytest.approx(loss_at(None))
+    assert float(sums["loss"]) == pytest.approx(float(loss_at(np.zeros(shape, np.float32))))
 
 
 def test_train_step_compiles_once_per_padded_length():
