@@ -35,9 +35,14 @@ PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
 # recurrent dropout since 18:06 UTC; the GloVe rows measured before name their absence.
 NO_EMA = ["--config.ema_decay=0"]
 NO_RD = ["--config.recurrent_dropout_rate=0"]
+V2 = ["--config.tokenizer=lowercase-words-v2"]  # typographic apostrophes (’) as apostrophes
 MODELS = {
     "tutorial": ["--config", "configs/seed.py"],
     "default": ["--config", "configs/default.py"],
+    # The tutorial's model, the default and configs/glove.py with the tokenizer rules that read "can’t" as "can't".
+    "tutorial_tokenizer_v2": ["--config", "configs/seed.py", *V2],
+    "default_tokenizer_v2": ["--config", "configs/default.py", *V2],
+    "glove_tokenizer_v2": ["--config", "configs/glove.py", *V2],
     # Length pools chosen on validation among these (3 seeds each): the plain shuffle was the default before.
     "default_plain_batches": ["--config", "configs/default.py", *PLAIN],
     "default_pool8_bucket16": ["--config", "configs/default.py", "--config.train_length_bucket=0"],

@@ -99,7 +99,7 @@ class NgramScorer:
         from lstm_jax.sentiment.tokenizer import Vocabulary
 
         config = get_config()
-        self.vocabulary, self.max_len = Vocabulary.fit(texts, config.vocab_size), config.max_len
+        self.vocabulary, self.max_len = Vocabulary.fit(texts, config.vocab_size, config.tokenizer), config.max_len
         self.fitted = fit_ngram_scorer((*self.vocabulary.encode(texts, self.max_len), labels),
                                        (*self.vocabulary.encode(self.validation.texts, self.max_len),
                                         self.validation.labels), config.ngram_buckets.bit_length() - 1)  # fmt: skip

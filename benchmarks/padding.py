@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     spec.loader.exec_module(module)
     config = module.get_config()
     splits = data.load_splits(config)
-    vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size)
+    vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size, config.tokenizer)
     _, lengths = vocabulary.encode(splits.train.texts, config.max_len)
     print(f"training texts: {len(lengths)}, mean length {lengths.mean():.1f} tokens (max_len {config.max_len})")
     for pool, bucket in SETTINGS:

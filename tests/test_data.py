@@ -14,7 +14,7 @@ from conftest import load_config
 
 from lstm_jax.sentiment import data
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary, tokenize
+from lstm_jax.sentiment.tokenizer import PAD_ID, TOKENIZER, UNKNOWN_ID, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_keeps_contractions_and_sentiment_punctuation():
@@ -24,6 +24,22 @@ def test_tokenize_lowercases_keeps_contractions_and_sentiment_punctuation():
     assert tokenize("a b c d e", max_tokens=2) == ["a", "b"]
 
 
+def test_typographic_apostrophes_are_apostrophes_under_the_second_rules():
+    text = "I can\u2019t \u2018em ain\u02bct don\uff07t it\u00b4s it`s"
+    words = ["i", "can't", "em", "ain't", "don't", "it's", "it's"]
+    folded = tokenize(text, rules="lowercase-words-v2")
+    assert folded == tokenize(text.replace("\u2019", "'"), rules="lowercase-words-v2") == words
+    # The first (default) rules split at \u2019, \uff07, \u00b4 and `; \u02bc (a letter to Python) stays in a word.
+    assert TOKENIZER == "lowercase-words-v1"
+    assert tokenize(text) == ["i", "can", "t", "em", "ain\u02bct", "don", "t", "it", "s", "it", "s"]
+    for rules, words in [("lowercase-words-v1", 2), ("lowercase-words-v2", 1)]:
+        vocabulary = Vocabulary.fit([text], vocab_size=10, rules=rules)
+        assert vocabulary.rules == rules and ("can't" in vocabulary.words) == (words == 1)
+        assert vocabulary.encode(["can\u2019t"], 4)[1][0] == words  # encoded by the rules it was fitted with
+    with pytest.raises(ValueError, match="tokenizer 'bpe' is not one of lowercase-words-v1, lowercase-words-v2"):
+        Vocabulary(["a"], rules="bpe")
+
+
 def test_vocabulary_fit_encode_and_json_round_trip():
     texts = ["good good good film", "bad film", "good bad ugly"]
     vocabulary = Vocabulary.fit(texts, vocab_size=5)  # pad, unknown and the 3 most frequent words
@@ -31,7 +47,7 @@ def test_vocabulary_fit_encode_and_json_round_trip():
     ids, lengths = vocabulary.encode(["good ugly film", "", "bad " * 10], max_len=4)
     np.testing.assert_array_equal(ids, [[2, UNKNOWN_ID, 4, PAD_ID], [0, 0, 0, 0], [3, 3, 3, 3]])
     np.testing.assert_array_equal(lengths, [3, 0, 4])
-    restored = Vocabulary.from_json(json.loads(json.dumps(vocabulary.to_json())))
+    restored = Vocabulary.from_json(json.loads(json.dumps(vocabulary.to_json())), vocabulary.rules)
     np.testing.assert_array_equal(restored.encode(texts, 6)[0], vocabulary.encode(texts, 6)[0])
     assert restored.size == 5
 

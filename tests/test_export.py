@@ -221,6 +221,7 @@ def test_damaged_or_unknown_exports_are_refused_in_one_line(exported, tmp_path):
         (lambda m: m["tokenizer"].update(max_len=-5), "tokenizer max_len -5"),
         (lambda m: m["tokenizer"].update(length_bucket=10**12), "length_bucket 1000000000000"),
         (lambda m: m.pop("tokenizer"), "no tokenizer or model section"),
+        (lambda m: m["tokenizer"].update(name="bpe"), "tokenizer 'bpe' is not one of lowercase-words-v1"),
         (lambda m: m["model"].update(vocab_size="z"), "vocab_size 'z'"),
         (lambda m: m.update(weights=m["weights"][:-1]), "do not fit the StableHLO model's inputs"),
         (lambda m: m.update(weights=m["weights"][::-1]), "do not fit the StableHLO model's inputs"),

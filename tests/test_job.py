@@ -68,7 +68,7 @@ def test_training_learns_and_writes_its_outputs(trained_workdir):
     assert manager is run.best
     meta = run.read_meta(step, manager)
     assert meta["vocabulary"][:1] and meta["model_kwargs"]["vocab_size"] == len(meta["vocabulary"]) + 2
-    assert meta["data"] == {"max_len": 12, "length_bucket": 16, "tokenizer": ckpt.TOKENIZER}
+    assert meta["data"] == {"max_len": 12, "length_bucket": 16, "tokenizer": "lowercase-words-v1"}
     assert "params/embed/embedding" in meta["arrays"] and "opt_state/0/mu/embed/embedding" in meta["arrays"]
 
 
@@ -392,6 +392,31 @@ def _copy_run(trained_workdir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(trained_workdir, copy)
     return copy
+
+
+def _with_tokenizer(trained_workdir, tmp_path, config_rules, data_rules):
+    """A copy of the run whose checkpoint records other tokenizer rules (None: a config from before the setting)."""
+    copy = _copy_run(trained_workdir, tmp_path / f"{config_rules}-{data_rules}")
+    for path in (copy / "best").rglob("meta/metadata"):
+        if path.is_file():
+            meta = json.loads(path.read_text())
+            meta["config"].pop("tokenizer")
+            if config_rules is not None:
+                meta["config"]["tokenizer"] = config_rules
+            meta["data"]["tokenizer"] = data_rules
+            path.write_text(json.dumps(meta))
+    return copy
+
+
+def test_prediction_tokenizes_by_the_rules_the_checkpoint_records(trained_workdir, tmp_path):
+    older = load_predictor(_with_tokenizer(trained_workdir, tmp_path, None, "lowercase-words-v1"))
+    folding = load_predictor(_with_tokenizer(trained_workdir, tmp_path, *["lowercase-words-v2"] * 2))
+    assert (older.vocabulary.rules, folding.vocabulary.rules) == ("lowercase-words-v1", "lowercase-words-v2")
+    text = ["it\u2019s great"]
+    assert older.vocabulary.encode(text, 12)[1][0] == 3 and folding.vocabulary.encode(text, 12)[1][0] == 2
+    np.testing.assert_array_equal(older.predict(["great fun"]), load_predictor(trained_workdir).predict(["great fun"]))
+    with pytest.raises(UserError, match=r"tokenizer 'lowercase-words-v1' disagrees with the config's\); retrain"):
+        load_predictor(_with_tokenizer(trained_workdir, tmp_path, "lowercase-words-v2", "lowercase-words-v1"))
 
 
 def _corrupt_params(workdir):

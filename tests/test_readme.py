@@ -34,6 +34,21 @@ def test_each_library_example_runs_alone(index):
         assert namespace["outputs"].shape == (4, 10, 64)
 
 
+def test_the_onnx_examples_encoder_is_our_tokenizer():
+    from lstm_jax.sentiment.tokenizer import TOKENIZERS, Vocabulary
+
+    [block] = [block for block in BLOCKS if "onnxruntime" in block]
+    source = re.search(r"\ndef encode.*?\n\n", block, flags=re.S).group()
+    texts = ["It\u2019s NOT bad<br />at all!! don\u00b4t `quote' o\u02bcneil", "a, b; c? d_e f'g'h " * 20, ""]
+    for rules in TOKENIZERS:
+        vocabulary = Vocabulary.fit(texts, 30, rules)
+        namespace = {"re": re, "max_len": 12, "manifest": {"tokenizer": {"name": rules}},
+                     "ids": {word: index + 2 for index, word in enumerate(vocabulary.words)}}  # fmt: skip
+        exec(source, namespace)
+        ids, lengths = vocabulary.encode(texts, 12)
+        assert [namespace["encode"](text) for text in texts] == [list(row[:n]) for row, n in zip(ids, lengths)]
+
+
 @pytest.mark.parametrize("index", [i for i, block in enumerate(BLOCKS) if NEEDS_EXPORT in block])
 def test_each_deployment_example_runs_alone_in_a_fresh_process(index, exported_folder):
     block = BLOCKS[index]

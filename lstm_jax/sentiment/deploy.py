@@ -29,7 +29,7 @@ import numpy as np
 
 from lstm_jax.sentiment import batching
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.tokenizer import Vocabulary
+from lstm_jax.sentiment.tokenizer import TOKENIZERS, Vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -87,6 +87,8 @@ def _manifest_problem(manifest: dict) -> str | None:
         return "no tokenizer or model section"
     if not whole(tokenizer.get("max_len"), 1, 100_000) or not whole(tokenizer.get("length_bucket"), 0, 100_000):
         return f"tokenizer max_len {tokenizer.get('max_len')!r} / length_bucket {tokenizer.get('length_bucket')!r}"
+    if tokenizer.get("name") not in TOKENIZERS:
+        return f"tokenizer {tokenizer.get('name')!r} is not one of {', '.join(TOKENIZERS)}"
     threshold = manifest.get("threshold")
     if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
         return f"threshold {threshold!r} is not a number from 0 to 1"
@@ -223,7 +225,8 @@ def load(folder: str | Path, model_format: str | None = None, batch_size: int = 
     elif model_format not in formats:
         raise UserError(f"{folder} holds {', '.join(formats)}, not {model_format}; export with --format {model_format}")
     try:
-        vocabulary = Vocabulary.from_json([str(word) for word in json.loads((folder / "vocabulary.json").read_text())])
+        words = json.loads((folder / "vocabulary.json").read_text())
+        vocabulary = Vocabulary.from_json([str(word) for word in words], manifest["tokenizer"]["name"])
     except (OSError, ValueError, TypeError) as error:
         raise UserError(f"{folder / 'vocabulary.json'} is damaged ({error}); export the model again") from None
     if vocabulary.size != manifest["model"]["vocab_size"]:

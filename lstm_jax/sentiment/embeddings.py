@@ -153,7 +153,7 @@ def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_
     ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
     try:
         for number, word, numbers in _vector_lines(path, dim):
-            index = ids.get(_our_word(word))
+            index = ids.get(_our_word(word, vocabulary.rules))
             if index is not None and not found[index]:  # the first line of a word wins
                 vectors[index] = _numbers(numbers, path, number)
                 found[index] = True
@@ -162,10 +162,10 @@ def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_
     return InitialVectors(vectors, found), _coverage(found, train_tokens, path)
 
 
-def _our_word(word: str) -> str | None:
-    """The one word our tokenizer makes of a vector file's word (``Film`` -> ``film``), or None when it makes
-    none or several (``,``, ``new_york``)."""
-    tokens = tokenize(word)
+def _our_word(word: str, rules: str) -> str | None:
+    """The one word our tokenizer (by ``rules``) makes of a vector file's word (``Film`` -> ``film``), or None
+    when it makes none or several (``,``, ``new_york``)."""
+    tokens = tokenize(word, rules=rules)
     return tokens[0] if len(tokens) == 1 else None
 
 
@@ -214,7 +214,7 @@ def _glove_words(path: Path) -> list:
     return table.column(0).to_pylist() if table.num_columns else []
 
 
-def _glove_index(path: Path) -> tuple[list, list]:
+def _glove_index(path: Path, rules: str) -> tuple[list, list]:
     """(the index's words, our word for each or None), read and normalised once per version of the file:
     :func:`vector_words` and :func:`read_glove` both need them, and 400,000 words take about a second."""
     try:
@@ -222,13 +222,13 @@ def _glove_index(path: Path) -> tuple[list, list]:
         version = (info.st_mtime_ns, info.st_size)
     except OSError:
         version = None  # _glove_words reports it
-    return _glove_index_of(path, version)
+    return _glove_index_of(path, version, rules)
 
 
 @functools.lru_cache(maxsize=2)
-def _glove_index_of(path: Path, version) -> tuple[list, list]:
+def _glove_index_of(path: Path, version, rules: str) -> tuple[list, list]:
     words = _glove_words(path)
-    return words, [_our_word(word) if isinstance(word, str) else None for word in words]
+    return words, [_our_word(word, rules) if isinstance(word, str) else None for word in words]
 
 
 def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
@@ -236,7 +236,7 @@ def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.
     (``<float32>[words, 50]``, memory-mapped) and ``glove_6B_index.parquet`` (one column: the word of each
     row). Words are normalised with our tokenizer, the first row of a word wins, as for text files; a
     contraction GloVe's tokenizer split (``doesn't`` = ``does`` + ``n't``) gets the mean of its parts."""
-    words, our_words = _glove_index(folder / GLOVE_INDEX)
+    words, our_words = _glove_index(folder / GLOVE_INDEX, vocabulary.rules)
     try:
         matrix = np.load(folder / GLOVE_MATRIX, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -303,10 +303,12 @@ def vector_words(config, limit: int, known: set[str]) -> list[str]:
     """The first ``limit`` words of the configured vectors (file order: most frequent first in GloVe and
     fastText files) that our tokenizer keeps as one word and ``known`` lacks."""
     if config.embedding_init == "glove":
-        return _new_words(_glove_index(glove_folder(config.embedding_path) / GLOVE_INDEX)[1], limit, known)
+        return _new_words(_glove_index(glove_folder(config.embedding_path) / GLOVE_INDEX, config.tokenizer)[1], limit,
+                          known)  # fmt: skip
     path = Path(config.embedding_path)
     try:  # read only as far as the limit
-        return _new_words((_our_word(word) for _, word, _ in _vector_lines(path, config.embedding_dim)), limit, known)
+        words = (_our_word(word, config.tokenizer) for _, word, _ in _vector_lines(path, config.embedding_dim))
+        return _new_words(words, limit, known)
     except (OSError, EOFError) as error:
         raise _unreadable(path, error) from None
 

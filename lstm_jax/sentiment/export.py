@@ -93,7 +93,7 @@ def describe(restored: RestoredModel, threshold: float) -> dict:
     return {
         "model": _summary(restored),
         "tokenizer": {"max_len": restored.max_len, "length_bucket": restored.length_bucket,
-                      "name": ckpt.TOKENIZER, "pad_id": 0, "unknown_id": 1},  # fmt: skip
+                      "name": restored.vocabulary.rules, "pad_id": 0, "unknown_id": 1},  # fmt: skip
         "threshold": threshold,
         "inputs": {"tokens": ["int32", ["batch", "time"]], "lengths": ["int32", ["batch"]]},
         "outputs": {"probabilities": ["float32", ["batch"]]},

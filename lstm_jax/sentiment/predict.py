@@ -83,14 +83,14 @@ def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
     # with whatever this machine runs best.
     config.backend = "auto"
     validate(config)
-    vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]])
+    vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]], config.tokenizer)
     kwargs, settings = {**meta["model_kwargs"], "backend": "auto"}, meta["data"]
     if kwargs != model_kwargs(config, vocabulary.size):
         raise ValueError("the model arguments disagree with the config")
     if (settings["max_len"], settings["length_bucket"]) != (config.max_len, config.length_bucket):
         raise ValueError("the data settings disagree with the config")
-    if settings["tokenizer"] != ckpt.TOKENIZER:
-        raise ValueError(f"tokenizer {settings['tokenizer']!r}, this lstm_jax has {ckpt.TOKENIZER!r}")
+    if settings["tokenizer"] != config.tokenizer:
+        raise ValueError(f"the data settings' tokenizer {settings['tokenizer']!r} disagrees with the config's")
     return kwargs, vocabulary, config.max_len, config.length_bucket
 
 

@@ -178,7 +178,7 @@ class Service:
         return predictions
 
     def _explanation(self, statement: str, ids: np.ndarray, probability: float, occluded: np.ndarray) -> dict:
-        words = tokenize(statement)
+        words = tokenize(statement, rules=self.vocabulary.rules)
         contribution = explain.contributions(probability, occluded)
         read = [{"token": word, "contribution": round(float(value), 6), "known": bool(ids[index] != UNKNOWN_ID)}
                 for index, (word, value) in enumerate(zip(words, contribution))]  # fmt: skip

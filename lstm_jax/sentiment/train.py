@@ -354,7 +354,8 @@ class Job:
             "config": config.to_dict(),
             "model_kwargs": self.model_kwargs,
             "vocabulary": self.vocabulary.to_json(),
-            "data": {"max_len": config.max_len, "length_bucket": config.length_bucket, "tokenizer": ckpt.TOKENIZER},
+            "data": {"max_len": config.max_len, "length_bucket": config.length_bucket,
+                     "tokenizer": self.vocabulary.rules},
             "history": self.report.history,
             "inference_item": "ema" if state.ema is not None else "params",
         }, val_accuracy)  # fmt: skip
@@ -405,12 +406,12 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         check_resumable(config, meta["config"], workdir)
     splits = data_lib.load_splits(config)
     if meta is not None:
-        vocabulary = Vocabulary.from_json(meta["vocabulary"])
+        vocabulary = Vocabulary.from_json(meta["vocabulary"], config.tokenizer)  # the same: check_resumable
     else:
-        vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size)
+        vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size, config.tokenizer)
         if config.vectors_vocab:
             extra = vector_words(config, config.vectors_vocab, set(vocabulary.words))
-            vocabulary = Vocabulary(vocabulary.words + extra)
+            vocabulary = Vocabulary(vocabulary.words + extra, config.tokenizer)
             log(f"vocabulary: {len(extra):,} words added from the pretrained vectors (--config.vectors_vocab)")
     [train] = device_splits(vocabulary, [splits.train], config.max_len, mesh)
     validation, test = device_splits(vocabulary, [splits.validation, splits.test], config.max_len, mesh)
