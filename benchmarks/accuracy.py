@@ -88,6 +88,7 @@ MODELS = {
     # Adversarial training on the embeddings (adversarial_epsilon: the perturbation's L2 norm per text).
     "glove_adversarial01": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.1"],
     "glove_adversarial03": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.3"],
+    "glove_ensemble3_now": ["--config", "configs/glove.py", "--config.ensemble_size=3"],  # configs/glove.py's own
     "glove_plain_batches": ["--config", "configs/glove.py", *PLAIN, *NO_EMA, *NO_RD],
     "glove_ensemble3": ["--config", "configs/glove.py", "--config.ensemble_size=3", *NO_EMA, *NO_RD],
     "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0", *PLAIN, *NO_EMA, *NO_RD],
