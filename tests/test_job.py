@@ -540,6 +540,23 @@ def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tm
     assert any(not np.array_equal(e, p) for e, p in zip(jax.tree.leaves(averaged), jax.tree.leaves(raw)))
 
 
+def test_without_a_validation_split_every_example_trains_and_the_last_weights_are_tested(review_files, tmp_path):
+    from lstm_jax.sentiment.data import load_splits
+
+    train, test = review_files
+    config = load_config(train_path=str(train), test_path=str(test), validation_fraction=0.0, num_epochs=2,
+                         early_stopping_patience=0, ngram_buckets=1 << 10)  # fmt: skip
+    splits, carved = load_splits(config), load_splits(load_config(train_path=str(train), test_path=str(test)))
+    assert len(splits.validation) == 0 and len(splits.train) == len(carved.train) + len(carved.validation) > 0
+    final = train_and_evaluate(config, tmp_path)  # test_checkpoint "best" falls back to the last weights
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][:-1]
+    assert len(history) == 2 and not any(key.startswith("val_") for entry in history for key in entry)
+    assert final["test_checkpoint_step"] == history[-1]["step"] and final["best_val_accuracy"] is None
+    assert ckpt.Checkpoints(tmp_path, read_only=True).best.all_steps() == []
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    assert load_predictor(tmp_path).predict(["wonderful brilliant", "awful boring"]).shape == (2,)
+
+
 def test_an_ensemble_trains_saves_and_predicts_the_mean_of_its_members(review_files, tmp_path):
     train, test = review_files
     config = load_config(train_path=str(train), test_path=str(test), ensemble_size=3, num_epochs=2,

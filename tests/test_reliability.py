@@ -186,6 +186,10 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
         ("--config.cell=transformer", "--config.cell='transformer' is not one of lstm, peephole_lstm"),
         ("--config.dropout_rate=1.5", "--config.dropout_rate=1.5 must be in [0, 1)"),
         ("--config.ngram_buckets=1000", "--config.ngram_buckets=1000 must be a power of two"),
+        ("--config.validation_fraction=0 --config.early_stopping_patience=2",
+         "early stopping needs a validation split"),
+        ("--config.tokenizer=bpe", "--config.tokenizer='bpe' is not one of lowercase-words-v1, lowercase-words-v2"),
+        ("--config.adversarial_epsilon=-1", "--config.adversarial_epsilon=-1.0 must be between 0.0 and"),
     ],
 )
 def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):

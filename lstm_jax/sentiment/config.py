@@ -23,7 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.val_path = ""  # dataset=files: optional; else validation is carved from train
     config.test_path = ""  # dataset=files: required
     config.cache_dir = ""  # where downloads are kept; empty = $LSTM_JAX_CACHE or ~/.cache/lstm_jax
-    config.validation_fraction = 0.1  # share of training data (rt: of movies) held out for validation
+    config.validation_fraction = 0.1  # share of training data (rt: of movies) held out for validation; 0 = none
+    # (train on all of it for num_epochs, e.g. the best epoch count of a run with validation: no early stopping)
     config.vocab_size = 25000  # ids in the vocabulary, padding (0) and unknown (1) included
     config.tokenizer = "lowercase-words-v1"  # the rules of tokenizer.py; v2 also reads typographic apostrophes
     # (’) as "'" (measured lower on Rotten Tomatoes: README "Tokenizer")
@@ -154,6 +155,9 @@ def validate(config) -> None:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")
     if config.ngram_buckets & (config.ngram_buckets - 1):
         raise UserError(f"--config.ngram_buckets={config.ngram_buckets} must be a power of two (e.g. 1048576) or 0")
+    if config.validation_fraction == 0 and config.early_stopping_patience and not config.val_path:
+        raise UserError("early stopping needs a validation split: set --config.validation_fraction above 0 or "
+                        "--config.early_stopping_patience=0")  # fmt: skip
     if config.ngram_residual and not config.ngram_buckets:
         raise UserError("--config.ngram_residual trains on top of the n-gram scorer: it needs --config.ngram_buckets")
     _check_model(config)

@@ -79,8 +79,9 @@ def load_splits(config) -> Splits:
         splits = user_files(config)
     else:
         raise UserError(f"unknown dataset {name!r}; use rt, imdb, tfds:<name> or files")
+    without_validation = config.validation_fraction == 0 and not config.val_path  # train on every labelled example
     for split_name in ("train", "validation", "test"):
-        if not len(getattr(splits, split_name)):
+        if not len(getattr(splits, split_name)) and not (split_name == "validation" and without_validation):
             raise UserError(f"the {split_name} split of dataset {name!r} is empty; check the data files")
     present = np.unique(splits.train.labels)
     if len(present) < 2:

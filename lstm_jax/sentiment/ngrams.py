@@ -79,6 +79,8 @@ class NgramFit:
     validation_accuracy: dict[float, float]  # C -> the scorer's own validation accuracy
 
     def describe(self) -> str:
+        if all(np.isnan(accuracy) for accuracy in self.validation_accuracy.values()):
+            return f"n-gram scorer: C={self.strength:g} (the middle of the grid: no validation split)"
         tried = ", ".join(f"C={c:g} {100 * a:.2f}%" for c, a in self.validation_accuracy.items())
         return f"n-gram scorer: C={self.strength:g} chosen on validation ({tried})"
 

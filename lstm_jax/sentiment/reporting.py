@@ -106,8 +106,9 @@ class RunReport:
 
 
 def tested_epoch(history: list[dict], tested: str) -> int:
-    """The epoch whose weights the test uses: the first with the best validation accuracy, or the last."""
-    if tested == "best":
+    """The epoch whose weights the test uses: the first with the best validation accuracy, or the last (also when
+    the run had no validation split)."""
+    if tested == "best" and "val_accuracy" in history[0]:
         return max(history, key=lambda entry: (entry["val_accuracy"], -entry["epoch"]))["epoch"]
     return history[-1]["epoch"]
 
@@ -125,7 +126,7 @@ def curves_figure(history: list[dict], title: str, tested: str = "best", planned
     chosen = tested_epoch(history, tested)
     for axis, metric, label, scale in zip(axes, ("loss", "accuracy"), ("binary cross-entropy", "accuracy (%)"),
                                           (1.0, 100.0)):  # fmt: skip
-        for split, name in (("train", "train"), ("val", "validation")):
+        for split, name in [("train", "train")] + ([("val", "validation")] if "val_loss" in history[0] else []):
             axis.plot(epochs, [scale * entry[f"{split}_{metric}"] for entry in history], "o-", label=name)
         axis.axvline(chosen, color="tab:green", linestyle="--", label=f"tested (epoch {chosen})")
         if planned_epochs and epochs[-1] < planned_epochs:

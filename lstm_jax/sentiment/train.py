@@ -344,7 +344,7 @@ class Job:
     vocabulary: Vocabulary
     model_kwargs: dict
     train: DeviceSplit
-    validate: Evaluator
+    validate: Evaluator | None  # None without a validation split (validation_fraction=0)
     test: Evaluator
     log: object  # print on the main process, a no-op on the others
 
@@ -437,8 +437,8 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
              f"H{config.hidden_size}, {config.pooling} pooling, on {config.dataset} ({Path(workdir).name})")
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard,
                        title=title, tested=config.test_checkpoint, planned_epochs=config.num_epochs)  # fmt: skip
-    job = Job(config, mesh, None, report, vocabulary, kwargs, train, Evaluator(validation, config, mesh),
-              Evaluator(test, config, mesh), log)  # fmt: skip
+    job = Job(config, mesh, None, report, vocabulary, kwargs, train,
+              Evaluator(validation, config, mesh) if len(validation) else None, Evaluator(test, config, mesh), log)
     return job, state
 
 
@@ -497,21 +497,25 @@ def train(job: Job, state: TrainState) -> TrainState:
 
 
 def end_epoch(job: Job, state: TrainState, seconds: float) -> TrainState:
-    """Validation, the epoch's log line and history entry, and the epoch-end checkpoint (also ``best`` if better)."""
-    sums, val = checked_sums(state), job.validate(state)
+    """Validation, the epoch's log line and history entry, and the epoch-end checkpoint (also ``best`` if better).
+    Without a validation split the entry has no ``val_`` keys and nothing is ``best``: the last weights count."""
+    sums = checked_sums(state)
+    val = job.validate(state) if job.validate is not None else None
     state = next_epoch(state)
     count = max(sums["count"], 1.0)
     entry = {"epoch": int(state.epoch), "step": int(state.step), "train_loss": sums["loss"] / count,
-             "train_accuracy": sums["correct"] / count, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-             "epoch_seconds": seconds}  # fmt: skip
+             "train_accuracy": sums["correct"] / count}  # fmt: skip
+    if val is not None:
+        entry.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+    entry["epoch_seconds"] = seconds
     earlier = list(job.report.history)
     job.report.add_epoch(entry)
     # The first best epoch stays the best (as early stopping counts from it).
-    improved = all(val["accuracy"] > h["val_accuracy"] for h in earlier)
+    improved = val is not None and all(val["accuracy"] > h["val_accuracy"] for h in earlier)
     job.save(state, val_accuracy=val["accuracy"] if improved else None)
+    validation = f"val loss {val['loss']:.4f}  val acc {100 * val['accuracy']:.2f}%  " if val else ""
     job.log(f"epoch {entry['epoch']:3d}/{job.config.num_epochs}  train loss {entry['train_loss']:.4f}  "
-            f"train acc {100 * entry['train_accuracy']:.2f}%  val loss {entry['val_loss']:.4f}  "
-            f"val acc {100 * entry['val_accuracy']:.2f}%  ({entry['epoch_seconds']:.1f}s)")  # fmt: skip
+            f"train acc {100 * entry['train_accuracy']:.2f}%  {validation}({entry['epoch_seconds']:.1f}s)")
     return state
 
 
@@ -528,7 +532,7 @@ def test_and_finish(job: Job, state: TrainState) -> dict:
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "test_checkpoint_step": test_step,
-        "best_val_accuracy": max((h["val_accuracy"] for h in job.report.history), default=None),
+        "best_val_accuracy": max((h["val_accuracy"] for h in job.report.history if "val_accuracy" in h), default=None),
     }
     job.report.finish(final)
     job.log(f"Test loss {test['loss']:.4f} (checkpoint step {test_step})")
