@@ -433,6 +433,22 @@ def test_a_sigterm_whose_exception_was_dropped_still_leaves_the_output_alone(tmp
     assert target.read_text() == "precious\n" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_an_interrupt_while_the_output_opens_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A SIGTERM's KeyboardInterrupt can land inside SafeOutput.__enter__, after the temporary file exists, where
+    no __exit__ runs (test_sigterm_during_prediction_leaves_no_temporary_file hit it once, in a fresh clone)."""
+    from lstm_jax.sentiment import files
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = tmp_path / "out.txt"
+    target.write_text("precious\n")
+    monkeypatch.setattr(files, "open", interrupted, raising=False)  # the file object around the new descriptor
+    with pytest.raises(KeyboardInterrupt), files.SafeOutput(target):
+        pass
+    assert target.read_text() == "precious\n" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
 def test_a_sigterm_inside_a_garbage_collector_callback_is_remembered_not_dropped(monkeypatch):
     """JAX registers a gc callback; a KeyboardInterrupt raised in there would be printed (a traceback) and lost."""
     import gc

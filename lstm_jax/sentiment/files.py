@@ -19,9 +19,9 @@ import fcntl
 import glob
 import os
 import re
+import secrets
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,10 +165,20 @@ class SafeOutput:
             self.handle = open(self.target, "w", encoding="utf-8", newline="")
         else:
             _remove_stale_temporaries(self.target)
-            descriptor, self._temporary = tempfile.mkstemp(prefix=f".{self.target.name}.{os.getpid()}.",
-                                                           suffix=".tmp", dir=self.target.parent)  # fmt: skip
-            self.handle = open(descriptor, "w", encoding="utf-8", newline="")
+            # The name is kept before the file exists: a signal's KeyboardInterrupt inside __enter__ (then no
+            # __exit__ runs) finds it here, wherever it lands, and the file is removed.
+            self._temporary = str(self.target.parent / f".{self.target.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+            try:
+                descriptor = os.open(self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                self.handle = open(descriptor, "w", encoding="utf-8", newline="")
+            except BaseException:
+                self._discard()
+                raise
         return self.handle
+
+    def _discard(self) -> None:
+        if self._temporary is not None and os.path.exists(self._temporary):
+            os.unlink(self._temporary)
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
@@ -180,8 +190,7 @@ class SafeOutput:
                 os.chmod(self._temporary, mode)
                 os.replace(self._temporary, self.target)
         finally:
-            if self._temporary is not None and os.path.exists(self._temporary):
-                os.unlink(self._temporary)
+            self._discard()
 
 
 def _remove_stale_temporaries(target: Path) -> None:
