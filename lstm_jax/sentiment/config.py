@@ -11,6 +11,7 @@ from pathlib import Path
 import ml_collections
 
 from lstm_jax.sentiment.errors import UserError
+from lstm_jax.sentiment.tokenizer import TOKENIZER, TOKENIZERS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -26,8 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.validation_fraction = 0.1  # share of training data (rt: of movies) held out for validation; 0 = none
     # (train on all of it for num_epochs, e.g. the best epoch count of a run with validation: no early stopping)
     config.vocab_size = 25000  # ids in the vocabulary, padding (0) and unknown (1) included
-    config.tokenizer = "lowercase-words-v1"  # the rules of tokenizer.py; v2 also reads typographic apostrophes
-    # (’) as "'" (measured lower on Rotten Tomatoes: README "Tokenizer")
+    config.tokenizer = TOKENIZER  # "lowercase-words-v1", the rules of tokenizer.py; "-v2" also reads typographic
+    # apostrophes (’) as "'" (measured lower on Rotten Tomatoes: README "Tokenizer")
     config.max_len = 100  # tokens kept per text (the first max_len)
     # Model.
     config.cell = "lstm"  # lstm | peephole_lstm | layernorm_lstm | gru | simple_rnn | slstm | mlstm (xLSTM)
@@ -122,7 +123,7 @@ CHOICES = {
     "schedule": ("constant", "cosine"),
     "embedding_init": ("random", "ppmi_svd", "file", "glove"),
     "test_checkpoint": ("best", "last"),
-    "tokenizer": ("lowercase-words-v1", "lowercase-words-v2"),
+    "tokenizer": TOKENIZERS,
     "backend": ("auto", "scan", "fused", "cudnn", "parallel", "chunkwise"),
 }
 # (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
@@ -142,6 +143,12 @@ RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_dec
          "recurrent_dropout_rate", "zoneout_rate")  # fmt: skip
 
 
+def without_validation(config) -> bool:
+    """Whether the run keeps no validation split (validation_fraction 0 and no val_path): it trains on every
+    labelled example."""
+    return config.validation_fraction == 0 and not config.val_path
+
+
 def validate(config) -> None:
     """Refuses settings that cannot make sense, naming the key, its value and what is allowed."""
     for key, choices in CHOICES.items():
@@ -155,7 +162,7 @@ def validate(config) -> None:
             raise UserError(f"--config.{key}={config[key]} must be in [0, 1)")
     if config.ngram_buckets & (config.ngram_buckets - 1):
         raise UserError(f"--config.ngram_buckets={config.ngram_buckets} must be a power of two (e.g. 1048576) or 0")
-    if config.validation_fraction == 0 and config.early_stopping_patience and not config.val_path:
+    if without_validation(config) and config.early_stopping_patience:
         raise UserError("early stopping needs a validation split: set --config.validation_fraction above 0 or "
                         "--config.early_stopping_patience=0")  # fmt: skip
     if config.ngram_residual and not config.ngram_buckets:

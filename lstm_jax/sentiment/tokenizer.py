@@ -30,11 +30,16 @@ TOKENIZERS = ("lowercase-words-v1", "lowercase-words-v2")  # the rules by name, 
 TOKENIZER = "lowercase-words-v1"  # the default rules (config.tokenizer)
 
 
+def check_rules(rules: str) -> None:
+    """A ValueError naming ``rules`` when they are not the name of a rule set."""
+    if rules not in TOKENIZERS:
+        raise ValueError(f"tokenizer {rules!r} is not one of {', '.join(TOKENIZERS)}")
+
+
 def tokenize(text: str, max_tokens: int | None = None, rules: str = TOKENIZER) -> list[str]:
     """Splits text into tokens by the named ``rules``; stops after ``max_tokens`` so a huge line costs only what
     is kept."""
-    if rules not in TOKENIZERS:
-        raise ValueError(f"tokenizer {rules!r} is not one of {', '.join(TOKENIZERS)}")
+    check_rules(rules)
     text = _HTML_BREAK.sub(" ", text.lower())
     if rules != "lowercase-words-v1":
         text = text.translate(_APOSTROPHES)
@@ -51,7 +56,7 @@ class Vocabulary:
     the tokenizer ``rules`` the vocabulary was fitted with."""
 
     def __init__(self, words: Sequence[str], rules: str = TOKENIZER):
-        tokenize("", rules=rules)  # unknown rules: a ValueError naming them
+        check_rules(rules)
         self.words, self.rules = list(words), rules
         self._ids = {word: index + 2 for index, word in enumerate(self.words)}
 
