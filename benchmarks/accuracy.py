@@ -36,6 +36,7 @@ PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
 NO_EMA = ["--config.ema_decay=0"]
 NO_RD = ["--config.recurrent_dropout_rate=0"]
 V2 = ["--config.tokenizer=lowercase-words-v2"]  # typographic apostrophes (’) as apostrophes
+SUBWORDS = ["--config.subword_buckets=131072"]  # character 3-5-grams of every vocabulary word, 2^17 buckets
 # Refit: train on train + validation (no validation split, so no early stopping) for a fixed number of epochs, the
 # mean over seeds 0-2 of the best epoch of the config's own runs (default: 4, 5, 6; GloVe: 6, 8, 8).
 REFIT = ["--config.validation_fraction=0", "--config.early_stopping_patience=0"]
@@ -94,6 +95,13 @@ MODELS = {
     "glove_adversarial01": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.1"],
     "glove_adversarial03": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.3"],
     "glove_ensemble3_now": ["--config", "configs/glove.py", "--config.ensemble_size=3"],  # configs/glove.py's own
+    # Two more inputs to the encoder: a static (frozen) copy of the initial vectors beside the trained ones, and
+    # character 3-5-gram embeddings hashed into 2^17 buckets; with GloVe and from scratch.
+    "glove_static": ["--config", "configs/glove.py", "--config.static_embeddings=true"],
+    "glove_subwords": ["--config", "configs/glove.py", *SUBWORDS],
+    "glove_static_subwords": ["--config", "configs/glove.py", "--config.static_embeddings=true", *SUBWORDS],
+    "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
+    "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": ["--config", "configs/glove.py", *PLAIN, *NO_EMA, *NO_RD],
     "glove_ensemble3": ["--config", "configs/glove.py", "--config.ensemble_size=3", *NO_EMA, *NO_RD],
     "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0", *PLAIN, *NO_EMA, *NO_RD],

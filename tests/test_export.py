@@ -16,6 +16,7 @@ from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.export import export_stablehlo, named_weights
 from lstm_jax.sentiment.model import build_model
 from lstm_jax.sentiment.predict import load_predictor
+from lstm_jax.sentiment.subwords import subword_ids
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -37,7 +38,12 @@ def _model(**kwargs):
     graphdef, state = nnx.split(build_model(kwargs, nnx.Rngs(1)))
     keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(state))))
     state = jax.tree.map(lambda leaf: leaf + 0.3 * jax.random.normal(next(keys), leaf.shape), state)
-    return kwargs, nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)
+    for classifier in model.classifiers() if kwargs.get("subword_buckets") else []:
+        # Words that share many n-grams ("<wo", "wor", ...), so buckets collect several words' gradients.
+        words = [f"word{index}" for index in range(VOCAB - 2)]
+        classifier.subword_ids[...] = subword_ids(words, kwargs["subword_buckets"]).astype(np.float32)
+    return kwargs, model
 
 
 def _reference(model, tokens, lengths):
@@ -62,6 +68,11 @@ ONNX_GRID = [
     dict(cell="gru", bidirectional=True, pooling="mean_max", ngram_buckets=64, ngram_order=3,
          recurrent_dropout_rate=0.25),
     dict(cell="lstm", pooling="mean_max", ensemble_size=2, ngram_buckets=1 << 20),
+    # the two extra embedding inputs, alone and together (folded into the gathered table)
+    dict(cell="gru", bidirectional=True, pooling="mean_max", static_embeddings=True),
+    dict(cell="lstm", pooling="last", subword_buckets=32),
+    dict(cell="gru", bidirectional=True, pooling="mean_max", ensemble_size=2, static_embeddings=True,
+         subword_buckets=32, ngram_buckets=64, ngram_order=3),
 ]
 
 

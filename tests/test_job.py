@@ -578,13 +578,15 @@ def test_an_ensemble_trains_saves_and_predicts_the_mean_of_its_members(review_fi
 
 def test_the_readme_default_config_with_every_option_trains_on_tiny_data(review_files, tmp_path):
     """configs/default.py (mean+max pooling, PPMI-SVD, word and embedding dropout, early stopping) plus a cosine
-    schedule, weight decay, clipping, EMA and adversarial training, shrunk to tiny data."""
+    schedule, weight decay, clipping, EMA, adversarial training, subword embeddings and the static channel,
+    shrunk to tiny data."""
     train, test = review_files
     config = load_config(
         "default", dataset="files", train_path=str(train), test_path=str(test), vocab_size=60, max_len=12,
         embedding_dim=8, hidden_size=8, batch_size=8, eval_batch_size=16, num_epochs=8, learning_rate=2e-2,
         schedule="cosine", warmup_epochs=1.0, weight_decay=1e-4, grad_clip_norm=1.0, ema_decay=0.5,
-        adversarial_epsilon=0.05, early_stopping_patience=2, length_bucket=4,
+        adversarial_epsilon=0.05, early_stopping_patience=2, length_bucket=4, subword_buckets=256,
+        static_embeddings=True,
     )  # fmt: skip
     final = train_and_evaluate(config, tmp_path)
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][:-1]

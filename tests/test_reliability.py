@@ -190,6 +190,10 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
          "early stopping needs a validation split"),
         ("--config.tokenizer=bpe", "--config.tokenizer='bpe' is not one of lowercase-words-v1, lowercase-words-v2"),
         ("--config.adversarial_epsilon=-1", "--config.adversarial_epsilon=-1.0 must be between 0.0 and"),
+        ("--config.subword_buckets=-1", "--config.subword_buckets=-1 must be between 0 and"),
+        ("--config.static_embeddings=True", "--config.static_embeddings adds a frozen copy of the initial vectors"),
+        ("--config.embedding_init=ppmi_svd --config.freeze_embeddings=True --config.static_embeddings=True",
+         "it needs --config.embedding_init=ppmi_svd, file or glove, without freeze_embeddings"),
     ],
 )
 def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):

@@ -192,7 +192,7 @@ def check_version(meta, where: str) -> None:
 
 # Settings added after format version 2 began, with the value that computes what older checkpoints computed.
 ADDED_SETTINGS = {"proj_size": 0, "num_heads": 1, "recurrent_dropout_rate": 0.0, "zoneout_rate": 0.0,
-                  "ngram_buckets": 0, "ngram_order": 2}  # fmt: skip
+                  "ngram_buckets": 0, "ngram_order": 2, "static_embeddings": False, "subword_buckets": 0}  # fmt: skip
 # (Added settings a resumed run may change anyway, such as the multi-process ones, need no entry.)
 ADDED_CONFIG = {**ADDED_SETTINGS, "embedding_path": "", "vectors_vocab": 0, "freeze_embeddings": False,
                 "ngram_residual": False, "length_pool": 0, "train_length_bucket": 0,

@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     # words never seen in training keep their pretrained meaning instead of becoming "unknown"
     config.freeze_embeddings = False  # keep the embedding table as initialised (trained words stay in the
     # pretrained space, beside the words only the vectors know)
+    config.static_embeddings = False  # also feed the encoder a frozen copy of the initial vectors (two channels,
+    # 2 x embedding_dim wide: one trained, one kept as initialised)
+    config.subword_buckets = 0  # add to each word's embedding the mean of its character 3-5-grams' learned
+    # vectors, hashed into this many rows (so words sharing n-grams learn together); 0 = none
     config.num_layers = 1  # stacked recurrent layers
     config.bidirectional = False  # add a backward direction to every layer
     config.proj_size = 0  # LSTM cells: project h to this many features (LSTMP); 0 = no projection
@@ -131,6 +135,7 @@ CHOICES = {
 RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_len": (1, 100_000),
           "embedding_dim": (1, 65_536), "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_heads": (1, 65_536),
           "num_layers": (1, 64), "ensemble_size": (1, 64), "ngram_buckets": (0, 1 << 26),
+          "subword_buckets": (0, 1 << 24),
           "ngram_order": (2, 3), "initialization_timeout": (1, 86_400), "unroll": (1, 1024),
           "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
@@ -165,6 +170,9 @@ def validate(config) -> None:
     if without_validation(config) and config.early_stopping_patience:
         raise UserError("early stopping needs a validation split: set --config.validation_fraction above 0 or "
                         "--config.early_stopping_patience=0")  # fmt: skip
+    if config.static_embeddings and (config.embedding_init == "random" or config.freeze_embeddings):
+        raise UserError("--config.static_embeddings adds a frozen copy of the initial vectors beside the trained "
+                        "ones: it needs --config.embedding_init=ppmi_svd, file or glove, without freeze_embeddings")
     if config.ngram_residual and not config.ngram_buckets:
         raise UserError("--config.ngram_residual trains on top of the n-gram scorer: it needs --config.ngram_buckets")
     _check_model(config)

@@ -8,6 +8,7 @@ from flax import nnx
 
 from lstm_jax.recurrent import make_recurrent
 from lstm_jax.sentiment.ngrams import ORDERS, ngram_logits
+from lstm_jax.sentiment.subwords import NO_NGRAM, SLOTS
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID
 
 POOLINGS = ("last", "max", "mean_max")
@@ -70,6 +71,17 @@ class SentimentClassifier(nnx.Module):
     learned score per word, averaged over the real tokens and added to the logit. ``ngram_buckets > 0`` adds
     an :class:`NgramScorer`'s logit at evaluation (not in training). ``perturbation <[batch, time,
     embedding_dim]>``, when given, is added to the embedded tokens (adversarial training, see ``train_step``).
+
+    What the encoder reads for token ``w`` (:meth:`embed_tokens`)::
+
+        x_w = embed[w] + mean_k subword_embed[subword_ids[w, k]]    (over w's filled slots; with subword_buckets)
+        x_w = concat(x_w, static_embed[w])                          (with static_embeddings: width 2E)
+
+    ``subword_ids <[vocab_size, SLOTS]>`` holds the hashed character n-grams of each word (:mod:`.subwords`),
+    filled before training, never trained; ``subword_embed <[subword_buckets, E]>`` starts at zero, so training
+    starts from ``embed`` alone. ``static_embed <[vocab_size, E]>`` is a copy of ``embed``'s initial vectors that
+    training leaves as it is (Kim 2014's "static" channel): words seen in training move in the trained channel,
+    and both they and words only the pretrained vectors know keep their place in the static one.
     """
 
     def __init__(
@@ -94,6 +106,8 @@ class SentimentClassifier(nnx.Module):
         num_heads: int = 1,
         recurrent_dropout_rate: float = 0.0,
         zoneout_rate: float = 0.0,
+        static_embeddings: bool = False,
+        subword_buckets: int = 0,
         dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
@@ -103,9 +117,18 @@ class SentimentClassifier(nnx.Module):
         self.word_dropout_rate = word_dropout_rate
         compute_dtype = jnp.dtype(dtype)
         self.embed = nnx.Embed(vocab_size, embedding_dim, dtype=compute_dtype, rngs=rngs)
+        self.static_embed = (nnx.Embed(vocab_size, embedding_dim, dtype=compute_dtype, rngs=rngs)
+                             if static_embeddings else None)  # fmt: skip
+        self.subword_ids = nnx.data(None)
+        if subword_buckets:
+            # Bucket numbers stored as float32 (exact below 2**24): the train step differentiates every weight of
+            # the model, and an integer array cannot be differentiated. Frozen by name, like the n-gram table.
+            self.subword_ids = NgramTable(jnp.full((vocab_size, SLOTS), NO_NGRAM, jnp.float32))
+            self.subword_embed = nnx.Embed(subword_buckets, embedding_dim, embedding_init=nnx.initializers.zeros,
+                                           dtype=compute_dtype, rngs=rngs)  # fmt: skip
         self.encoder = make_recurrent(
             cell,
-            embedding_dim,
+            embedding_dim * (2 if static_embeddings else 1),
             hidden_size,
             num_layers=num_layers,
             bidirectional=bidirectional,
@@ -141,6 +164,25 @@ class SentimentClassifier(nnx.Module):
     def embeddings(self) -> list[nnx.Embed]:
         return [self.embed]
 
+    def classifiers(self) -> list[SentimentClassifier]:
+        return [self]
+
+    def embed_tokens(self, tokens: jax.Array, perturbation: jax.Array | None = None) -> jax.Array:
+        """``tokens <int32>[B, T]`` -> ``<[B, T, E or 2E]>``: the encoder's input (see the class docstring);
+        ``perturbation`` moves the trained channel only."""
+        x = self.embed(tokens)
+        if self.subword_ids is not None:
+            # Rounded, not truncated: a moving average of the weights may leave a stored number an ulp off.
+            ids = jnp.round(self.subword_ids[...][tokens]).astype(jnp.int32)  # [B, T, SLOTS]
+            filled = (ids != NO_NGRAM)[..., None]
+            total = jnp.sum(self.subword_embed(jnp.maximum(ids, 0)) * filled, axis=2)
+            x = x + total / jnp.maximum(jnp.sum(filled, axis=2), 1).astype(x.dtype)
+        if perturbation is not None:
+            x = x + perturbation.astype(x.dtype)
+        if self.static_embed is not None:
+            x = jnp.concatenate([x, self.static_embed(tokens)], axis=-1)
+        return x
+
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None,
                  perturbation: jax.Array | None = None) -> jax.Array:
         deterministic = rngs is None
@@ -148,9 +190,7 @@ class SentimentClassifier(nnx.Module):
             # Word dropout: real tokens become "unknown" at random, so no single word decides the label.
             dropped = jax.random.bernoulli(rngs.dropout(), self.word_dropout_rate, tokens.shape)
             tokens = jnp.where(dropped & (tokens != PAD_ID), UNKNOWN_ID, tokens)
-        x = self.embed(tokens)
-        if perturbation is not None:
-            x = x + perturbation.astype(x.dtype)
+        x = self.embed_tokens(tokens, perturbation)
         x = self.embedding_dropout(x, deterministic=deterministic, rngs=rngs)
         outputs, carries = self.encoder(x, lengths, rngs=rngs)
         if self.pooling == "last" and self.cell == "mlstm":
@@ -202,6 +242,9 @@ class SentimentEnsemble(nnx.Module):
     def embeddings(self) -> list[nnx.Embed]:
         return [member.embed for member in self.members]
 
+    def classifiers(self) -> list[SentimentClassifier]:
+        return list(self.members)
+
 
 def build_model(kwargs: dict, rngs: nnx.Rngs) -> SentimentClassifier | SentimentEnsemble:
     """The classifier described by ``model_kwargs`` (an ensemble when ``ensemble_size > 1``)."""
@@ -234,6 +277,8 @@ def model_kwargs(config, vocab_size: int) -> dict:
         num_heads=config.num_heads,
         recurrent_dropout_rate=config.recurrent_dropout_rate,
         zoneout_rate=config.zoneout_rate,
+        static_embeddings=config.static_embeddings,
+        subword_buckets=config.subword_buckets,
         dtype=config.dtype,
         ensemble_size=config.ensemble_size,
     )

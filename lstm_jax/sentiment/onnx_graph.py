@@ -9,6 +9,9 @@ Each recurrent layer becomes ONNX's own operator, so ONNX Runtime runs its fused
   (ours ``[r | u | n]``), both biases;
 * ``SimpleRNNCell`` -> ``RNN`` with ``tanh``.
 
+Subword embeddings and the static embedding channel depend on the token id alone, so they are folded into the
+one embedding table the graph gathers from (:func:`_input_table`).
+
 The n-gram scorer (``ngrams/table``) becomes plain integer and gather operators: the same multiplicative hash of
 token-id pairs in int64 arithmetic, a repeat mask from an equality matrix, and a sum of the table's values.
 
@@ -31,6 +34,7 @@ import numpy as np
 
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.ngrams import HASH_MULTIPLIERS
+from lstm_jax.sentiment.subwords import NO_NGRAM
 
 OPSET = 17
 OPERATORS = {"lstm": "LSTM", "peephole_lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
@@ -112,10 +116,24 @@ def _recurrent_layer(graph: _Graph, operator: str, directions: list[dict], x: st
     return graph.op(operator, *inputs, outputs=2, **attributes)
 
 
+def _input_table(weights: dict, prefix: str) -> np.ndarray:
+    """``<float32>[vocab, E or 2E]``: what the classifier's ``embed_tokens`` gives each token id, as one table.
+    Subwords and the static channel depend on the token id alone, so they fold into it."""
+    table = weights[prefix + "embed/embedding"].astype(np.float32)
+    if prefix + "subword_ids" in weights:
+        ids = np.rint(weights[prefix + "subword_ids"]).astype(np.int64)  # [vocab, SLOTS]
+        filled = (ids != NO_NGRAM)[..., None]
+        total = np.sum(weights[prefix + "subword_embed/embedding"][np.maximum(ids, 0)] * filled, axis=1)
+        table = table + total / np.maximum(np.sum(filled, axis=1), 1)
+    if prefix + "static_embed/embedding" in weights:
+        table = np.concatenate([table, weights[prefix + "static_embed/embedding"]], axis=-1)
+    return table
+
+
 def _member(graph: _Graph, kwargs: dict, weights: dict, prefix: str, shared: dict) -> str:
     """One classifier's logit <float32>[B]."""
     operator, hidden = OPERATORS[kwargs["cell"]], kwargs["hidden_size"]
-    x = graph.op("Gather", graph.const(weights[prefix + "embed/embedding"], np.float32), "tokens")  # [B, T, E]
+    x = graph.op("Gather", graph.const(_input_table(weights, prefix), np.float32), "tokens")  # [B, T, E or 2E]
     x = graph.op("Transpose", x, perm=[1, 0, 2])  # [T, B, E]
     names = ["forward_rnn/", "backward_rnn/"] if kwargs["bidirectional"] else [""]
     zero = graph.const(np.float32(0.0))

@@ -51,6 +51,7 @@ from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model, model_kwargs
 from lstm_jax.sentiment.ngrams import NgramFit, fit_ngram_scorer, out_of_fold_logits
 from lstm_jax.sentiment.reporting import RunReport
+from lstm_jax.sentiment.subwords import subword_ids
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 SUMS = ("loss", "correct", "count", "nonfinite")  # what a step adds up; divided by count when reported
@@ -94,8 +95,9 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
         optimizer = optax.adam(learning_rate)
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
-    frozen_modules = {"ngrams"} | ({"embed"} if config.freeze_embeddings else set())
-    if config.ngram_buckets or config.freeze_embeddings:
+    # Never trained: the fitted n-gram table, the static embedding channel, the words' subword buckets.
+    frozen_modules = {"ngrams", "static_embed", "subword_ids"} | ({"embed"} if config.freeze_embeddings else set())
+    if config.ngram_buckets or config.freeze_embeddings or config.static_embeddings or config.subword_buckets:
         optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
                                           functools.partial(_frozen_labels, frozen_modules))  # fmt: skip
     return optimizer
@@ -103,7 +105,8 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
 def _frozen_labels(modules: set[str], params):
     """"frozen" for the weights under any of ``modules`` (``embed``: every word-embedding table, ensemble
-    members' too; ``ngrams``: the fitted n-gram scorer), else "train"."""
+    members' too; ``ngrams``: the fitted n-gram scorer; ``static_embed``: the static channels; ``subword_ids``:
+    the words' n-gram buckets), else "train"."""
     frozen = lambda path: any(getattr(key, "key", None) in modules for key in path)  # noqa: E731
     return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if frozen(path) else "train", params)
 
@@ -113,15 +116,17 @@ def zero_sums() -> dict[str, jax.Array]:
 
 
 def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
-                       initial_vectors: InitialVectors | None = None, ngram_fit: NgramFit | None = None) -> TrainState:
+                       initial_vectors: InitialVectors | None = None, ngram_fit: NgramFit | None = None,
+                       subwords: np.ndarray | None = None) -> TrainState:  # fmt: skip
     """A fresh state, built in one jitted call (eager initialisation costs hundreds of small dispatches).
 
-    ``initial_vectors``, when given, replace rows of every embedding table (see :class:`InitialVectors`);
-    ``ngram_fit`` fills the n-gram scorer.
+    ``initial_vectors``, when given, replace rows of every embedding table (see :class:`InitialVectors`), and
+    the static channels start as copies of the result; ``ngram_fit`` fills the n-gram scorer; ``subwords
+    <int32>[vocab, SLOTS]`` (:func:`.subwords.subword_ids`) the words' n-gram buckets.
     """
     tx = make_optimizer(config, steps_per_epoch)
 
-    def init(initial_vectors, ngram_fit):
+    def init(initial_vectors, ngram_fit, subwords):
         model = build_model(kwargs, nnx.Rngs(params=config.seed))
         if ngram_fit is not None:
             model.ngrams.table[...], model.ngrams.bias[...] = ngram_fit
@@ -133,6 +138,11 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
                     embed.embedding[...] = vectors * scale
                 else:
                     embed.embedding[...] = jnp.where(rows[:, None], vectors, embed.embedding[...])
+        for classifier in model.classifiers():
+            if classifier.static_embed is not None:
+                classifier.static_embed.embedding[...] = classifier.embed.embedding[...]
+            if subwords is not None:
+                classifier.subword_ids[...] = subwords.astype(jnp.float32)
         graphdef, params = nnx.split(model)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -150,7 +160,7 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
         )
 
     fitted = None if ngram_fit is None else (ngram_fit.table, np.float32(ngram_fit.bias))
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted)
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted, subwords)
 
 
 def batch_sums(member_logits, labels, weights) -> dict[str, jax.Array]:
@@ -430,9 +440,12 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         initial_vectors, coverage = read_glove(folder, vocabulary, config.embedding_dim, train.tokens)
         log(f"GloVe 6B vectors from {folder}: {coverage}")
     ngram_fit = fit_ngrams(config, splits, train, validation, meta is not None, mesh, log)
+    subwords = None  # a resumed run restores the table
+    if config.subword_buckets and meta is None:
+        subwords = subword_ids(vocabulary.words, config.subword_buckets)
     kwargs = model_kwargs(config, vocabulary.size)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors,
-                               ngram_fit)  # fmt: skip
+                               ngram_fit, subwords)  # fmt: skip
     title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
              f"H{config.hidden_size}, {config.pooling} pooling, on {config.dataset} ({Path(workdir).name})")
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard,

@@ -1,0 +1,85 @@
+"""Subword embeddings (``subword_buckets``) and the static embedding channel (``static_embeddings``)."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import load_config
+from flax import nnx
+from jax.sharding import Mesh
+
+from lstm_jax.sentiment import checkpoints as ckpt
+from lstm_jax.sentiment.model import SentimentClassifier, model_kwargs
+from lstm_jax.sentiment.subwords import NO_NGRAM, SLOTS, subword_ids, word_ngrams
+from lstm_jax.sentiment.train import create_train_state, train_step
+
+
+def test_a_word_is_the_bag_of_its_marked_character_3_to_5_grams():
+    assert word_ngrams("film") == ["<fi", "fil", "ilm", "lm>", "<fil", "film", "ilm>", "<film", "film>"]
+    assert word_ngrams("a") == ["<a>"]
+    assert word_ngrams("aaaa") == ["<aa", "aaa", "aa>", "<aaa", "aaaa", "aaa>", "<aaaa", "aaaa>"]  # repeats once
+    marked = "<extraordinarily>"  # 15 + 14 + 13 n-grams: the 3-grams, then the first 9 of the 4-grams
+    expected = [marked[start : start + 3] for start in range(15)] + [marked[start : start + 4] for start in range(9)]
+    assert len(expected) == SLOTS and word_ngrams("extraordinarily") == expected
+
+
+def test_buckets_follow_the_vocabulary_ids_and_do_not_change_between_processes():
+    table = subword_ids(["film", "films", "a"], 1 << 20)
+    assert table.shape == (5, SLOTS) and table.dtype == np.int32
+    assert (table[:2] == NO_NGRAM).all()  # padding and unknown
+    # CRC-32, not Python's per-process salted hash(): pinned so a checkpoint's buckets mean the same forever.
+    assert table[2, 0] == 643131 and table[2, 8] == 128892  # "<fi" and "film>"
+    assert (table[2, 9:] == NO_NGRAM).all() and (table[4, 1:] == NO_NGRAM).all()
+    shared = set(table[2][table[2] >= 0]) & set(table[3][table[3] >= 0])
+    assert len(shared) == 6  # <fi fil ilm <fil film <film
+    with pytest.raises(ValueError, match="subword buckets must be positive"):
+        subword_ids(["film"], 0)
+
+
+def _classifier():
+    model = SentimentClassifier(vocab_size=5, embedding_dim=3, hidden_size=2, static_embeddings=True,
+                                subword_buckets=8, rngs=nnx.Rngs(0))  # fmt: skip
+    rng = np.random.default_rng(0)
+    for embed in (model.embed, model.static_embed, model.subword_embed):
+        embed.embedding[...] = rng.normal(size=embed.embedding.shape).astype(np.float32)
+    model.subword_ids[...] = subword_ids(["film", "films", "a"], 8).astype(np.float32)
+    return model
+
+
+def test_the_encoder_reads_the_word_plus_its_subword_mean_beside_the_static_channel():
+    model = _classifier()
+    tokens = np.array([[2, 3, 4, 1, 0]], np.int32)
+    embedded = np.asarray(model.embed_tokens(tokens))
+    assert embedded.shape == (1, 5, 6)
+    table, buckets = np.asarray(model.embed.embedding[...]), subword_ids(["film", "films", "a"], 8)
+    for position, token in enumerate(tokens[0]):
+        filled = buckets[token][buckets[token] != NO_NGRAM]
+        subwords = np.asarray(model.subword_embed.embedding[...])[filled].mean(axis=0) if len(filled) else 0.0
+        np.testing.assert_allclose(embedded[0, position, :3], table[token] + subwords, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(embedded[0, position, 3:], np.asarray(model.static_embed.embedding[token]))
+    # A perturbation moves the trained channel only.
+    moved = np.asarray(model.embed_tokens(tokens, perturbation=np.ones((1, 5, 3), np.float32)))
+    np.testing.assert_allclose(moved[..., :3], embedded[..., :3] + 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(moved[..., 3:], embedded[..., 3:])
+
+
+def test_training_moves_the_subword_vectors_but_not_the_static_channel_or_the_buckets():
+    config = load_config(embedding_init="ppmi_svd", static_embeddings=True, subword_buckets=64, ema_decay=0.5)
+    words = [f"w{index}ord" for index in range(48)]
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    state = create_train_state(config, model_kwargs(config, 50), 10, mesh, subwords=subword_ids(words, 64))
+    before = jax.tree.map(np.asarray, ckpt.named_leaves(state))
+    np.testing.assert_array_equal(before["params/static_embed/embedding"], before["params/embed/embedding"])
+    np.testing.assert_array_equal(before["params/subword_ids"], subword_ids(words, 64))
+    assert not before["params/subword_embed/embedding"].any()  # training starts from the word vectors alone
+    rng = np.random.default_rng(0)
+    examples = {"tokens": rng.integers(2, 50, (8, 12)).astype(np.int32), "lengths": np.full(8, 12, np.int32),
+                "labels": rng.integers(0, 2, 8).astype(np.int32)}  # fmt: skip
+    for _ in range(2):
+        state = train_step(state.replace(batch=0), examples, np.arange(8, dtype=np.int32)[None], 12)
+    after = jax.tree.map(np.asarray, ckpt.named_leaves(state))
+    for kind in ("params", "ema"):
+        np.testing.assert_array_equal(after[f"{kind}/static_embed/embedding"], before["params/static_embed/embedding"])
+        np.testing.assert_array_equal(after[f"{kind}/subword_ids"], before["params/subword_ids"])
+        assert not np.array_equal(after[f"{kind}/embed/embedding"], before["params/embed/embedding"])
+    trained = np.abs(after["params/subword_embed/embedding"]).sum(axis=1) > 0
+    assert trained[np.unique(subword_ids(words, 64)[examples["tokens"]])].all()  # every bucket in the batch
