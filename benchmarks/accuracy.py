@@ -36,6 +36,9 @@ PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
 NO_EMA = ["--config.ema_decay=0"]
 NO_RD = ["--config.recurrent_dropout_rate=0"]
 V2 = ["--config.tokenizer=lowercase-words-v2"]  # typographic apostrophes (’) as apostrophes
+# configs/glove.py as it was until 22:14 UTC (without subwords and the static channel), which earlier rows ran.
+GLOVE_BEFORE_SUBWORDS = ["--config", "configs/glove.py", "--config.static_embeddings=false",
+                         "--config.subword_buckets=0"]
 SUBWORDS = ["--config.subword_buckets=131072"]  # character 3-5-grams of every vocabulary word, 2^17 buckets
 # Refit: train on train + validation (no validation split, so no early stopping) for a fixed number of epochs, the
 # mean over seeds 0-2 of the best epoch of the config's own runs (default: 4, 5, 6; GloVe: 6, 8, 8).
@@ -46,9 +49,9 @@ MODELS = {
     # The tutorial's model, the default and configs/glove.py with the tokenizer rules that read "can’t" as "can't".
     "tutorial_tokenizer_v2": ["--config", "configs/seed.py", *V2],
     "default_tokenizer_v2": ["--config", "configs/default.py", *V2],
-    "glove_tokenizer_v2": ["--config", "configs/glove.py", *V2],
+    "glove_tokenizer_v2": [*GLOVE_BEFORE_SUBWORDS, *V2],
     "default_refit": ["--config", "configs/default.py", *REFIT, "--config.num_epochs=5"],
-    "glove_refit": ["--config", "configs/glove.py", *REFIT, "--config.num_epochs=7"],
+    "glove_refit": [*GLOVE_BEFORE_SUBWORDS, *REFIT, "--config.num_epochs=7"],
     # Length pools chosen on validation among these (3 seeds each): the plain shuffle was the default before.
     "default_plain_batches": ["--config", "configs/default.py", *PLAIN],
     "default_pool8_bucket16": ["--config", "configs/default.py", "--config.train_length_bucket=0"],
@@ -79,34 +82,35 @@ MODELS = {
     "vocab16k_pooled": ["--config", "configs/vocab16k.py", "--config.length_pool=8",
                         "--config.train_length_bucket=8"],
     "glove": ["--config", "configs/glove.py"],
+    "glove_before_subwords": [*GLOVE_BEFORE_SUBWORDS],  # configs/glove.py until 22:14 UTC
     # What configs/glove.py was chosen among (3 seeds each): without the moving average (configs/glove.py until
     # 17:33 UTC), without the recurrent dropout (until 18:06 UTC), and variants of the latter: a slower average,
     # a cosine schedule, twice the learning rate, other encoders, other regularisers.
-    "glove_without_ema": ["--config", "configs/glove.py", *NO_EMA, *NO_RD],
-    "glove_without_recurrent_dropout": ["--config", "configs/glove.py", *NO_RD],
-    "glove_ema998": ["--config", "configs/glove.py", "--config.ema_decay=0.998", *NO_RD],
-    "glove_cosine": ["--config", "configs/glove.py", "--config.schedule=cosine", "--config.warmup_epochs=1", *NO_RD],
-    "glove_lr2e3": ["--config", "configs/glove.py", "--config.learning_rate=0.002", *NO_RD],
-    "glove_two_layers": ["--config", "configs/glove.py", "--config.num_layers=2", *NO_RD],  # stacked BiGRUs
-    "glove_lstm": ["--config", "configs/glove.py", "--config.cell=lstm", *NO_RD],  # a BiLSTM
-    "glove_zoneout": ["--config", "configs/glove.py", "--config.zoneout_rate=0.1", *NO_RD],
-    "glove_weight_decay": ["--config", "configs/glove.py", "--config.weight_decay=0.01", *NO_RD],
+    "glove_without_ema": [*GLOVE_BEFORE_SUBWORDS, *NO_EMA, *NO_RD],
+    "glove_without_recurrent_dropout": [*GLOVE_BEFORE_SUBWORDS, *NO_RD],
+    "glove_ema998": [*GLOVE_BEFORE_SUBWORDS, "--config.ema_decay=0.998", *NO_RD],
+    "glove_cosine": [*GLOVE_BEFORE_SUBWORDS, "--config.schedule=cosine", "--config.warmup_epochs=1", *NO_RD],
+    "glove_lr2e3": [*GLOVE_BEFORE_SUBWORDS, "--config.learning_rate=0.002", *NO_RD],
+    "glove_two_layers": [*GLOVE_BEFORE_SUBWORDS, "--config.num_layers=2", *NO_RD],  # stacked BiGRUs
+    "glove_lstm": [*GLOVE_BEFORE_SUBWORDS, "--config.cell=lstm", *NO_RD],  # a BiLSTM
+    "glove_zoneout": [*GLOVE_BEFORE_SUBWORDS, "--config.zoneout_rate=0.1", *NO_RD],
+    "glove_weight_decay": [*GLOVE_BEFORE_SUBWORDS, "--config.weight_decay=0.01", *NO_RD],
     # Adversarial training on the embeddings (adversarial_epsilon: the perturbation's L2 norm per text).
-    "glove_adversarial01": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.1"],
-    "glove_adversarial03": ["--config", "configs/glove.py", "--config.adversarial_epsilon=0.3"],
-    "glove_ensemble3_now": ["--config", "configs/glove.py", "--config.ensemble_size=3"],  # configs/glove.py's own
+    "glove_adversarial01": [*GLOVE_BEFORE_SUBWORDS, "--config.adversarial_epsilon=0.1"],
+    "glove_adversarial03": [*GLOVE_BEFORE_SUBWORDS, "--config.adversarial_epsilon=0.3"],
+    "glove_ensemble3_now": [*GLOVE_BEFORE_SUBWORDS, "--config.ensemble_size=3"],  # configs/glove.py's own
     # Two more inputs to the encoder: a static (frozen) copy of the initial vectors beside the trained ones, and
-    # character 3-5-gram embeddings hashed into 2^17 buckets; with GloVe and from scratch.
-    "glove_static": ["--config", "configs/glove.py", "--config.static_embeddings=true"],
-    "glove_subwords": ["--config", "configs/glove.py", *SUBWORDS],
-    "glove_static_subwords": ["--config", "configs/glove.py", "--config.static_embeddings=true", *SUBWORDS],
+    # character 3-5-gram embeddings hashed into 2^17 buckets (configs/glove.py has both since 22:14 UTC: these
+    # rows are each alone, and each from scratch).
+    "glove_static": ["--config", "configs/glove.py", "--config.subword_buckets=0"],
+    "glove_subwords": ["--config", "configs/glove.py", "--config.static_embeddings=false"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
-    "glove_plain_batches": ["--config", "configs/glove.py", *PLAIN, *NO_EMA, *NO_RD],
-    "glove_ensemble3": ["--config", "configs/glove.py", "--config.ensemble_size=3", *NO_EMA, *NO_RD],
-    "glove_without_ngrams": ["--config", "configs/glove.py", "--config.ngram_buckets=0", *PLAIN, *NO_EMA, *NO_RD],
-    "glove_bigrams": ["--config", "configs/glove.py", "--config.ngram_order=2", *PLAIN, *NO_EMA, *NO_RD],
-    "glove_ngram_residual": ["--config", "configs/glove.py", "--config.ngram_residual=true", "--config.ngram_order=2",
+    "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],
+    "glove_ensemble3": [*GLOVE_BEFORE_SUBWORDS, "--config.ensemble_size=3", *NO_EMA, *NO_RD],
+    "glove_without_ngrams": [*GLOVE_BEFORE_SUBWORDS, "--config.ngram_buckets=0", *PLAIN, *NO_EMA, *NO_RD],
+    "glove_bigrams": [*GLOVE_BEFORE_SUBWORDS, "--config.ngram_order=2", *PLAIN, *NO_EMA, *NO_RD],
+    "glove_ngram_residual": [*GLOVE_BEFORE_SUBWORDS, "--config.ngram_residual=true", "--config.ngram_order=2",
                              *PLAIN, *NO_EMA, *NO_RD],
 }
 

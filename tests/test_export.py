@@ -64,15 +64,14 @@ ONNX_GRID = [
 
     dict(cell="lstm", bidirectional=True, num_layers=2, pooling="last"),
     dict(cell="gru", num_layers=2, pooling="max", word_scores=True),
-    # configs/glove.py's model (its recurrent dropout is training-only); 64 buckets: hash collisions
+    # configs/glove.py's model (its recurrent dropout is training-only); 64 and 32 buckets: hash collisions
     dict(cell="gru", bidirectional=True, pooling="mean_max", ngram_buckets=64, ngram_order=3,
-         recurrent_dropout_rate=0.25),
+         recurrent_dropout_rate=0.25, static_embeddings=True, subword_buckets=32),
     dict(cell="lstm", pooling="mean_max", ensemble_size=2, ngram_buckets=1 << 20),
-    # the two extra embedding inputs, alone and together (folded into the gathered table)
+    # the two extra embedding inputs alone, and in an ensemble (folded into the gathered table)
     dict(cell="gru", bidirectional=True, pooling="mean_max", static_embeddings=True),
     dict(cell="lstm", pooling="last", subword_buckets=32),
-    dict(cell="gru", bidirectional=True, pooling="mean_max", ensemble_size=2, static_embeddings=True,
-         subword_buckets=32, ngram_buckets=64, ngram_order=3),
+    dict(cell="lstm", pooling="max", ensemble_size=2, static_embeddings=True, subword_buckets=32),
 ]
 
 
