@@ -41,7 +41,8 @@ GLOVE_BEFORE_SUBWORDS = ["--config", "configs/glove.py", "--config.static_embedd
                          "--config.subword_buckets=0"]
 SUBWORDS = ["--config.subword_buckets=131072"]  # character 3-5-grams of every vocabulary word, 2^17 buckets
 # Refit: train on train + validation (no validation split, so no early stopping) for a fixed number of epochs, the
-# mean over seeds 0-2 of the best epoch of the config's own runs (default: 4, 5, 6; GloVe: 6, 8, 8).
+# mean over seeds 0-2 of the best epoch of the config's own runs (default: 4, 5, 6; GloVe: 5, 6, 5; GloVe before
+# subwords: 6, 8, 8).
 REFIT = ["--config.validation_fraction=0", "--config.early_stopping_patience=0"]
 MODELS = {
     "tutorial": ["--config", "configs/seed.py"],
@@ -51,7 +52,8 @@ MODELS = {
     "default_tokenizer_v2": ["--config", "configs/default.py", *V2],
     "glove_tokenizer_v2": [*GLOVE_BEFORE_SUBWORDS, *V2],
     "default_refit": ["--config", "configs/default.py", *REFIT, "--config.num_epochs=5"],
-    "glove_refit": [*GLOVE_BEFORE_SUBWORDS, *REFIT, "--config.num_epochs=7"],
+    "glove_refit": ["--config", "configs/glove.py", *REFIT, "--config.num_epochs=5"],
+    "glove_before_subwords_refit": [*GLOVE_BEFORE_SUBWORDS, *REFIT, "--config.num_epochs=7"],
     # Length pools chosen on validation among these (3 seeds each): the plain shuffle was the default before.
     "default_plain_batches": ["--config", "configs/default.py", *PLAIN],
     "default_pool8_bucket16": ["--config", "configs/default.py", "--config.train_length_bucket=0"],
