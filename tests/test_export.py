@@ -109,7 +109,7 @@ def test_onnx_refuses_what_its_operators_cannot_express(settings):
 
 STABLEHLO_GRID = [
     dict(cell="lstm", bidirectional=True, pooling="mean_max", ensemble_size=2),
-    dict(cell="gru", pooling="max", num_layers=2),
+    dict(cell="gru", pooling="max", num_layers=2, static_embeddings=True, subword_buckets=32),
     dict(cell="layernorm_lstm", bidirectional=True, pooling="last"),
     dict(cell="lstm", proj_size=2, word_scores=True, ngram_buckets=64, ngram_order=3),
     dict(cell="slstm", num_heads=2, bidirectional=True),
