@@ -34,6 +34,11 @@ class NgramTable(nnx.Variable):
     """A fitted, never-trained weight of the n-gram scorer (the optimizer leaves it as it is)."""
 
 
+class SubwordBuckets(nnx.Variable):
+    """The vocabulary words' character n-gram buckets (:func:`.subwords.subword_ids`): filled before training,
+    never trained (frozen by name, like the n-gram table)."""
+
+
 class NgramScorer(nnx.Module):
     """``tokens <int32>[B, T]``, ``lengths <int32>[B]`` -> ``logits <float32>[B]`` of the linear n-gram model of
     :mod:`.ngrams`: ``bias + sum of table[bucket]`` over each text's distinct word 1- to ``order``-grams.
@@ -122,8 +127,8 @@ class SentimentClassifier(nnx.Module):
         self.subword_ids = nnx.data(None)
         if subword_buckets:
             # Bucket numbers stored as float32 (exact below 2**24): the train step differentiates every weight of
-            # the model, and an integer array cannot be differentiated. Frozen by name, like the n-gram table.
-            self.subword_ids = NgramTable(jnp.full((vocab_size, SLOTS), NO_NGRAM, jnp.float32))
+            # the model, and an integer array cannot be differentiated.
+            self.subword_ids = SubwordBuckets(jnp.full((vocab_size, SLOTS), NO_NGRAM, jnp.float32))
             self.subword_embed = nnx.Embed(subword_buckets, embedding_dim, embedding_init=nnx.initializers.zeros,
                                            dtype=compute_dtype, rngs=rngs)  # fmt: skip
         self.encoder = make_recurrent(
