@@ -176,16 +176,19 @@ class SentimentClassifier(nnx.Module):
         """``tokens <int32>[B, T]`` -> ``<[B, T, E or 2E]>``: the encoder's input (see the class docstring);
         ``perturbation`` moves the trained channel only."""
         x = self.embed(tokens)
+        # The frozen tables are read through stop_gradient: their gradients (scatters into tables of the
+        # vocabulary's size) would be thrown away by the optimizer, and this way the compiler drops them.
         if self.subword_ids is not None:
             # Rounded, not truncated: a moving average of the weights may leave a stored number an ulp off.
-            ids = jnp.round(self.subword_ids[...][tokens]).astype(jnp.int32)  # [B, T, SLOTS]
+            ids = jnp.round(jax.lax.stop_gradient(self.subword_ids[...])[tokens]).astype(jnp.int32)  # [B, T, SLOTS]
             filled = (ids != NO_NGRAM)[..., None]
             total = jnp.sum(self.subword_embed(jnp.maximum(ids, 0)) * filled, axis=2)
             x = x + total / jnp.maximum(jnp.sum(filled, axis=2), 1).astype(x.dtype)
         if perturbation is not None:
             x = x + perturbation.astype(x.dtype)
         if self.static_embed is not None:
-            x = jnp.concatenate([x, self.static_embed(tokens)], axis=-1)
+            static = jnp.take(jax.lax.stop_gradient(self.static_embed.embedding[...]), tokens, axis=0)
+            x = jnp.concatenate([x, static.astype(x.dtype)], axis=-1)
         return x
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array, *, rngs: nnx.Rngs | None = None,
