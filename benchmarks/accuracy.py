@@ -106,6 +106,7 @@ MODELS = {
     # rows are each alone, and each from scratch).
     "glove_static": ["--config", "configs/glove.py", "--config.subword_buckets=0"],
     "glove_subwords": ["--config", "configs/glove.py", "--config.static_embeddings=false"],
+    "glove_subwords_2e15": ["--config", "configs/glove.py", "--config.subword_buckets=32768"],  # 4x fewer buckets
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],
