@@ -122,9 +122,13 @@ def _input_table(weights: dict, prefix: str) -> np.ndarray:
     table = weights[prefix + "embed/embedding"].astype(np.float32)
     if prefix + "subword_ids" in weights:
         ids = np.rint(weights[prefix + "subword_ids"]).astype(np.int64)  # [vocab, SLOTS]
-        filled = (ids != NO_NGRAM)[..., None]
-        total = np.sum(weights[prefix + "subword_embed/embedding"][np.maximum(ids, 0)] * filled, axis=1)
-        table = table + total / np.maximum(np.sum(filled, axis=1), 1)
+        vectors = weights[prefix + "subword_embed/embedding"]
+        total, count = np.zeros_like(table), np.zeros((len(table), 1), np.float32)
+        for slot in ids.T:  # one slot at a time: [vocab, SLOTS, E] at once would be a gigabyte for GloVe's vocabulary
+            filled = (slot != NO_NGRAM)[:, None]
+            total += np.where(filled, vectors[np.maximum(slot, 0)], 0.0)
+            count += filled
+        table = table + total / np.maximum(count, 1)
     if prefix + "static_embed/embedding" in weights:
         table = np.concatenate([table, weights[prefix + "static_embed/embedding"]], axis=-1)
     return table
