@@ -36,13 +36,14 @@ PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
 NO_EMA = ["--config.ema_decay=0"]
 NO_RD = ["--config.recurrent_dropout_rate=0"]
 V2 = ["--config.tokenizer=lowercase-words-v2"]  # typographic apostrophes (’) as apostrophes
-# configs/glove.py as it was until 22:14 UTC (without subwords and the static channel), which earlier rows ran.
-GLOVE_BEFORE_SUBWORDS = ["--config", "configs/glove.py", "--config.static_embeddings=false",
-                         "--config.subword_buckets=0"]
+# configs/glove.py as it was until 2026-12-03 00:25 UTC (hidden size 64), which earlier rows ran; and as it was
+# until 2026-12-02 22:14 UTC (also without subwords and the static channel).
+GLOVE_H64 = ["--config", "configs/glove.py", "--config.hidden_size=64"]
+GLOVE_BEFORE_SUBWORDS = [*GLOVE_H64, "--config.static_embeddings=false", "--config.subword_buckets=0"]
 SUBWORDS = ["--config.subword_buckets=131072"]  # character 3-5-grams of every vocabulary word, 2^17 buckets
 # Refit: train on train + validation (no validation split, so no early stopping) for a fixed number of epochs, the
-# mean over seeds 0-2 of the best epoch of the config's own runs (default: 4, 5, 6; GloVe: 5, 6, 5; GloVe before
-# subwords: 6, 8, 8).
+# mean over seeds 0-2 of the best epoch of the config's own runs, rounded (default: 4, 5, 6; GloVe: 5, 7, 5; GloVe
+# with hidden size 64: 5, 6, 5; GloVe before subwords: 6, 8, 8).
 REFIT = ["--config.validation_fraction=0", "--config.early_stopping_patience=0"]
 MODELS = {
     "tutorial": ["--config", "configs/seed.py"],
@@ -52,7 +53,8 @@ MODELS = {
     "default_tokenizer_v2": ["--config", "configs/default.py", *V2],
     "glove_tokenizer_v2": [*GLOVE_BEFORE_SUBWORDS, *V2],
     "default_refit": ["--config", "configs/default.py", *REFIT, "--config.num_epochs=5"],
-    "glove_refit": ["--config", "configs/glove.py", *REFIT, "--config.num_epochs=5"],
+    "glove_refit": ["--config", "configs/glove.py", *REFIT, "--config.num_epochs=6"],
+    "glove_h64_refit": [*GLOVE_H64, *REFIT, "--config.num_epochs=5"],
     "glove_before_subwords_refit": [*GLOVE_BEFORE_SUBWORDS, *REFIT, "--config.num_epochs=7"],
     # Length pools chosen on validation among these (3 seeds each): the plain shuffle was the default before.
     "default_plain_batches": ["--config", "configs/default.py", *PLAIN],
@@ -84,6 +86,7 @@ MODELS = {
     "vocab16k_pooled": ["--config", "configs/vocab16k.py", "--config.length_pool=8",
                         "--config.train_length_bucket=8"],
     "glove": ["--config", "configs/glove.py"],
+    "glove_h64": [*GLOVE_H64],  # configs/glove.py from 2026-12-02 22:14 UTC to 2026-12-03 00:25 UTC
     "glove_before_subwords": [*GLOVE_BEFORE_SUBWORDS],  # configs/glove.py until 22:14 UTC
     # What configs/glove.py was chosen among (3 seeds each): without the moving average (configs/glove.py until
     # 17:33 UTC), without the recurrent dropout (until 18:06 UTC), and variants of the latter: a slower average,
@@ -104,9 +107,19 @@ MODELS = {
     # Two more inputs to the encoder: a static (frozen) copy of the initial vectors beside the trained ones, and
     # character 3-5-gram embeddings hashed into 2^17 buckets (configs/glove.py has both since 22:14 UTC: these
     # rows are each alone, and each from scratch).
-    "glove_static": ["--config", "configs/glove.py", "--config.subword_buckets=0"],
-    "glove_subwords": ["--config", "configs/glove.py", "--config.static_embeddings=false"],
-    "glove_subwords_2e15": ["--config", "configs/glove.py", "--config.subword_buckets=32768"],  # 4x fewer buckets
+    "glove_static": [*GLOVE_H64, "--config.subword_buckets=0"],
+    "glove_subwords": [*GLOVE_H64, "--config.static_embeddings=false"],
+    "glove_subwords_2e15": [*GLOVE_H64, "--config.subword_buckets=32768"],  # 4x fewer buckets
+    # What came after (3 seeds each): other widths of the recurrent state (128 has been configs/glove.py since
+    # 2026-12-03 00:25 UTC), then batches, regularisers, pooling and patience around both widths.
+    "glove_h96": ["--config", "configs/glove.py", "--config.hidden_size=96"],
+    "glove_h192": ["--config", "configs/glove.py", "--config.hidden_size=192"],
+    "glove_h64_word_dropout04": [*GLOVE_H64, "--config.word_dropout_rate=0.4"],
+    "glove_h64_embedding_dropout04": [*GLOVE_H64, "--config.embedding_dropout_rate=0.4"],
+    "glove_h64_batch64": [*GLOVE_H64, "--config.batch_size=64"],
+    "glove_h64_max_pooling": [*GLOVE_H64, "--config.pooling=max"],
+    "glove_h64_patience5": [*GLOVE_H64, "--config.early_stopping_patience=5", "--config.num_epochs=20"],
+    "glove_recurrent_dropout04": ["--config", "configs/glove.py", "--config.recurrent_dropout_rate=0.4"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],
