@@ -120,6 +120,8 @@ MODELS = {
     "glove_h64_max_pooling": [*GLOVE_H64, "--config.pooling=max"],
     "glove_h64_patience5": [*GLOVE_H64, "--config.early_stopping_patience=5", "--config.num_epochs=20"],
     "glove_recurrent_dropout04": ["--config", "configs/glove.py", "--config.recurrent_dropout_rate=0.4"],
+    "glove_word_dropout04": ["--config", "configs/glove.py", "--config.word_dropout_rate=0.4"],
+    "glove_max_pooling": ["--config", "configs/glove.py", "--config.pooling=max"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],
