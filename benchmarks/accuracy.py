@@ -122,6 +122,8 @@ MODELS = {
     "glove_recurrent_dropout04": ["--config", "configs/glove.py", "--config.recurrent_dropout_rate=0.4"],
     "glove_word_dropout04": ["--config", "configs/glove.py", "--config.word_dropout_rate=0.4"],
     "glove_max_pooling": ["--config", "configs/glove.py", "--config.pooling=max"],
+    "glove_embedding_dropout01": ["--config", "configs/glove.py", "--config.embedding_dropout_rate=0.1"],
+    "glove_lr5e4": ["--config", "configs/glove.py", "--config.learning_rate=0.0005", "--config.num_epochs=20"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],
