@@ -9,8 +9,7 @@ width) instead of PPMI-SVD, the recurrent state is twice as wide (128 per direct
 training keep their GloVe meaning), each word's embedding also holds the mean of its character 3-5-grams'
 vectors, the encoder also reads a frozen copy of the GloVe vectors, the recurrent state has variational dropout,
 and validation, prediction and export use a moving average of the weights. Chosen by mean validation accuracy
-over seeds 0-2 among the variants in README "Accuracy against
-linear baselines"; its test accuracy is there too.
+over seeds 0-2 among the variants in README "Accuracy against linear baselines"; its test accuracy is there too.
 """
 
 from configs.default import get_config as default_config

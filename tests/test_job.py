@@ -120,8 +120,8 @@ def test_a_perturbation_moves_each_embedded_token(ensemble_size):
     shift = np.random.default_rng(0).normal(size=(ensemble_size, 3, 10, config.embedding_dim)).astype(np.float32)
     perturbed = np.asarray(model.member_logits(tokens, lengths, perturbations=shift))
     assert perturbed.shape == (ensemble_size, 3)
-    for member, embed in enumerate(model.embeddings()):
-        embed.embedding[...] = embed.embedding[...].at[tokens].add(shift[member])
+    for member, classifier in enumerate(model.classifiers()):
+        classifier.embed.embedding[...] = classifier.embed.embedding[...].at[tokens].add(shift[member])
     np.testing.assert_allclose(perturbed, model.member_logits(tokens, lengths), rtol=1e-5, atol=1e-6)
 
 

@@ -166,9 +166,6 @@ class SentimentClassifier(nnx.Module):
         perturbation = None if perturbations is None else perturbations[0]
         return self(tokens, lengths, rngs=rngs, perturbation=perturbation)[None]
 
-    def embeddings(self) -> list[nnx.Embed]:
-        return [self.embed]
-
     def classifiers(self) -> list[SentimentClassifier]:
         return [self]
 
@@ -246,9 +243,6 @@ class SentimentEnsemble(nnx.Module):
 
     def __call__(self, tokens, lengths, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         return jnp.mean(self.member_logits(tokens, lengths, rngs=rngs), axis=0)
-
-    def embeddings(self) -> list[nnx.Embed]:
-        return [member.embed for member in self.members]
 
     def classifiers(self) -> list[SentimentClassifier]:
         return list(self.members)

@@ -130,17 +130,17 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
         model = build_model(kwargs, nnx.Rngs(params=config.seed))
         if ngram_fit is not None:
             model.ngrams.table[...], model.ngrams.bias[...] = ngram_fit
-        if initial_vectors is not None:
-            vectors, rows = initial_vectors.vectors, initial_vectors.rows
-            for embed in model.embeddings():
+        for classifier in model.classifiers():
+            embed = classifier.embed
+            if initial_vectors is not None:
+                vectors, rows = initial_vectors.vectors, initial_vectors.rows
                 if rows is None:
                     scale = jnp.std(embed.embedding[...]) / jnp.maximum(jnp.std(vectors), 1e-8)
                     embed.embedding[...] = vectors * scale
                 else:
                     embed.embedding[...] = jnp.where(rows[:, None], vectors, embed.embedding[...])
-        for classifier in model.classifiers():
             if classifier.static_embed is not None:
-                classifier.static_embed.embedding[...] = classifier.embed.embedding[...]
+                classifier.static_embed.embedding[...] = embed.embedding[...]
             if subwords is not None:
                 classifier.subword_ids[...] = subwords.astype(jnp.float32)
         graphdef, params = nnx.split(model)
@@ -182,8 +182,8 @@ def adversarial_gradients(loss_fn, state: TrainState, tokens_shape: tuple[int, i
     ``adversarial_epsilon`` in L2 norm over all its tokens, in the direction that raises its loss fastest. Both
     passes draw the same dropout. ``loss_fn(params, perturbations <[members, batch, time, embedding_dim]>)``.
     Returns the summed gradients and the sums of the unperturbed pass."""
-    embeddings = nnx.merge(state.graphdef, state.params).embeddings()
-    zeros = jnp.zeros((len(embeddings), *tokens_shape, embeddings[0].features), jnp.float32)
+    classifiers = nnx.merge(state.graphdef, state.params).classifiers()
+    zeros = jnp.zeros((len(classifiers), *tokens_shape, classifiers[0].embed.features), jnp.float32)
     (grads, direction), sums = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state.params, zeros)
     # Padded positions and padded rows get a zero gradient, so they stay unperturbed.
     norm = jnp.sqrt(jnp.sum(jnp.square(direction), axis=(2, 3), keepdims=True))
