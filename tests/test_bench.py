@@ -2,6 +2,7 @@
 
 import statistics
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,19 @@ def test_the_negation_set_is_balanced_and_the_nb_svm_baseline_learns():
     train = ["a great film", "great fun", "a dull film", "dull and boring", "wonderful", "boring mess"]
     model = baselines.NBSVM(C=1.0, beta=1.0, seed=0).fit(train, np.array([1, 1, 0, 0, 1, 0]))
     assert model.predict(["great and wonderful", "dull boring mess"]).tolist() == [1, 0]
+
+
+def test_tree_memory_counts_the_children_and_names_the_largest(capfd):
+    """The README's test-suite memory comes from this script: a child's 200 MB must show in the peak and be named."""
+    import tree_memory
+
+    if not Path("/proc/self/smaps_rollup").exists():
+        pytest.skip("reads /proc (Linux)")
+    child = "import time; block = bytearray(200 * 2**20); block[::4096] = b'x' * len(block[::4096]); time.sleep(2)"
+    parent = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode + 3)"
+    assert tree_memory.main(["--interval", "0.1", "--", sys.executable, "-c", parent]) == 3
+    report = capfd.readouterr().err.splitlines()
+    peak_gb = float(report[0].split("proportional")[0].split(",")[1].split()[0])
+    assert peak_gb >= 0.2 and "exit code 3" in report[0]
+    largest = report[2]
+    assert float(largest.split()[0]) >= 0.19 and "bytearray(200" in largest
