@@ -36,14 +36,16 @@ PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
 NO_EMA = ["--config.ema_decay=0"]
 NO_RD = ["--config.recurrent_dropout_rate=0"]
 V2 = ["--config.tokenizer=lowercase-words-v2"]  # typographic apostrophes (’) as apostrophes
-# configs/glove.py as it was until 2026-12-03 00:25 UTC (hidden size 64), which earlier rows ran; and as it was
-# until 2026-12-02 22:14 UTC (also without subwords and the static channel).
-GLOVE_H64 = ["--config", "configs/glove.py", "--config.hidden_size=64"]
+# configs/glove.py as it was until 2026-12-03 02:55 UTC (dropout 0.5 before the output layer), which earlier
+# rows ran; as it was until 00:25 UTC (also hidden size 64); and until 2026-12-02 22:14 UTC (also without subwords
+# and the static channel).
+GLOVE_DROPOUT05 = ["--config", "configs/glove.py", "--config.dropout_rate=0.5"]
+GLOVE_H64 = [*GLOVE_DROPOUT05, "--config.hidden_size=64"]
 GLOVE_BEFORE_SUBWORDS = [*GLOVE_H64, "--config.static_embeddings=false", "--config.subword_buckets=0"]
 SUBWORDS = ["--config.subword_buckets=131072"]  # character 3-5-grams of every vocabulary word, 2^17 buckets
 # Refit: train on train + validation (no validation split, so no early stopping) for a fixed number of epochs, the
-# mean over seeds 0-2 of the best epoch of the config's own runs, rounded (default: 4, 5, 6; GloVe: 5, 7, 5; GloVe
-# with hidden size 64: 5, 6, 5; GloVe before subwords: 6, 8, 8).
+# mean over seeds 0-2 of the best epoch of the config's own runs, rounded (default: 4, 5, 6; GloVe with dropout
+# 0.5: 5, 7, 5; GloVe with hidden size 64: 5, 6, 5; GloVe before subwords: 6, 8, 8).
 REFIT = ["--config.validation_fraction=0", "--config.early_stopping_patience=0"]
 MODELS = {
     "tutorial": ["--config", "configs/seed.py"],
@@ -53,7 +55,7 @@ MODELS = {
     "default_tokenizer_v2": ["--config", "configs/default.py", *V2],
     "glove_tokenizer_v2": [*GLOVE_BEFORE_SUBWORDS, *V2],
     "default_refit": ["--config", "configs/default.py", *REFIT, "--config.num_epochs=5"],
-    "glove_refit": ["--config", "configs/glove.py", *REFIT, "--config.num_epochs=6"],
+    "glove_dropout05_refit": [*GLOVE_DROPOUT05, *REFIT, "--config.num_epochs=6"],
     "glove_h64_refit": [*GLOVE_H64, *REFIT, "--config.num_epochs=5"],
     "glove_before_subwords_refit": [*GLOVE_BEFORE_SUBWORDS, *REFIT, "--config.num_epochs=7"],
     # Length pools chosen on validation among these (3 seeds each): the plain shuffle was the default before.
@@ -86,6 +88,7 @@ MODELS = {
     "vocab16k_pooled": ["--config", "configs/vocab16k.py", "--config.length_pool=8",
                         "--config.train_length_bucket=8"],
     "glove": ["--config", "configs/glove.py"],
+    "glove_dropout05": [*GLOVE_DROPOUT05],  # configs/glove.py from 2026-12-03 00:25 UTC to 02:55 UTC
     "glove_h64": [*GLOVE_H64],  # configs/glove.py from 2026-12-02 22:14 UTC to 2026-12-03 00:25 UTC
     "glove_before_subwords": [*GLOVE_BEFORE_SUBWORDS],  # configs/glove.py until 22:14 UTC
     # What configs/glove.py was chosen among (3 seeds each): without the moving average (configs/glove.py until
@@ -112,18 +115,24 @@ MODELS = {
     "glove_subwords_2e15": [*GLOVE_H64, "--config.subword_buckets=32768"],  # 4x fewer buckets
     # What came after (3 seeds each): other widths of the recurrent state (128 has been configs/glove.py since
     # 2026-12-03 00:25 UTC), then batches, regularisers, pooling and patience around both widths.
-    "glove_h96": ["--config", "configs/glove.py", "--config.hidden_size=96"],
-    "glove_h192": ["--config", "configs/glove.py", "--config.hidden_size=192"],
+    "glove_h96": [*GLOVE_DROPOUT05, "--config.hidden_size=96"],
+    "glove_h192": [*GLOVE_DROPOUT05, "--config.hidden_size=192"],
     "glove_h64_word_dropout04": [*GLOVE_H64, "--config.word_dropout_rate=0.4"],
     "glove_h64_embedding_dropout04": [*GLOVE_H64, "--config.embedding_dropout_rate=0.4"],
     "glove_h64_batch64": [*GLOVE_H64, "--config.batch_size=64"],
     "glove_h64_max_pooling": [*GLOVE_H64, "--config.pooling=max"],
     "glove_h64_patience5": [*GLOVE_H64, "--config.early_stopping_patience=5", "--config.num_epochs=20"],
-    "glove_recurrent_dropout04": ["--config", "configs/glove.py", "--config.recurrent_dropout_rate=0.4"],
-    "glove_word_dropout04": ["--config", "configs/glove.py", "--config.word_dropout_rate=0.4"],
-    "glove_max_pooling": ["--config", "configs/glove.py", "--config.pooling=max"],
-    "glove_embedding_dropout01": ["--config", "configs/glove.py", "--config.embedding_dropout_rate=0.1"],
-    "glove_lr5e4": ["--config", "configs/glove.py", "--config.learning_rate=0.0005", "--config.num_epochs=20"],
+    "glove_recurrent_dropout04": [*GLOVE_DROPOUT05, "--config.recurrent_dropout_rate=0.4"],
+    "glove_word_dropout04": [*GLOVE_DROPOUT05, "--config.word_dropout_rate=0.4"],
+    "glove_max_pooling": [*GLOVE_DROPOUT05, "--config.pooling=max"],
+    "glove_embedding_dropout01": [*GLOVE_DROPOUT05, "--config.embedding_dropout_rate=0.1"],
+    "glove_lr5e4": [*GLOVE_DROPOUT05, "--config.learning_rate=0.0005", "--config.num_epochs=20"],
+    "glove_word_dropout02": [*GLOVE_DROPOUT05, "--config.word_dropout_rate=0.2"],
+    "glove_batch16": [*GLOVE_DROPOUT05, "--config.batch_size=16"],
+    # Dropout before the output layer (0.5 until 02:55 UTC; configs/glove.py has 0.2 since).
+    "glove_dropout04": ["--config", "configs/glove.py", "--config.dropout_rate=0.4"],
+    "glove_dropout03": ["--config", "configs/glove.py", "--config.dropout_rate=0.3"],
+    "glove_dropout01": ["--config", "configs/glove.py", "--config.dropout_rate=0.1"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],

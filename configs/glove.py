@@ -8,8 +8,9 @@ width) instead of PPMI-SVD, the recurrent state is twice as wide (128 per direct
 16,000 most frequent training words, the vectors' first 100,000 other words get ids too (words never seen in
 training keep their GloVe meaning), each word's embedding also holds the mean of its character 3-5-grams'
 vectors, the encoder also reads a frozen copy of the GloVe vectors, the recurrent state has variational dropout,
-and validation, prediction and export use a moving average of the weights. Chosen by mean validation accuracy
-over seeds 0-2 among the variants in README "Accuracy against linear baselines"; its test accuracy is there too.
+the dropout before the output layer is 0.2 instead of 0.5, and validation, prediction and export use a moving
+average of the weights. Chosen by mean validation accuracy over seeds 0-2 among the variants in README "Accuracy
+against linear baselines"; its test accuracy is there too.
 """
 
 from configs.default import get_config as default_config
@@ -28,6 +29,8 @@ def get_config():
     # decay 0.01: 81.70%); these differences are within the validation split's noise (README)
     config.hidden_size = 128  # validation 82.54% against 82.21% with the default's 64 (96: 82.18%, 192: 82.43%;
     # 3 seeds each), at about 1.3x the training time; within the validation split's noise (README)
+    config.dropout_rate = 0.2  # before the output layer: validation 82.66% against 82.54% with the default's 0.5
+    # (0.1: 82.46%, 0.3: 82.57%, 0.4: 82.46%; 3 seeds each); within the validation split's noise (README)
     config.subword_buckets = 1 << 17  # character 3-5-grams: with the static channel 82.21% against 81.90%
     config.static_embeddings = True  # without either (3 seeds; subwords alone 82.18%, the static channel alone
     # 81.98%), for about twice the training time
