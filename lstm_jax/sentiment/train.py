@@ -130,10 +130,10 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
         model = build_model(kwargs, nnx.Rngs(params=config.seed))
         if ngram_fit is not None:
             model.ngrams.table[...], model.ngrams.bias[...] = ngram_fit
+        vectors, rows = (initial_vectors.vectors, initial_vectors.rows) if initial_vectors is not None else (None, None)
         for classifier in model.classifiers():
             embed = classifier.embed
-            if initial_vectors is not None:
-                vectors, rows = initial_vectors.vectors, initial_vectors.rows
+            if vectors is not None:
                 if rows is None:
                     scale = jnp.std(embed.embedding[...]) / jnp.maximum(jnp.std(vectors), 1e-8)
                     embed.embedding[...] = vectors * scale
