@@ -133,6 +133,9 @@ MODELS = {
     "glove_dropout04": ["--config", "configs/glove.py", "--config.dropout_rate=0.4"],
     "glove_dropout03": ["--config", "configs/glove.py", "--config.dropout_rate=0.3"],
     "glove_dropout01": ["--config", "configs/glove.py", "--config.dropout_rate=0.1"],
+    # Label smoothing (training targets 1 - s/2 and s/2).
+    "glove_label_smoothing01": ["--config", "configs/glove.py", "--config.label_smoothing=0.1"],
+    "glove_label_smoothing02": ["--config", "configs/glove.py", "--config.label_smoothing=0.2"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],

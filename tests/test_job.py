@@ -164,6 +164,33 @@ def test_adversarial_training_adds_the_gradient_at_the_worst_nearby_embeddings()
     assert float(sums["loss"]) == pytest.approx(float(loss_at(np.zeros(shape, np.float32))))
 
 
+def test_label_smoothing_trains_towards_softened_targets_and_evaluation_keeps_hard_ones():
+    """With ``label_smoothing`` s the step's loss is the cross-entropy against 1 - s/2 and s/2 (checked by hand
+    on the model's logits), and evaluation of the same weights against 1 and 0."""
+    from flax import nnx
+
+    from lstm_jax.sentiment.train import eval_step, train_step, zero_sums
+
+    config = load_config(label_smoothing=0.2, dropout_rate=0.0, embedding_dropout_rate=0.0, word_dropout_rate=0.0)
+    state = tiny_state(config)
+    assert state.label_smoothing == 0.2
+    examples = tiny_examples()
+    logits = np.asarray(nnx.merge(state.graphdef, state.params)(examples["tokens"], examples["lengths"]),
+                        np.float64)  # fmt: skip
+    positive, negative = -np.log1p(np.exp(-logits)), -np.log1p(np.exp(logits))  # log p and log (1 - p)
+
+    def cross_entropy(target):
+        return -np.sum(target * positive + (1 - target) * negative)
+
+    order = np.arange(8, dtype=np.int32)
+    evaluated = eval_step(state, zero_sums(), examples, order, 12)
+    assert float(evaluated["loss"]) == pytest.approx(cross_entropy(examples["labels"]), rel=1e-5)
+    stepped = train_step(state, examples, order[None], 12)
+    smoothed = np.where(examples["labels"] == 1, 0.9, 0.1)
+    assert float(stepped.sums["loss"]) == pytest.approx(cross_entropy(smoothed), rel=1e-5)
+    assert cross_entropy(smoothed) != pytest.approx(cross_entropy(examples["labels"]), rel=1e-3)
+
+
 def test_train_step_compiles_once_per_padded_length():
     from lstm_jax.sentiment import batching
     from lstm_jax.sentiment.train import train_step

@@ -185,6 +185,7 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
         ("--config.cell=gru --config.backend=fused", "backend='fused' runs plain LSTMCell only, not GRUCell"),
         ("--config.cell=transformer", "--config.cell='transformer' is not one of lstm, peephole_lstm"),
         ("--config.dropout_rate=1.5", "--config.dropout_rate=1.5 must be in [0, 1)"),
+        ("--config.label_smoothing=1", "--config.label_smoothing=1.0 must be in [0, 1)"),
         ("--config.ngram_buckets=1000", "--config.ngram_buckets=1000 must be a power of two"),
         ("--config.validation_fraction=0 --config.early_stopping_patience=2",
          "early stopping needs a validation split"),

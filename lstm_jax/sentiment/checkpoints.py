@@ -196,7 +196,7 @@ ADDED_SETTINGS = {"proj_size": 0, "num_heads": 1, "recurrent_dropout_rate": 0.0,
 # (Added settings a resumed run may change anyway, such as the multi-process ones, need no entry.)
 ADDED_CONFIG = {**ADDED_SETTINGS, "embedding_path": "", "vectors_vocab": 0, "freeze_embeddings": False,
                 "ngram_residual": False, "length_pool": 0, "train_length_bucket": 0,
-                "adversarial_epsilon": 0.0, "tokenizer": "lowercase-words-v1"}  # fmt: skip
+                "adversarial_epsilon": 0.0, "label_smoothing": 0.0, "tokenizer": "lowercase-words-v1"}  # fmt: skip
 
 
 def _upgrade_settings(meta: dict) -> None:

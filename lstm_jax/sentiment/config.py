@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.ema_decay = 0.0  # evaluate and predict with a moving average of the weights (per-step decay); 0 = off
     config.adversarial_epsilon = 0.0  # adversarial training: each step also trains on its batch with every text's
     # embedded tokens moved this far (L2 norm over the text) in the direction that raises its loss most; 0 = off
+    config.label_smoothing = 0.0  # training targets 1 - s/2 and s/2 instead of 1 and 0 (evaluation keeps 1 and 0)
     config.grad_clip_norm = 0.0  # clip the global gradient norm when > 0
     config.early_stopping_patience = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     config.test_checkpoint = "best"  # which weights the final test uses: best (by validation accuracy) | last
@@ -145,7 +146,7 @@ RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_
           "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1),
           "num_processes": (0, 1 << 20), "process_id": (-1, 1 << 20)}  # fmt: skip
 RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction",
-         "recurrent_dropout_rate", "zoneout_rate")  # fmt: skip
+         "recurrent_dropout_rate", "zoneout_rate", "label_smoothing")  # fmt: skip
 
 
 def without_validation(config) -> bool:

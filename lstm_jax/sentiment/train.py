@@ -77,6 +77,7 @@ class TrainState:
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
     adversarial_epsilon: float = struct.field(pytree_node=False, default=0.0)
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
 
     def inference_weights(self) -> nnx.State:
         """The weights evaluated and used for prediction: the moving average when there is one."""
@@ -157,16 +158,19 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
             tx=tx,
             ema_decay=config.ema_decay,
             adversarial_epsilon=config.adversarial_epsilon,
+            label_smoothing=config.label_smoothing,
         )
 
     fitted = None if ngram_fit is None else (ngram_fit.table, np.float32(ngram_fit.bias))
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted, subwords)
 
 
-def batch_sums(member_logits, labels, weights) -> dict[str, jax.Array]:
-    """Sums over a batch; ``member_logits <[members, batch]>``. Each member's own loss, averaged over members;
-    the accuracy is that of the averaged logit."""
-    losses = optax.sigmoid_binary_cross_entropy(member_logits, labels.astype(jnp.float32)).mean(axis=0)
+def batch_sums(member_logits, labels, weights, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
+    """Sums over a batch; ``member_logits <[members, batch]>``. Each member's own loss, averaged over members,
+    against targets ``1 - label_smoothing / 2`` and ``label_smoothing / 2``; the accuracy is that of the averaged
+    logit."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, 2), label_smoothing)[..., 1]
+    losses = optax.sigmoid_binary_cross_entropy(member_logits, targets).mean(axis=0)
     correct = ((member_logits.mean(axis=0) > 0) == (labels == 1)).astype(jnp.float32)
     return {"loss": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
@@ -204,7 +208,7 @@ def train_step(state: TrainState, examples: dict, order: jax.Array, time: int) -
         logits = model.member_logits(batch["tokens"], batch["lengths"], rngs=dropout, perturbations=perturbations)
         if "offsets" in batch:  # ngram_residual: the recurrent model learns what the n-gram scorer gets wrong
             logits = logits + batch["offsets"]
-        sums = batch_sums(logits, batch["labels"], batch["weights"])
+        sums = batch_sums(logits, batch["labels"], batch["weights"], state.label_smoothing)
         return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
     if state.adversarial_epsilon > 0:
