@@ -169,7 +169,7 @@ def batch_sums(member_logits, labels, weights, label_smoothing: float = 0.0) -> 
     """Sums over a batch; ``member_logits <[members, batch]>``. Each member's own loss, averaged over members,
     against targets ``1 - label_smoothing / 2`` and ``label_smoothing / 2``; the accuracy is that of the averaged
     logit."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, 2), label_smoothing)[..., 1]
+    targets = labels.astype(jnp.float32) * (1.0 - label_smoothing) + 0.5 * label_smoothing
     losses = optax.sigmoid_binary_cross_entropy(member_logits, targets).mean(axis=0)
     correct = ((member_logits.mean(axis=0) > 0) == (labels == 1)).astype(jnp.float32)
     return {"loss": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
