@@ -136,6 +136,7 @@ MODELS = {
     # Label smoothing (training targets 1 - s/2 and s/2).
     "glove_label_smoothing01": ["--config", "configs/glove.py", "--config.label_smoothing=0.1"],
     "glove_label_smoothing02": ["--config", "configs/glove.py", "--config.label_smoothing=0.2"],
+    "glove_buckets2e15": ["--config", "configs/glove.py", "--config.subword_buckets=32768"],  # 4x fewer buckets
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],

@@ -234,7 +234,7 @@ def test_checkpoints_from_before_the_backend_switch_still_predict_and_resume(tra
     from test_job import run_tool, smoke_args
     from test_reliability import predict
 
-    from lstm_jax.sentiment.checkpoints import ADDED_CONFIG, ADDED_SETTINGS
+    from lstm_jax.sentiment.checkpoints import ADDED_CONFIG, ADDED_DATA_SETTINGS, ADDED_SETTINGS
 
     workdir = tmp_path / "old-run"
     shutil.copytree(trained_workdir, workdir)
@@ -243,7 +243,7 @@ def test_checkpoints_from_before_the_backend_switch_still_predict_and_resume(tra
         meta["config"]["fused_lstm"] = meta["model_kwargs"]["fused"] = True
         for key in ("backend", *ADDED_CONFIG):
             del meta["config"][key]
-        for key in ("backend", *ADDED_SETTINGS):
+        for key in ("backend", *ADDED_SETTINGS, *ADDED_DATA_SETTINGS):
             del meta["model_kwargs"][key]
         path.write_text(json.dumps(meta))
     source, output = tmp_path / "in.txt", tmp_path / "out.txt"

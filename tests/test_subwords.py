@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.model import SentimentClassifier, model_kwargs
-from lstm_jax.sentiment.subwords import NO_NGRAM, SLOTS, subword_ids, word_ngrams
+from lstm_jax.sentiment.subwords import NO_NGRAM, SLOTS, compact_buckets, subword_ids, word_ngrams
 from lstm_jax.sentiment.train import create_train_state, train_step
 
 
@@ -33,6 +33,42 @@ def test_buckets_follow_the_vocabulary_ids_and_do_not_change_between_processes()
     assert len(shared) == 6  # <fi fil ilm <fil film <film
     with pytest.raises(ValueError, match="subword buckets must be positive"):
         subword_ids(["film"], 0)
+
+
+def test_compacting_keeps_the_buckets_training_reaches_and_sends_the_rest_to_one_row():
+    table = subword_ids(["film", "films", "a", "zebra"], 1 << 20)
+    compact, rows = compact_buckets(table, np.array([[2, 3, 0], [1, 0, 0]]))  # film and films occur; padding
+    reached = sorted(set(table[2:4][table[2:4] != NO_NGRAM]))  # the 9 + 12 n-grams of film(s), 6 shared
+    assert rows == len(reached) + 1 == 16
+    assert ((compact == NO_NGRAM) == (table == NO_NGRAM)).all()
+    for word in (2, 3):  # renumbered in bucket order, one to one
+        filled = table[word] != NO_NGRAM
+        np.testing.assert_array_equal(compact[word][filled], np.searchsorted(reached, table[word][filled]))
+    assert (compact[4:][table[4:] != NO_NGRAM] == rows - 1).all()  # "a", "zebra": only buckets training never moves
+
+
+def test_training_on_the_compacted_table_gives_every_word_the_same_vector_to_the_bit():
+    """The compacted table is an exact reformulation: after training steps, every vocabulary word's input to
+    the encoder (weights and moving average alike) equals the full table's, bit for bit."""
+    config = load_config(embedding_init="ppmi_svd", subword_buckets=256, ema_decay=0.5)
+    words = [f"w{index}ord{index % 7}" for index in range(48)]
+    rng = np.random.default_rng(0)
+    examples = {"tokens": rng.integers(0, 30, (8, 12)).astype(np.int32), "lengths": np.full(8, 12, np.int32),
+                "labels": rng.integers(0, 2, 8).astype(np.int32)}  # fmt: skip; ids 30-49 never occur
+    compact, rows = compact_buckets(subword_ids(words, 256), examples["tokens"])
+    assert rows < 200
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    inputs = []
+    for table, table_rows in ((subword_ids(words, 256), 0), (compact, rows)):
+        state = create_train_state(config, model_kwargs(config, 50, table_rows), 10, mesh, subwords=table)
+        for _ in range(3):
+            state = train_step(state.replace(batch=0), examples, np.arange(8, dtype=np.int32)[None], 12)
+        every_word = np.arange(50, dtype=np.int32)[None]
+        inputs.append([np.asarray(nnx.merge(state.graphdef, weights).embed_tokens(every_word))
+                       for weights in (state.params, state.ema)])  # fmt: skip
+    assert inputs[0][0][0, 30:].any()  # the words training never saw have subword vectors too
+    for full, compacted in zip(*inputs):
+        np.testing.assert_array_equal(full, compacted)
 
 
 def _classifier():
@@ -83,3 +119,24 @@ def test_training_moves_the_subword_vectors_but_not_the_static_channel_or_the_bu
         assert not np.array_equal(after[f"{kind}/embed/embedding"], before["params/embed/embedding"])
     trained = np.abs(after["params/subword_embed/embedding"]).sum(axis=1) > 0
     assert trained[np.unique(subword_ids(words, 64)[examples["tokens"]])].all()  # every bucket in the batch
+
+
+def test_a_run_keeps_only_the_buckets_training_reaches_and_resumes_with_them(review_files, tmp_path):
+    import json
+
+    from lstm_jax.sentiment.predict import restore_model
+    from lstm_jax.sentiment.train import train_and_evaluate
+
+    train, test = review_files
+    settings = dict(train_path=str(train), test_path=str(test), subword_buckets=1 << 12)
+    train_and_evaluate(load_config(**settings, num_epochs=1), tmp_path)
+    first = restore_model(tmp_path)
+    rows = first.model_kwargs["subword_rows"]
+    words = first.vocabulary.words
+    reached = {bucket for row in subword_ids(words, 1 << 12) for bucket in row if bucket != NO_NGRAM}
+    assert rows <= len(reached) + 1 < 1 << 12  # the training texts use the vocabulary's words, maybe not all
+    assert first.model.subword_embed.embedding.shape == (rows, first.model_kwargs["embedding_dim"])
+    train_and_evaluate(load_config(**settings, num_epochs=2), tmp_path)  # resumes the run for one more epoch
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # two epochs and the test
+    assert restore_model(tmp_path).model_kwargs["subword_rows"] == rows
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])["epoch"] == 2

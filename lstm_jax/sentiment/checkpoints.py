@@ -193,6 +193,9 @@ def check_version(meta, where: str) -> None:
 # Settings added after format version 2 began, with the value that computes what older checkpoints computed.
 ADDED_SETTINGS = {"proj_size": 0, "num_heads": 1, "recurrent_dropout_rate": 0.0, "zoneout_rate": 0.0,
                   "ngram_buckets": 0, "ngram_order": 2, "static_embeddings": False, "subword_buckets": 0}  # fmt: skip
+# Model arguments the data decides rather than the config, added since: the rows of the compacted subword table
+# (0 = one per bucket, as older checkpoints hold).
+ADDED_DATA_SETTINGS = {"subword_rows": 0}
 # (Added settings a resumed run may change anyway, such as the multi-process ones, need no entry.)
 ADDED_CONFIG = {**ADDED_SETTINGS, "embedding_path": "", "vectors_vocab": 0, "freeze_embeddings": False,
                 "ngram_residual": False, "length_pool": 0, "train_length_bucket": 0,
@@ -212,7 +215,7 @@ def _upgrade_settings(meta: dict) -> None:
     if isinstance(kwargs, dict):
         if "fused" in kwargs:
             kwargs["backend"] = "auto" if kwargs.pop("fused") else "scan"
-        for key, value in ADDED_SETTINGS.items():
+        for key, value in {**ADDED_SETTINGS, **ADDED_DATA_SETTINGS}.items():
             kwargs.setdefault(key, value)
 
 

@@ -83,10 +83,12 @@ class SentimentClassifier(nnx.Module):
         x_w = concat(x_w, static_embed[w])                          (with static_embeddings: width 2E)
 
     ``subword_ids <[vocab_size, SLOTS]>`` holds the hashed character n-grams of each word (:mod:`.subwords`),
-    filled before training, never trained; ``subword_embed <[subword_buckets, E]>`` starts at zero, so training
-    starts from ``embed`` alone. ``static_embed <[vocab_size, E]>`` is a copy of ``embed``'s initial vectors that
-    training leaves as it is (Kim 2014's "static" channel): words seen in training move in the trained channel,
-    and both they and words only the pretrained vectors know keep their place in the static one.
+    filled before training, never trained; ``subword_embed <[subword_rows or subword_buckets, E]>`` starts at
+    zero, so training starts from ``embed`` alone (``subword_rows``: the job keeps only the buckets training
+    reaches, :func:`.subwords.compact_buckets`). ``static_embed <[vocab_size, E]>`` is a copy of ``embed``'s
+    initial vectors that training leaves as it is (Kim 2014's "static" channel): words seen in training move in
+    the trained channel, and both they and words only the pretrained vectors know keep their place in the static
+    one.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class SentimentClassifier(nnx.Module):
         zoneout_rate: float = 0.0,
         static_embeddings: bool = False,
         subword_buckets: int = 0,
+        subword_rows: int = 0,
         dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
@@ -129,8 +132,9 @@ class SentimentClassifier(nnx.Module):
             # Bucket numbers stored as float32 (exact below 2**24): the train step differentiates every weight of
             # the model, and an integer array cannot be differentiated.
             self.subword_ids = SubwordBuckets(jnp.full((vocab_size, SLOTS), NO_NGRAM, jnp.float32))
-            self.subword_embed = nnx.Embed(subword_buckets, embedding_dim, embedding_init=nnx.initializers.zeros,
-                                           dtype=compute_dtype, rngs=rngs)  # fmt: skip
+            self.subword_embed = nnx.Embed(subword_rows or subword_buckets, embedding_dim,
+                                           embedding_init=nnx.initializers.zeros, dtype=compute_dtype,
+                                           rngs=rngs)  # fmt: skip
         self.encoder = make_recurrent(
             cell,
             embedding_dim * (2 if static_embeddings else 1),
@@ -257,8 +261,9 @@ def build_model(kwargs: dict, rngs: nnx.Rngs) -> SentimentClassifier | Sentiment
     return SentimentClassifier(**kwargs, rngs=rngs)
 
 
-def model_kwargs(config, vocab_size: int) -> dict:
-    """The constructor arguments taken from a config; saved in checkpoints so predict needs no config."""
+def model_kwargs(config, vocab_size: int, subword_rows: int = 0) -> dict:
+    """The constructor arguments taken from a config and the data (the vocabulary's size; the rows of the
+    compacted subword table, 0 = one per bucket); saved in checkpoints so predict needs no config."""
     return dict(
         vocab_size=vocab_size,
         embedding_dim=config.embedding_dim,
@@ -281,6 +286,7 @@ def model_kwargs(config, vocab_size: int) -> dict:
         zoneout_rate=config.zoneout_rate,
         static_embeddings=config.static_embeddings,
         subword_buckets=config.subword_buckets,
+        subword_rows=subword_rows,
         dtype=config.dtype,
         ensemble_size=config.ensemble_size,
     )

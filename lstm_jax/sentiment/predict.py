@@ -85,7 +85,7 @@ def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
     validate(config)
     vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]], config.tokenizer)
     kwargs, settings = {**meta["model_kwargs"], "backend": "auto"}, meta["data"]
-    if kwargs != model_kwargs(config, vocabulary.size):
+    if kwargs != model_kwargs(config, vocabulary.size, kwargs.get("subword_rows", 0)):
         raise ValueError("the model arguments disagree with the config")
     if (settings["max_len"], settings["length_bucket"]) != (config.max_len, config.length_bucket):
         raise ValueError("the data settings disagree with the config")

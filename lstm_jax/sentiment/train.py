@@ -51,7 +51,7 @@ from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model import build_model, model_kwargs
 from lstm_jax.sentiment.ngrams import NgramFit, fit_ngram_scorer, out_of_fold_logits
 from lstm_jax.sentiment.reporting import RunReport
-from lstm_jax.sentiment.subwords import subword_ids
+from lstm_jax.sentiment.subwords import compact_buckets, subword_ids
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 SUMS = ("loss", "correct", "count", "nonfinite")  # what a step adds up; divided by count when reported
@@ -444,10 +444,12 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         initial_vectors, coverage = read_glove(folder, vocabulary, config.embedding_dim, train.tokens)
         log(f"GloVe 6B vectors from {folder}: {coverage}")
     ngram_fit = fit_ngrams(config, splits, train, validation, meta is not None, mesh, log)
-    subwords = None  # a resumed run restores the table
+    subwords, subword_rows = None, 0  # a resumed run restores the table and its size
     if config.subword_buckets and meta is None:
-        subwords = subword_ids(vocabulary.words, config.subword_buckets)
-    kwargs = model_kwargs(config, vocabulary.size)
+        subwords, subword_rows = compact_buckets(subword_ids(vocabulary.words, config.subword_buckets), train.tokens)
+    elif config.subword_buckets:
+        subword_rows = meta["model_kwargs"]["subword_rows"]
+    kwargs = model_kwargs(config, vocabulary.size, subword_rows)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors,
                                ngram_fit, subwords)  # fmt: skip
     title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
