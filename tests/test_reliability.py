@@ -337,6 +337,19 @@ def test_hostile_checkpoint_metadata_is_refused_before_building_anything(trained
     assert time.time() - started < 60
 
 
+def test_a_hostile_subword_table_size_is_refused(trained_workdir, tmp_path):
+    """``subword_rows`` comes from the data, not the config, so it has a check of its own."""
+    workdir = tmp_path / "hostile"
+    shutil.copytree(trained_workdir, workdir)
+    for path in workdir.rglob("meta/metadata"):
+        meta = json.loads(path.read_text())
+        meta["model_kwargs"]["subword_rows"] = 10**12
+        path.write_text(json.dumps(meta))
+    source = tmp_path / "in.txt"
+    source.write_text("fine\n")
+    one_line_error(predict(workdir, source, tmp_path / "out.txt"), "subword_rows=1000000000000 must be between 0 and 0")
+
+
 # ------------------------------------------------------------------------------------------ hostile data
 
 
