@@ -274,7 +274,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(review_files, 
 
     from lstm_jax.sentiment import train as train_lib
 
-    def poisoned_after_five_steps(config, steps_per_epoch):
+    def poisoned_after_five_steps(config, steps_per_epoch, frozen=()):
         """Adam whose updates turn NaN from the sixth step on: a divergence we can place."""
 
         def update(updates, count, params=None):

@@ -314,3 +314,66 @@ def test_vectors_vocab_gives_ids_to_words_only_the_vectors_know(tmp_path, review
 def test_vectors_vocab_needs_pretrained_vectors():
     with pytest.raises(UserError, match="vectors_vocab adds words of pretrained vectors"):
         validate(load_config("smoke", vectors_vocab=10))
+
+
+def test_only_the_rows_training_reads_are_trained_and_the_others_keep_their_vectors(tmp_path, review_files):
+    """With vectors_vocab the job trains only the rows of words in the training texts (``embed_rows``): the
+    words only the vectors know keep them exactly, and ONNX's folded table is what the model reads."""
+    pytest.importorskip("pyarrow")
+    from lstm_jax.sentiment import onnx_graph
+    from lstm_jax.sentiment.export import named_weights
+    from lstm_jax.sentiment.predict import restore_model
+    from lstm_jax.sentiment.train import train_and_evaluate
+
+    lines = ["movie 1 1 1", "zebra 2 2 2", "Quokka 3 3 3", "great 5 5 5"]
+    train, test = review_files
+    config = load_config(train_path=str(train), test_path=str(test), embedding_init="glove", num_epochs=2,
+                         embedding_path=str(write_glove_package(tmp_path / "glove", lines)), embedding_dim=DIM,
+                         vectors_vocab=2)  # fmt: skip
+    train_and_evaluate(config, tmp_path / "run")
+    restored = restore_model(tmp_path / "run")
+    size, model = restored.vocabulary.size, restored.model
+    assert restored.model_kwargs["trained_rows"] == size - 2  # every id but zebra's and quokka's
+    assert model.embed_rows[...].shape == (size - 2, DIM)
+    every_id = np.arange(size, dtype=np.int32)[None]
+    inputs = np.asarray(model.embed_tokens(every_id))[0]
+    np.testing.assert_array_equal(inputs[-2:], [[2, 2, 2], [3, 3, 3]])  # never trained: the vectors as read
+    great = restored.vocabulary.encode(["great"], 1)[0][0, 0]
+    assert not np.allclose(inputs[great], [5, 5, 5])  # trained
+    np.testing.assert_array_equal(onnx_graph._input_table(named_weights(model), ""), inputs)
+
+
+def test_training_only_the_rows_it_reads_changes_no_weight_to_the_bit():
+    """The same steps with the whole table trained and with only the read rows trained (``trained_rows``):
+    every weight the model computes with, and its moving average, come out bit for bit the same."""
+    from flax import nnx
+    from jax.sharding import Mesh
+
+    from lstm_jax.sentiment.embeddings import InitialVectors
+    from lstm_jax.sentiment.model import model_kwargs
+    from lstm_jax.sentiment.train import create_train_state, train_step
+
+    config = load_config(embedding_init="glove", embedding_dim=DIM, vectors_vocab=10, ema_decay=0.5,
+                         static_embeddings=True, ensemble_size=2)  # fmt: skip
+    rng = np.random.default_rng(0)
+    vectors = InitialVectors(rng.normal(size=(50, DIM)).astype(np.float32), rng.random(50) < 0.8)
+    examples = {"tokens": rng.integers(0, 30, (8, 12)).astype(np.int32), "lengths": np.full(8, 12, np.int32),
+                "labels": rng.integers(0, 2, 8).astype(np.int32)}  # fmt: skip; ids 30-49 never occur
+    read = np.union1d(np.unique(examples["tokens"]), [0, 1]).astype(np.int32)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    results = []
+    for rows in (None, read):
+        kwargs = model_kwargs(config, 50, trained_rows=0 if rows is None else len(rows))
+        state = create_train_state(config, kwargs, 10, mesh, vectors, trained_rows=rows)
+        for _ in range(3):
+            state = train_step(state.replace(batch=0), examples, np.arange(8, dtype=np.int32)[None], 12)
+        every_id = np.arange(50, dtype=np.int32)[None]
+        results.append([(np.asarray(nnx.merge(state.graphdef, weights).member_logits(examples["tokens"],
+                                                                                     examples["lengths"])),
+                         [np.asarray(member.embed_tokens(every_id))
+                          for member in nnx.merge(state.graphdef, weights).classifiers()])
+                        for weights in (state.params, state.ema)])  # fmt: skip
+    for (logits, inputs), (logits_rows, inputs_rows) in zip(*results):
+        np.testing.assert_array_equal(logits, logits_rows)
+        for whole, part in zip(inputs, inputs_rows):
+            np.testing.assert_array_equal(whole, part)

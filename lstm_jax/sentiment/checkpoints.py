@@ -194,8 +194,8 @@ def check_version(meta, where: str) -> None:
 ADDED_SETTINGS = {"proj_size": 0, "num_heads": 1, "recurrent_dropout_rate": 0.0, "zoneout_rate": 0.0,
                   "ngram_buckets": 0, "ngram_order": 2, "static_embeddings": False, "subword_buckets": 0}  # fmt: skip
 # Model arguments the data decides rather than the config, added since: the rows of the compacted subword table
-# (0 = one per bucket, as older checkpoints hold).
-ADDED_DATA_SETTINGS = {"subword_rows": 0}
+# (0 = one per bucket) and of the trained embedding rows (0 = all), as older checkpoints hold.
+ADDED_DATA_SETTINGS = {"subword_rows": 0, "trained_rows": 0}
 # (Added settings a resumed run may change anyway, such as the multi-process ones, need no entry.)
 ADDED_CONFIG = {**ADDED_SETTINGS, "embedding_path": "", "vectors_vocab": 0, "freeze_embeddings": False,
                 "ngram_residual": False, "length_pool": 0, "train_length_bucket": 0,

@@ -34,6 +34,11 @@ class NgramTable(nnx.Variable):
     """A fitted, never-trained weight of the n-gram scorer (the optimizer leaves it as it is)."""
 
 
+class RowSlots(nnx.Variable):
+    """Each vocabulary id's row in the trained table ``embed_rows`` (-1: a word training never reads, whose row
+    stays in the frozen full table): filled before training, never trained (frozen by name)."""
+
+
 class SubwordBuckets(nnx.Variable):
     """The vocabulary words' character n-gram buckets (:func:`.subwords.subword_ids`): filled before training,
     never trained (frozen by name, like the n-gram table)."""
@@ -79,7 +84,8 @@ class SentimentClassifier(nnx.Module):
 
     What the encoder reads for token ``w`` (:meth:`embed_tokens`)::
 
-        x_w = embed[w] + mean_k subword_embed[subword_ids[w, k]]    (over w's filled slots; with subword_buckets)
+        e_w = embed_rows[row_slots[w]] if row_slots[w] >= 0 else embed[w]   (with trained_rows; else embed[w])
+        x_w = e_w + mean_k subword_embed[subword_ids[w, k]]    (over w's filled slots; with subword_buckets)
         x_w = concat(x_w, static_embed[w])                          (with static_embeddings: width 2E)
 
     ``subword_ids <[vocab_size, SLOTS]>`` holds the hashed character n-grams of each word (:mod:`.subwords`),
@@ -88,7 +94,11 @@ class SentimentClassifier(nnx.Module):
     reaches, :func:`.subwords.compact_buckets`). ``static_embed <[vocab_size, E]>`` is a copy of ``embed``'s
     initial vectors that training leaves as it is (Kim 2014's "static" channel): words seen in training move in
     the trained channel, and both they and words only the pretrained vectors know keep their place in the static
-    one.
+    one. ``trained_rows > 0`` (the job's choice when the vocabulary holds words only the pretrained vectors know):
+    only the rows of words the training texts contain are trained, in ``embed_rows <[trained_rows, E]>``, which
+    starts as their rows of ``embed``; ``embed`` itself is then frozen (``row_slots <[vocab_size]>`` says which
+    row a word reads). Training would never move the other rows, so the model computes the same, with the
+    optimizer's work shrunk to the rows it can move.
     """
 
     def __init__(
@@ -116,6 +126,7 @@ class SentimentClassifier(nnx.Module):
         static_embeddings: bool = False,
         subword_buckets: int = 0,
         subword_rows: int = 0,
+        trained_rows: int = 0,
         dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
@@ -127,6 +138,12 @@ class SentimentClassifier(nnx.Module):
         self.embed = nnx.Embed(vocab_size, embedding_dim, dtype=compute_dtype, rngs=rngs)
         self.static_embed = (nnx.Embed(vocab_size, embedding_dim, dtype=compute_dtype, rngs=rngs)
                              if static_embeddings else None)  # fmt: skip
+        self.row_slots = nnx.data(None)
+        if trained_rows:  # float32 like the subword buckets below (exact below 2**24)
+            self.row_slots = RowSlots(jnp.full((vocab_size,), -1.0, jnp.float32))
+            # A plain parameter, filled from ``embed`` before training: it draws no key from ``rngs``, so every
+            # other weight (and every ensemble member's) starts as it would without it.
+            self.embed_rows = nnx.Param(jnp.zeros((trained_rows, embedding_dim), jnp.float32))
         self.subword_ids = nnx.data(None)
         if subword_buckets:
             # Bucket numbers stored as float32 (exact below 2**24): the train step differentiates every weight of
@@ -176,9 +193,15 @@ class SentimentClassifier(nnx.Module):
     def embed_tokens(self, tokens: jax.Array, perturbation: jax.Array | None = None) -> jax.Array:
         """``tokens <int32>[B, T]`` -> ``<[B, T, E or 2E]>``: the encoder's input (see the class docstring);
         ``perturbation`` moves the trained channel only."""
-        x = self.embed(tokens)
         # The frozen tables are read through stop_gradient: their gradients (scatters into tables of the
         # vocabulary's size) would be thrown away by the optimizer, and this way the compiler drops them.
+        if self.row_slots is None:
+            x = self.embed(tokens)
+        else:
+            slots = jnp.round(jax.lax.stop_gradient(self.row_slots[...])[tokens]).astype(jnp.int32)  # [B, T]
+            frozen = jnp.take(jax.lax.stop_gradient(self.embed.embedding[...]), tokens, axis=0)
+            trained = jnp.take(self.embed_rows[...], jnp.maximum(slots, 0), axis=0)
+            x = jnp.where((slots >= 0)[..., None], trained, frozen).astype(self.embed.dtype)
         if self.subword_ids is not None:
             # Rounded, not truncated: a moving average of the weights may leave a stored number an ulp off.
             ids = jnp.round(jax.lax.stop_gradient(self.subword_ids[...])[tokens]).astype(jnp.int32)  # [B, T, SLOTS]
@@ -261,9 +284,10 @@ def build_model(kwargs: dict, rngs: nnx.Rngs) -> SentimentClassifier | Sentiment
     return SentimentClassifier(**kwargs, rngs=rngs)
 
 
-def model_kwargs(config, vocab_size: int, subword_rows: int = 0) -> dict:
+def model_kwargs(config, vocab_size: int, subword_rows: int = 0, trained_rows: int = 0) -> dict:
     """The constructor arguments taken from a config and the data (the vocabulary's size; the rows of the
-    compacted subword table, 0 = one per bucket); saved in checkpoints so predict needs no config."""
+    compacted subword table, 0 = one per bucket; the trained embedding rows, 0 = all); saved in checkpoints so
+    predict needs no config."""
     return dict(
         vocab_size=vocab_size,
         embedding_dim=config.embedding_dim,
@@ -287,6 +311,7 @@ def model_kwargs(config, vocab_size: int, subword_rows: int = 0) -> dict:
         static_embeddings=config.static_embeddings,
         subword_buckets=config.subword_buckets,
         subword_rows=subword_rows,
+        trained_rows=trained_rows,
         dtype=config.dtype,
         ensemble_size=config.ensemble_size,
     )

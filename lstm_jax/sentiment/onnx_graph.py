@@ -120,6 +120,9 @@ def _input_table(weights: dict, prefix: str) -> np.ndarray:
     """``<float32>[vocab, E or 2E]``: what the classifier's ``embed_tokens`` gives each token id, as one table.
     Subwords and the static channel depend on the token id alone, so they fold into it."""
     table = weights[prefix + "embed/embedding"].astype(np.float32)
+    if prefix + "embed_rows" in weights:  # the trained rows, over the frozen table's
+        slots = np.rint(weights[prefix + "row_slots"]).astype(np.int64)
+        table = np.where((slots >= 0)[:, None], weights[prefix + "embed_rows"][np.maximum(slots, 0)], table)
     if prefix + "subword_ids" in weights:
         ids = np.rint(weights[prefix + "subword_ids"]).astype(np.int64)  # [vocab, SLOTS]
         vectors = weights[prefix + "subword_embed/embedding"]

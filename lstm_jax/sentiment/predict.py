@@ -85,10 +85,14 @@ def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
     validate(config)
     vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]], config.tokenizer)
     kwargs, settings = {**meta["model_kwargs"], "backend": "auto"}, meta["data"]
-    rows, most = kwargs.get("subword_rows", 0), config.subword_buckets + 1 if config.subword_buckets else 0
-    if type(rows) is not int or not 0 <= rows <= most:  # the compacted table has at most one row per bucket + 1
-        raise ValueError(f"subword_rows={rows!r} must be between 0 and {most}")
-    if kwargs != model_kwargs(config, vocabulary.size, rows):
+    # The tables' sizes the data decided: at most one row per bucket + 1, one per vocabulary id.
+    sizes = {"subword_rows": kwargs.get("subword_rows", 0), "trained_rows": kwargs.get("trained_rows", 0)}
+    limits = {"subword_rows": config.subword_buckets + 1 if config.subword_buckets else 0,
+              "trained_rows": vocabulary.size}  # fmt: skip
+    for key, most in limits.items():
+        if type(sizes[key]) is not int or not 0 <= sizes[key] <= most:
+            raise ValueError(f"{key}={sizes[key]!r} must be between 0 and {most}")
+    if kwargs != model_kwargs(config, vocabulary.size, **sizes):
         raise ValueError("the model arguments disagree with the config")
     if (settings["max_len"], settings["length_bucket"]) != (config.max_len, config.length_bucket):
         raise ValueError("the data settings disagree with the config")

@@ -52,7 +52,7 @@ from lstm_jax.sentiment.model import build_model, model_kwargs
 from lstm_jax.sentiment.ngrams import NgramFit, fit_ngram_scorer, out_of_fold_logits
 from lstm_jax.sentiment.reporting import RunReport
 from lstm_jax.sentiment.subwords import compact_buckets, subword_ids
-from lstm_jax.sentiment.tokenizer import Vocabulary
+from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary
 
 SUMS = ("loss", "correct", "count", "nonfinite")  # what a step adds up; divided by count when reported
 
@@ -84,7 +84,8 @@ class TrainState:
         return self.ema if self.ema is not None else self.params
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config, steps_per_epoch: int, frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """Adam (or AdamW) by the config, leaving the never-trained weights (and those under ``frozen``) as they are."""
     learning_rate = config.learning_rate
     if config.schedule == "cosine":
         total = max(1, config.num_epochs * steps_per_epoch)
@@ -97,8 +98,10 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     # Never trained: the fitted n-gram table, the static embedding channel, the words' subword buckets.
-    frozen_modules = {"ngrams", "static_embed", "subword_ids"} | ({"embed"} if config.freeze_embeddings else set())
-    if config.ngram_buckets or config.freeze_embeddings or config.static_embeddings or config.subword_buckets:
+    frozen_modules = {"ngrams", "static_embed", "subword_ids", *frozen}
+    if config.freeze_embeddings:
+        frozen_modules.add("embed")
+    if config.ngram_buckets or config.freeze_embeddings or config.static_embeddings or config.subword_buckets or frozen:
         optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
                                           functools.partial(_frozen_labels, frozen_modules))  # fmt: skip
     return optimizer
@@ -118,16 +121,18 @@ def zero_sums() -> dict[str, jax.Array]:
 
 def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
                        initial_vectors: InitialVectors | None = None, ngram_fit: NgramFit | None = None,
-                       subwords: np.ndarray | None = None) -> TrainState:  # fmt: skip
+                       subwords: np.ndarray | None = None,
+                       trained_rows: np.ndarray | None = None) -> TrainState:  # fmt: skip
     """A fresh state, built in one jitted call (eager initialisation costs hundreds of small dispatches).
 
     ``initial_vectors``, when given, replace rows of every embedding table (see :class:`InitialVectors`), and
     the static channels start as copies of the result; ``ngram_fit`` fills the n-gram scorer; ``subwords
-    <int32>[vocab, SLOTS]`` (:func:`.subwords.subword_ids`) the words' n-gram buckets.
+    <int32>[vocab, SLOTS]`` (:func:`.subwords.subword_ids`) the words' n-gram buckets; ``trained_rows <int32>[R]``
+    (with ``kwargs["trained_rows"]`` = R) the ids whose rows training moves, copied into ``embed_rows``.
     """
-    tx = make_optimizer(config, steps_per_epoch)
+    tx = make_optimizer(config, steps_per_epoch, ("embed", "row_slots") if kwargs.get("trained_rows") else ())
 
-    def init(initial_vectors, ngram_fit, subwords):
+    def init(initial_vectors, ngram_fit, subwords, trained_rows):
         model = build_model(kwargs, nnx.Rngs(params=config.seed))
         if ngram_fit is not None:
             model.ngrams.table[...], model.ngrams.bias[...] = ngram_fit
@@ -144,6 +149,10 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
                 classifier.static_embed.embedding[...] = embed.embedding[...]
             if subwords is not None:
                 classifier.subword_ids[...] = subwords.astype(jnp.float32)
+            if trained_rows is not None:
+                classifier.embed_rows[...] = embed.embedding[...][trained_rows]
+                slots = jnp.arange(len(trained_rows), dtype=jnp.float32)
+                classifier.row_slots[...] = classifier.row_slots[...].at[trained_rows].set(slots)
         graphdef, params = nnx.split(model)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -162,7 +171,7 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
         )
 
     fitted = None if ngram_fit is None else (ngram_fit.table, np.float32(ngram_fit.bias))
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted, subwords)
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted, subwords, trained_rows)
 
 
 def batch_sums(member_logits, labels, weights, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
@@ -449,9 +458,11 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         subwords, subword_rows = compact_buckets(subword_ids(vocabulary.words, config.subword_buckets), train.tokens)
     elif config.subword_buckets:
         subword_rows = meta["model_kwargs"]["subword_rows"]
-    kwargs = model_kwargs(config, vocabulary.size, subword_rows)
+    rows = seen_rows(config, vocabulary, train) if meta is None else None
+    trained_rows = meta["model_kwargs"]["trained_rows"] if meta is not None else 0 if rows is None else len(rows)
+    kwargs = model_kwargs(config, vocabulary.size, subword_rows, trained_rows)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors,
-                               ngram_fit, subwords)  # fmt: skip
+                               ngram_fit, subwords, rows)  # fmt: skip
     title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
              f"H{config.hidden_size}, {config.pooling} pooling, on {config.dataset} ({Path(workdir).name})")
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard,
@@ -459,6 +470,15 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     job = Job(config, mesh, None, report, vocabulary, kwargs, train,
               Evaluator(validation, config, mesh) if len(validation) else None, Evaluator(test, config, mesh), log)
     return job, state
+
+
+def seen_rows(config, vocabulary: Vocabulary, train: DeviceSplit) -> np.ndarray | None:
+    """The ids whose embedding rows training can move (padding, unknown and every id in the training texts),
+    when the vocabulary also holds words only the pretrained vectors know (``vectors_vocab``); else None: then
+    training reaches (nearly) every row, and the whole table is trained."""
+    if not config.vectors_vocab or config.freeze_embeddings:
+        return None
+    return np.union1d(np.unique(train.tokens), [PAD_ID, UNKNOWN_ID]).astype(np.int32)
 
 
 def fit_ngrams(config, splits, train: DeviceSplit, validation: DeviceSplit, resumed: bool, mesh: Mesh,
