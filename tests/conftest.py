@@ -43,7 +43,7 @@ def write_reviews(path: Path, count: int, seed: int) -> Path:
     return path
 
 
-COMPILED_MEMORY_LIMIT_MB = 600  # a test worker whose memory grew this much since its last release releases again
+COMPILED_MEMORY_LIMIT_MB = 450  # a test worker whose memory grew this much since its last release releases again
 _after_release_mb = 0  # the worker's resident memory after its last release: imported libraries, fixtures
 
 
