@@ -86,7 +86,7 @@ def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
     vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]], config.tokenizer)
     kwargs, settings = {**meta["model_kwargs"], "backend": "auto"}, meta["data"]
     # The tables' sizes the data decided: at most one row per bucket + 1, one per vocabulary id.
-    sizes = {"subword_rows": kwargs.get("subword_rows", 0), "trained_rows": kwargs.get("trained_rows", 0)}
+    sizes = {key: kwargs.get(key, default) for key, default in ckpt.ADDED_DATA_SETTINGS.items()}
     limits = {"subword_rows": config.subword_buckets + 1 if config.subword_buckets else 0,
               "trained_rows": vocabulary.size}  # fmt: skip
     for key, most in limits.items():

@@ -97,8 +97,8 @@ def make_optimizer(config, steps_per_epoch: int, frozen: tuple[str, ...] = ()) -
         optimizer = optax.adam(learning_rate)
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
-    # Never trained: the fitted n-gram table, the static embedding channel, the words' subword buckets.
-    frozen_modules = {"ngrams", "static_embed", "subword_ids", *frozen}
+    # Never trained: the fitted n-gram table, the static embedding channel, the words' subword buckets and rows.
+    frozen_modules = {"ngrams", "static_embed", "subword_ids", "row_slots", *frozen}
     if config.freeze_embeddings:
         frozen_modules.add("embed")
     if config.ngram_buckets or config.freeze_embeddings or config.static_embeddings or config.subword_buckets or frozen:
@@ -130,7 +130,7 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
     <int32>[vocab, SLOTS]`` (:func:`.subwords.subword_ids`) the words' n-gram buckets; ``trained_rows <int32>[R]``
     (with ``kwargs["trained_rows"]`` = R) the ids whose rows training moves, copied into ``embed_rows``.
     """
-    tx = make_optimizer(config, steps_per_epoch, ("embed", "row_slots") if kwargs.get("trained_rows") else ())
+    tx = make_optimizer(config, steps_per_epoch, ("embed",) if kwargs.get("trained_rows") else ())
 
     def init(initial_vectors, ngram_fit, subwords, trained_rows):
         model = build_model(kwargs, nnx.Rngs(params=config.seed))
@@ -453,14 +453,17 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
         initial_vectors, coverage = read_glove(folder, vocabulary, config.embedding_dim, train.tokens)
         log(f"GloVe 6B vectors from {folder}: {coverage}")
     ngram_fit = fit_ngrams(config, splits, train, validation, meta is not None, mesh, log)
-    subwords, subword_rows = None, 0  # a resumed run restores the table and its size
-    if config.subword_buckets and meta is None:
-        subwords, subword_rows = compact_buckets(subword_ids(vocabulary.words, config.subword_buckets), train.tokens)
-    elif config.subword_buckets:
-        subword_rows = meta["model_kwargs"]["subword_rows"]
-    rows = seen_rows(config, vocabulary, train) if meta is None else None
-    trained_rows = meta["model_kwargs"]["trained_rows"] if meta is not None else 0 if rows is None else len(rows)
-    kwargs = model_kwargs(config, vocabulary.size, subword_rows, trained_rows)
+    subwords = rows = None  # a resumed run restores the tables; their sizes come with its metadata
+    if meta is None:
+        sizes = {"subword_rows": 0, "trained_rows": 0}
+        if config.subword_buckets:
+            words = subword_ids(vocabulary.words, config.subword_buckets)
+            subwords, sizes["subword_rows"] = compact_buckets(words, train.tokens)
+        rows = seen_rows(config, train)
+        sizes["trained_rows"] = 0 if rows is None else len(rows)
+    else:
+        sizes = {key: meta["model_kwargs"][key] for key in ckpt.ADDED_DATA_SETTINGS}
+    kwargs = model_kwargs(config, vocabulary.size, **sizes)
     state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors,
                                ngram_fit, subwords, rows)  # fmt: skip
     title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
@@ -472,7 +475,7 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     return job, state
 
 
-def seen_rows(config, vocabulary: Vocabulary, train: DeviceSplit) -> np.ndarray | None:
+def seen_rows(config, train: DeviceSplit) -> np.ndarray | None:
     """The ids whose embedding rows training can move (padding, unknown and every id in the training texts),
     when the vocabulary also holds words only the pretrained vectors know (``vectors_vocab``); else None: then
     training reaches (nearly) every row, and the whole table is trained."""
