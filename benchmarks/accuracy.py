@@ -36,10 +36,11 @@ PLAIN = ["--config.length_pool=0", "--config.train_length_bucket=0"]
 NO_EMA = ["--config.ema_decay=0"]
 NO_RD = ["--config.recurrent_dropout_rate=0"]
 V2 = ["--config.tokenizer=lowercase-words-v2"]  # typographic apostrophes (’) as apostrophes
-# configs/glove.py as it was until 2026-12-03 02:55 UTC (dropout 0.5 before the output layer), which earlier
-# rows ran; as it was until 00:25 UTC (also hidden size 64); and until 2026-12-02 22:14 UTC (also without subwords
-# and the static channel).
-GLOVE_DROPOUT05 = ["--config", "configs/glove.py", "--config.dropout_rate=0.5"]
+# configs/glove.py as it was until 2026-12-03 07:00 UTC (ids for the 16,000 most frequent training words, not all
+# 17,645), which earlier rows ran; until 02:55 UTC (also dropout 0.5 before the output layer); until 00:25 UTC
+# (also hidden size 64); and until 2026-12-02 22:14 UTC (also without subwords and the static channel).
+GLOVE_VOCAB16K = ["--config", "configs/glove.py", "--config.vocab_size=16000"]
+GLOVE_DROPOUT05 = [*GLOVE_VOCAB16K, "--config.dropout_rate=0.5"]
 GLOVE_H64 = [*GLOVE_DROPOUT05, "--config.hidden_size=64"]
 GLOVE_BEFORE_SUBWORDS = [*GLOVE_H64, "--config.static_embeddings=false", "--config.subword_buckets=0"]
 SUBWORDS = ["--config.subword_buckets=131072"]  # character 3-5-grams of every vocabulary word, 2^17 buckets
@@ -88,6 +89,7 @@ MODELS = {
     "vocab16k_pooled": ["--config", "configs/vocab16k.py", "--config.length_pool=8",
                         "--config.train_length_bucket=8"],
     "glove": ["--config", "configs/glove.py"],
+    "glove_vocab16k": [*GLOVE_VOCAB16K],  # configs/glove.py from 2026-12-03 02:55 UTC to 07:00 UTC
     "glove_dropout05": [*GLOVE_DROPOUT05],  # configs/glove.py from 2026-12-03 00:25 UTC to 02:55 UTC
     "glove_h64": [*GLOVE_H64],  # configs/glove.py from 2026-12-02 22:14 UTC to 2026-12-03 00:25 UTC
     "glove_before_subwords": [*GLOVE_BEFORE_SUBWORDS],  # configs/glove.py until 22:14 UTC
@@ -130,13 +132,18 @@ MODELS = {
     "glove_word_dropout02": [*GLOVE_DROPOUT05, "--config.word_dropout_rate=0.2"],
     "glove_batch16": [*GLOVE_DROPOUT05, "--config.batch_size=16"],
     # Dropout before the output layer (0.5 until 02:55 UTC; configs/glove.py has 0.2 since).
-    "glove_dropout04": ["--config", "configs/glove.py", "--config.dropout_rate=0.4"],
-    "glove_dropout03": ["--config", "configs/glove.py", "--config.dropout_rate=0.3"],
-    "glove_dropout01": ["--config", "configs/glove.py", "--config.dropout_rate=0.1"],
+    "glove_dropout04": [*GLOVE_VOCAB16K, "--config.dropout_rate=0.4"],
+    "glove_dropout03": [*GLOVE_VOCAB16K, "--config.dropout_rate=0.3"],
+    "glove_dropout01": [*GLOVE_VOCAB16K, "--config.dropout_rate=0.1"],
     # Label smoothing (training targets 1 - s/2 and s/2).
-    "glove_label_smoothing01": ["--config", "configs/glove.py", "--config.label_smoothing=0.1"],
-    "glove_label_smoothing02": ["--config", "configs/glove.py", "--config.label_smoothing=0.2"],
-    "glove_buckets2e15": ["--config", "configs/glove.py", "--config.subword_buckets=32768"],  # 4x fewer buckets
+    "glove_label_smoothing01": [*GLOVE_VOCAB16K, "--config.label_smoothing=0.1"],
+    "glove_label_smoothing02": [*GLOVE_VOCAB16K, "--config.label_smoothing=0.2"],
+    "glove_buckets2e15": [*GLOVE_VOCAB16K, "--config.subword_buckets=32768"],  # 4x fewer buckets
+    # Then (2026-12-03, 3 seeds each): a slower average, gradient clipping, two stacked BiGRU layers, and ids for
+    # every training word (configs/glove.py since 07:00 UTC, the row "glove").
+    "glove_ema995": [*GLOVE_VOCAB16K, "--config.ema_decay=0.995"],
+    "glove_clip1": [*GLOVE_VOCAB16K, "--config.grad_clip_norm=1"],
+    "glove_two_layers_now": [*GLOVE_VOCAB16K, "--config.num_layers=2"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],

@@ -4,13 +4,13 @@ python train.py --config configs/glove.py --workdir checkpoints/glove
 
 Same as configs/default.py (bidirectional GRU, mean-and-max pooling, dropout, early stopping on validation, plus
 the word 1-3-gram scorer's logit) except that the embeddings start from GloVe (embedding_dim 50, the vectors'
-width) instead of PPMI-SVD, the recurrent state is twice as wide (128 per direction), the vocabulary keeps the
-16,000 most frequent training words, the vectors' first 100,000 other words get ids too (words never seen in
-training keep their GloVe meaning), each word's embedding also holds the mean of its character 3-5-grams'
-vectors, the encoder also reads a frozen copy of the GloVe vectors, the recurrent state has variational dropout,
-the dropout before the output layer is 0.2 instead of 0.5, and validation, prediction and export use a moving
-average of the weights. Chosen by mean validation accuracy over seeds 0-2 among the variants in README "Accuracy
-against linear baselines"; its test accuracy is there too.
+width) instead of PPMI-SVD, the recurrent state is twice as wide (128 per direction), the vocabulary keeps every
+training word (17,645 in Rotten Tomatoes' training split), the vectors' first 100,000 other words get ids too
+(words never seen in training keep their GloVe meaning), each word's embedding also holds the mean of its
+character 3-5-grams' vectors, the encoder also reads a frozen copy of the GloVe vectors, the recurrent state has
+variational dropout, the dropout before the output layer is 0.2 instead of 0.5, and validation, prediction and
+export use a moving average of the weights. Chosen by mean validation accuracy over seeds 0-2 among the variants
+in README "Accuracy against linear baselines"; its test accuracy is there too.
 """
 
 from configs.default import get_config as default_config
@@ -21,7 +21,8 @@ def get_config():
     config.unlock()
     config.embedding_init = "glove"
     config.embedding_dim = 50  # the vectors' width
-    config.vocab_size = 16000  # training words with their own ids (GloVe gives even rare ones a starting point)
+    config.vocab_size = 20000  # ids for every training word (GloVe gives even rare ones a starting point):
+    # validation 82.68% against 82.66% with the 16,000 most frequent (3 seeds); within the split's noise (README)
     config.vectors_vocab = 100000  # + the vectors' most frequent other words
     config.ema_decay = 0.99  # validation 81.75% against 81.58% without (3 seeds; 0.998: 81.73%); not so for
     # the default (79.84% with and without)

@@ -78,9 +78,10 @@ def test_every_config_is_locked_and_valid_and_vocab16k_and_glove_are_the_default
     # README: configs/vocab16k.py = configs/default.py, 16,000 words, word dropout 0.4, the plain shuffled batches
     want = load_config("default", vocab_size=16000, word_dropout_rate=0.4, length_pool=0, train_length_bucket=0)
     assert load_config("vocab16k").to_dict() == want.to_dict()
-    # README: configs/glove.py = configs/default.py with GloVe (50-d), 16,000 + 100,000 words, the moving average,
-    # recurrent dropout, subwords in 2^17 buckets, the static channel, a recurrent state of 128 and output dropout 0.2
-    want = load_config("default", embedding_init="glove", embedding_dim=50, vocab_size=16000, vectors_vocab=100000,
+    # README: configs/glove.py = configs/default.py with GloVe (50-d), every training word (up to 20,000) + 100,000
+    # words, the moving average, recurrent dropout, subwords in 2^17 buckets, the static channel, a recurrent state
+    # of 128 and output dropout 0.2
+    want = load_config("default", embedding_init="glove", embedding_dim=50, vocab_size=20000, vectors_vocab=100000,
                        ema_decay=0.99, recurrent_dropout_rate=0.25, subword_buckets=1 << 17, static_embeddings=True,
                        hidden_size=128, dropout_rate=0.2)
     assert load_config("glove").to_dict() == want.to_dict()
