@@ -144,6 +144,9 @@ MODELS = {
     "glove_ema995": [*GLOVE_VOCAB16K, "--config.ema_decay=0.995"],
     "glove_clip1": [*GLOVE_VOCAB16K, "--config.grad_clip_norm=1"],
     "glove_two_layers_now": [*GLOVE_VOCAB16K, "--config.num_layers=2"],
+    # On configs/glove.py since 07:00 UTC: ids for GloVe's first 200,000 other words, and word dropout 0.4.
+    "glove_vectors200k": ["--config", "configs/glove.py", "--config.vectors_vocab=200000"],
+    "glove_word_dropout04_now": ["--config", "configs/glove.py", "--config.word_dropout_rate=0.4"],
     "default_subwords": ["--config", "configs/default.py", *SUBWORDS],
     "vocab16k_subwords": ["--config", "configs/vocab16k.py", *SUBWORDS],
     "glove_plain_batches": [*GLOVE_BEFORE_SUBWORDS, *PLAIN, *NO_EMA, *NO_RD],
