@@ -455,11 +455,12 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     ngram_fit = fit_ngrams(config, splits, train, validation, meta is not None, mesh, log)
     subwords = rows = None  # a resumed run restores the tables; their sizes come with its metadata
     if meta is None:
-        sizes = {"subword_rows": 0, "trained_rows": 0}
+        sizes = dict(ckpt.ADDED_DATA_SETTINGS)  # 0: the full tables
+        ids_in_training = np.unique(np.asarray(train.tokens))  # padding included
         if config.subword_buckets:
             words = subword_ids(vocabulary.words, config.subword_buckets)
-            subwords, sizes["subword_rows"] = compact_buckets(words, train.tokens)
-        rows = seen_rows(config, train)
+            subwords, sizes["subword_rows"] = compact_buckets(words, ids_in_training)
+        rows = seen_rows(config, ids_in_training)
         sizes["trained_rows"] = 0 if rows is None else len(rows)
     else:
         sizes = {key: meta["model_kwargs"][key] for key in ckpt.ADDED_DATA_SETTINGS}
@@ -475,13 +476,13 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     return job, state
 
 
-def seen_rows(config, train: DeviceSplit) -> np.ndarray | None:
-    """The ids whose embedding rows training can move (padding, unknown and every id in the training texts),
-    when the vocabulary also holds words only the pretrained vectors know (``vectors_vocab``); else None: then
-    training reaches (nearly) every row, and the whole table is trained."""
+def seen_rows(config, ids_in_training: np.ndarray) -> np.ndarray | None:
+    """The ids whose embedding rows training can move (padding, unknown and ``ids_in_training``, the ids in the
+    training texts), when the vocabulary also holds words only the pretrained vectors know (``vectors_vocab``);
+    else None: then training reaches (nearly) every row, and the whole table is trained."""
     if not config.vectors_vocab or config.freeze_embeddings:
         return None
-    return np.union1d(np.unique(train.tokens), [PAD_ID, UNKNOWN_ID]).astype(np.int32)
+    return np.union1d(ids_in_training, [PAD_ID, UNKNOWN_ID]).astype(np.int32)
 
 
 def fit_ngrams(config, splits, train: DeviceSplit, validation: DeviceSplit, resumed: bool, mesh: Mesh,
