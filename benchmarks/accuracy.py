@@ -46,7 +46,7 @@ GLOVE_BEFORE_SUBWORDS = [*GLOVE_H64, "--config.static_embeddings=false", "--conf
 SUBWORDS = ["--config.subword_buckets=131072"]  # character 3-5-grams of every vocabulary word, 2^17 buckets
 # Refit: train on train + validation (no validation split, so no early stopping) for a fixed number of epochs, the
 # mean over seeds 0-2 of the best epoch of the config's own runs, rounded (default: 4, 5, 6; GloVe with dropout
-# 0.5: 5, 7, 5; GloVe with hidden size 64: 5, 6, 5; GloVe before subwords: 6, 8, 8).
+# 0.5: 5, 7, 5; GloVe with hidden size 64: 5, 6, 5; GloVe before subwords: 6, 8, 8; configs/glove.py: 4, 7, 5).
 REFIT = ["--config.validation_fraction=0", "--config.early_stopping_patience=0"]
 MODELS = {
     "tutorial": ["--config", "configs/seed.py"],
@@ -59,6 +59,7 @@ MODELS = {
     "glove_dropout05_refit": [*GLOVE_DROPOUT05, *REFIT, "--config.num_epochs=6"],
     "glove_h64_refit": [*GLOVE_H64, *REFIT, "--config.num_epochs=5"],
     "glove_before_subwords_refit": [*GLOVE_BEFORE_SUBWORDS, *REFIT, "--config.num_epochs=7"],
+    "glove_refit": ["--config", "configs/glove_all.py"],  # configs/glove.py, *REFIT, 5 epochs
     # Length pools chosen on validation among these (3 seeds each): the plain shuffle was the default before.
     "default_plain_batches": ["--config", "configs/default.py", *PLAIN],
     "default_pool8_bucket16": ["--config", "configs/default.py", "--config.train_length_bucket=0"],

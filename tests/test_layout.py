@@ -72,7 +72,7 @@ def test_every_config_is_locked_and_valid_and_vocab16k_and_glove_are_the_default
         try:
             validate(config)
         except UserError as error:  # without the [vectors] extra (as in CI) glove.py is refused, saying why
-            assert name == "glove" and "pip install 'lstm_jax[vectors]'" in str(error), (name, error)
+            assert name in ("glove", "glove_all") and "pip install 'lstm_jax[vectors]'" in str(error), (name, error)
         with pytest.raises(AttributeError):
             config.no_such_key = 1  # locked: a misspelt override fails instead of being ignored
     # README: configs/vocab16k.py = configs/default.py, 16,000 words, word dropout 0.4, the plain shuffled batches
@@ -85,3 +85,6 @@ def test_every_config_is_locked_and_valid_and_vocab16k_and_glove_are_the_default
                        ema_decay=0.99, recurrent_dropout_rate=0.25, subword_buckets=1 << 17, static_embeddings=True,
                        hidden_size=128, dropout_rate=0.2)
     assert load_config("glove").to_dict() == want.to_dict()
+    # README: configs/glove_all.py = configs/glove.py on train + validation for 5 epochs, nothing held out
+    want = load_config("glove", validation_fraction=0.0, early_stopping_patience=0, num_epochs=5)
+    assert load_config("glove_all").to_dict() == want.to_dict()
