@@ -159,11 +159,13 @@ MODELS = {
 }
 
 
-def train(name: str, seed: int, folder: Path) -> dict:
+def train(name: str, seed: int, folder: Path, flags: list[str] | None = None) -> dict:
+    """One ``train.py`` run of row ``name`` (or of ``flags``, when given) and its figures."""
     workdir = folder / f"{name}-seed{seed}"
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "train.py", *MODELS[name], f"--config.seed={seed}", "--workdir",
-                             str(workdir)], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    flags = MODELS[name] if flags is None else flags
+    result = subprocess.run([sys.executable, "train.py", *flags, f"--config.seed={seed}", "--workdir", str(workdir)],
+                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{name} seed {seed} failed: {result.stderr.strip().splitlines()[-1:]}")

