@@ -32,21 +32,22 @@ import machine  # noqa: E402
 from accuracy import train  # noqa: E402
 
 from lstm_jax.sentiment.config import base_config  # noqa: E402
-from lstm_jax.sentiment.data import RT_TEST_SHARE, rotten_tomatoes_reviews  # noqa: E402
+from lstm_jax.sentiment.data import RT_TEST_SHARE, rotten_tomatoes_reviews, rt_split  # noqa: E402
 
 
 def inner_splits(config) -> dict[str, list[tuple[str, int]]]:
-    """The job's Rotten Tomatoes training split cut again by movie: ``held_out`` (hash positions just above the
-    validation movies', as wide as theirs), ``inner_train`` (the rest); and the job's ``validation`` split."""
-    validation_end = RT_TEST_SHARE + config.validation_fraction
+    """The job's Rotten Tomatoes training split cut again by movie, with the job's own rule shifted past the
+    validation movies: ``held_out`` (the next band of hash positions, as wide as validation's), ``inner_train``
+    (the rest); and the job's ``validation`` split."""
+    inner_test_share = RT_TEST_SHARE + config.validation_fraction  # everything below: the job's test and validation
     splits = {"inner_train": [], "held_out": [], "validation": []}
     for text, label, position in rotten_tomatoes_reviews(config):
-        if position >= validation_end + config.validation_fraction:
-            splits["inner_train"].append((text, label))
-        elif position >= validation_end:
-            splits["held_out"].append((text, label))
-        elif position >= RT_TEST_SHARE:
-            splits["validation"].append((text, label))
+        split = rt_split(position, config.validation_fraction)
+        if split == "train":
+            inner = rt_split(position, config.validation_fraction, inner_test_share)
+            split = "held_out" if inner == "validation" else "inner_train"
+        if split != "test":
+            splits[split].append((text, label))
     return splits
 
 

@@ -160,12 +160,17 @@ def rotten_tomatoes_reviews(config) -> list[tuple[str, int, float]]:
     return reviews
 
 
+def rt_split(position: float, validation_fraction: float, test_share: float = RT_TEST_SHARE) -> str:
+    """The split of a review whose movie hashes to ``position``: ``test`` below ``test_share``, ``validation``
+    in the next ``validation_fraction``, ``train`` above."""
+    return "test" if position < test_share else "validation" if position < test_share + validation_fraction else "train"
+
+
 def rotten_tomatoes(config) -> Splits:
     """Reviews only, de-duplicated, split by movie: ~70% train, ~10% val (``validation_fraction``), ~20% test."""
     by_split = {"train": ([], []), "validation": ([], []), "test": ([], [])}
     for text, label, position in rotten_tomatoes_reviews(config):
-        validation_end = RT_TEST_SHARE + config.validation_fraction
-        split = "test" if position < RT_TEST_SHARE else "validation" if position < validation_end else "train"
+        split = rt_split(position, config.validation_fraction)
         by_split[split][0].append(text)
         by_split[split][1].append(label)
     return Splits(**{name: Split(texts, np.asarray(labels, np.int32)) for name, (texts, labels) in by_split.items()})
