@@ -13,10 +13,10 @@ import sys
 
 from absl import flags, logging
 
-from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
-from lstm_jax.sentiment.cli import require_local, run
+from lstm_jax.sentiment.deploy.export import FORMATS, export_model
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm
-from lstm_jax.sentiment.export import FORMATS, export_model
+from lstm_jax.sentiment.process import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
+from lstm_jax.sentiment.process.cli import require_local, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder to write (an existing non-empty one only with --force).")

@@ -8,16 +8,16 @@ python predict.py --model EXPORTED --input reviews.txt ...   (a folder written b
 import sys
 from pathlib import Path
 
-from lstm_jax.sentiment import startup  # first: Ctrl-C while the libraries load exits quietly
+from lstm_jax.sentiment.process import startup  # first: Ctrl-C while the libraries load exits quietly
 
 startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its share of a batch
 
 from absl import flags, logging  # noqa: E402
 
-from lstm_jax.sentiment.cli import enable_compilation_cache, require_local, run  # noqa: E402
+from lstm_jax.sentiment.deploy.statements import FORMATS, predict_file  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm  # noqa: E402
 from lstm_jax.sentiment.files import SafeOutput  # noqa: E402
-from lstm_jax.sentiment.statements import FORMATS, predict_file  # noqa: E402
+from lstm_jax.sentiment.process.cli import enable_compilation_cache, require_local, run  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
 _MODEL = flags.DEFINE_string("model", None, "A folder written by export.py, instead of --workdir.")
@@ -51,7 +51,9 @@ def main(argv):
     threshold = _THRESHOLD.value
     if _MODEL.value:
         with startup.quiet_while_importing():
-            from lstm_jax.sentiment import deploy  # no Flax, no orbax; JAX only for a StableHLO model
+            from lstm_jax.sentiment.deploy import (
+                artifacts as deploy,  # no Flax, no orbax; JAX only for a StableHLO model
+            )
 
         predictor = deploy.load(_MODEL.value, batch_size=_BATCH_SIZE.value)
         if predictor.format == "stablehlo":
@@ -60,7 +62,7 @@ def main(argv):
             threshold = predictor.threshold
     else:
         with startup.quiet_while_importing():
-            from lstm_jax.sentiment.predict import load_predictor
+            from lstm_jax.sentiment.deploy.predict import load_predictor
 
         enable_compilation_cache("")
         predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)

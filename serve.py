@@ -7,14 +7,14 @@ POST /predict {"statements": ["..."], "explain": false}; GET /health, /model, /m
 SIGTERM (or Ctrl-C) finishes the requests in flight, then exits 0.
 """
 
-from lstm_jax.sentiment import startup  # first: Ctrl-C while the libraries load exits quietly
+from lstm_jax.sentiment.process import startup  # first: Ctrl-C while the libraries load exits quietly
 
 startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its share of a batch
 
 from absl import flags, logging  # noqa: E402
 
-from lstm_jax.sentiment.cli import require_local, run  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error  # noqa: E402
+from lstm_jax.sentiment.process.cli import require_local, run  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory holding the checkpoints.")
 _MODEL = flags.DEFINE_string("model", None, "A folder written by export.py, instead of --workdir.")
@@ -66,7 +66,7 @@ def main(argv):
     _check_flags()
     try:
         with startup.quiet_while_importing():
-            from lstm_jax.sentiment import serving
+            from lstm_jax.sentiment.serve import app as serving
     except ImportError as error:
         raise UserError(f"serving needs {error.name}: pip install 'lstm_jax[serve]'") from None
     service = serving.load_service(

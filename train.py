@@ -10,10 +10,10 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lstm_jax.sentiment import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
-from lstm_jax.sentiment.cli import run
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error
-from lstm_jax.sentiment.train import train_and_evaluate
+from lstm_jax.sentiment.process import startup  # noqa: F401  (first: Ctrl-C while the libraries load exits quietly)
+from lstm_jax.sentiment.process.cli import run
+from lstm_jax.sentiment.train.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs go here (default: checkpoints/<config name>).")

@@ -177,7 +177,7 @@ def train(name: str, seed: int, folder: Path, flags: list[str] | None = None) ->
 
 
 def negation_accuracy(workdir: Path) -> float:
-    from lstm_jax.sentiment.predict import load_predictor
+    from lstm_jax.sentiment.deploy.predict import load_predictor
 
     texts, labels = read_negation_set()
     probabilities = load_predictor(workdir).predict(texts)

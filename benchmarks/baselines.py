@@ -87,7 +87,7 @@ class NBSVM:
 
 
 class NgramScorer:
-    """The default model's n-gram scorer alone (lstm_jax/sentiment/ngrams.py): NB-weighted logistic regression on
+    """The default model's n-gram scorer alone (lstm_jax/sentiment/model/ngrams.py): NB-weighted logistic regression on
     hashed word 1-2-grams of the token ids of the default's vocabulary; C chosen by its own validation accuracy."""
 
     def __init__(self, validation):
@@ -95,7 +95,7 @@ class NgramScorer:
 
     def fit(self, texts, labels):
         from configs.default import get_config
-        from lstm_jax.sentiment.ngrams import fit_ngram_scorer
+        from lstm_jax.sentiment.model.ngrams import fit_ngram_scorer
         from lstm_jax.sentiment.tokenizer import Vocabulary
 
         config = get_config()
@@ -106,7 +106,7 @@ class NgramScorer:
         return self
 
     def predict(self, texts):
-        from lstm_jax.sentiment.ngrams import ngram_logits
+        from lstm_jax.sentiment.model.ngrams import ngram_logits
 
         tokens, lengths = self.vocabulary.encode(texts, self.max_len)
         return (np.asarray(ngram_logits(self.fitted.table, self.fitted.bias, tokens, lengths)) > 0).astype(int)
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="results folder (default: a new ./bench-runs/baselines-<time>)")
     args = parser.parse_args(argv)
     from configs.default import get_config
-    from lstm_jax.sentiment.data import load_splits
+    from lstm_jax.sentiment.data.datasets import load_splits
 
     out = Path(args.out) if args.out else machine.fresh_folder("bench-runs", "baselines")
     splits, negation = load_splits(get_config()), read_negation_set()

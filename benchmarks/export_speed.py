@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import machine  # noqa: E402
 
-from lstm_jax.sentiment import deploy  # noqa: E402
-from lstm_jax.sentiment.export import _write_folder, named_weights  # noqa: E402
-from lstm_jax.sentiment.model import build_model  # noqa: E402
-from lstm_jax.sentiment.predict import Predictor, RestoredModel  # noqa: E402
+from lstm_jax.sentiment.deploy import artifacts as deploy  # noqa: E402
+from lstm_jax.sentiment.deploy.export import _write_folder, named_weights  # noqa: E402
+from lstm_jax.sentiment.deploy.predict import Predictor, RestoredModel  # noqa: E402
+from lstm_jax.sentiment.model.classifier import build_model  # noqa: E402
 from lstm_jax.sentiment.tokenizer import Vocabulary  # noqa: E402
 
 SHAPES = {"tutorial": dict(vocab=25000, embed=32, hidden=32, batch=32, time=100),
@@ -90,7 +90,7 @@ def _torch_classifier(restored: RestoredModel):
 
 
 def _classifier_runners(restored: RestoredModel, folder: Path) -> dict:
-    from lstm_jax.sentiment.predict import _probabilities
+    from lstm_jax.sentiment.deploy.predict import _probabilities
 
     predictor = Predictor(restored.model, restored.vocabulary, restored.max_len)
     sharding = predictor._batch_sharding

@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lstm_jax.sentiment.config import base_config  # noqa: E402
-from lstm_jax.sentiment.data import load_splits  # noqa: E402
+from lstm_jax.sentiment.data.datasets import load_splits  # noqa: E402
 from lstm_jax.sentiment.tokenizer import Vocabulary  # noqa: E402
 
 

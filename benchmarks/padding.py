@@ -27,7 +27,7 @@ SETTINGS = [(0, 16), (8, 16), (8, 8), (16, 8)]  # (length_pool, padding multiple
 
 def mean_padded_steps(lengths: np.ndarray, config, pool: int, bucket: int) -> float:
     """Mean padded length of a training batch over the first EPOCHS epochs' plans, as train.py makes them."""
-    from lstm_jax.sentiment.train import epoch_plan
+    from lstm_jax.sentiment.train.trainer import epoch_plan
 
     variant = config.copy_and_resolve_references()
     variant.length_pool, variant.train_length_bucket = pool, bucket
@@ -35,7 +35,7 @@ def mean_padded_steps(lengths: np.ndarray, config, pool: int, bucket: int) -> fl
 
 
 def probability_changes(workdir: str, texts: list[str]) -> None:
-    from lstm_jax.sentiment.predict import load_predictor
+    from lstm_jax.sentiment.deploy.predict import load_predictor
 
     predictor = load_predictor(workdir)
     by_bucket = {}
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.py"))
     parser.add_argument("--workdir", default=None, help="a trained run: also compare its probabilities")
     args = parser.parse_args(argv)
-    from lstm_jax.sentiment import data
+    from lstm_jax.sentiment.data import datasets as data
     from lstm_jax.sentiment.tokenizer import Vocabulary
 
     spec = importlib.util.spec_from_file_location("config", args.config)

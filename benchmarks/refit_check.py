@@ -32,7 +32,7 @@ import machine  # noqa: E402
 from accuracy import train  # noqa: E402
 
 from lstm_jax.sentiment.config import base_config  # noqa: E402
-from lstm_jax.sentiment.data import RT_TEST_SHARE, rotten_tomatoes_reviews, rt_split  # noqa: E402
+from lstm_jax.sentiment.data.datasets import RT_TEST_SHARE, rotten_tomatoes_reviews, rt_split  # noqa: E402
 
 
 def inner_splits(config) -> dict[str, list[tuple[str, int]]]:

@@ -44,7 +44,7 @@ TWENTY_WORDS = ("an intelligent and moving film that never talks down to its aud
 
 def rt_test_statements() -> list[str]:
     from configs.default import get_config
-    from lstm_jax.sentiment.data import load_splits
+    from lstm_jax.sentiment.data.datasets import load_splits
 
     return list(load_splits(get_config()).test.texts)
 
@@ -192,7 +192,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"no exported model at {args.model}; write one with: python export.py --workdir "
                          f"checkpoints/default --output {args.model}")  # fmt: skip
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from lstm_jax.sentiment import deploy
+    from lstm_jax.sentiment.deploy import artifacts as deploy
 
     out = Path(args.out) if args.out else machine.fresh_folder("bench-runs", "serve_load")
     before = machine.describe()

@@ -7,8 +7,9 @@ python benchmarks/step_speed.py --accelerator      # the GPU grid (benchmarks/gp
 
 The workload is the sentiment model: Embedding(V, E) -> recurrent layer (final hidden state) -> Dense(1),
 binary cross-entropy, Adam. "train" is a whole step (forward, backward, update), "infer" the forward pass
-returning probabilities. lstm_jax runs its real training step (``lstm_jax.sentiment.train.train_step``) with true
-lengths passed (all equal to the sequence length here, as PyTorch eager does no masking).
+returning probabilities. lstm_jax runs its real training step
+(``lstm_jax.sentiment.train.trainer.train_step``) with true lengths passed (all equal to the sequence length here,
+as PyTorch eager does no masking).
 
 Method: every implementation is compiled first (JAX lower + compile timed apart, with XLA's peak buffer
 estimate), warmed up, then timed in several repetitions; each repetition runs the implementations in a
@@ -102,8 +103,8 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="fl
 
     from lstm_jax.recurrent import RNN
     from lstm_jax.sentiment.config import base_config
-    from lstm_jax.sentiment.model import model_kwargs
-    from lstm_jax.sentiment.train import create_train_state, train_step
+    from lstm_jax.sentiment.model.classifier import model_kwargs
+    from lstm_jax.sentiment.train.trainer import create_train_state, train_step
 
     config = base_config()
     cell_name, bidirectional = CELL_MODELS[cell]

@@ -6,7 +6,7 @@ A bidirectional GRU over embeddings initialised from the training texts' co-occu
 mean-and-max pooling over the real tokens, word/embedding/output dropout, training batches of similar
 lengths (each cut from a length-sorted pool of 8 batches' worth of shuffled texts), early stopping on validation
 accuracy and the test evaluated on the best validation checkpoint; its logit is summed with that of a linear
-word 1-3-gram model (NB-weighted logistic regression, fitted before training: lstm_jax/sentiment/ngrams.py),
+word 1-3-gram model (NB-weighted logistic regression, fitted before training: lstm_jax/sentiment/model/ngrams.py),
 which the two models' different mistakes make worth about a point. See README "Accuracy against linear
 baselines" for the measured accuracy and the experiments behind the choices.
 """

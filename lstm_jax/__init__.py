@@ -20,7 +20,7 @@ _WHERE = {
     "Bidirectional": "lstm_jax.recurrent",
     "StackedRNN": "lstm_jax.recurrent",
     "make_recurrent": "lstm_jax.recurrent",
-    "load_predictor": "lstm_jax.sentiment.predict",  # the job's convenience
+    "load_predictor": "lstm_jax.sentiment.deploy.predict",  # the job's convenience
 }
 
 

@@ -99,7 +99,7 @@ def review_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, review_files):
     """A smoke run trained once for the prediction tests."""
-    from lstm_jax.sentiment.train import train_and_evaluate
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("run")
     train, test = review_files

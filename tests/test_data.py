@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from lstm_jax.sentiment import data
+from lstm_jax.sentiment.data import datasets as data
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.tokenizer import PAD_ID, TOKENIZER, UNKNOWN_ID, Vocabulary, tokenize
 
@@ -209,7 +209,7 @@ def test_unknown_dataset():
 
 
 def test_ppmi_svd_embeddings_put_words_from_the_same_contexts_together():
-    from lstm_jax.sentiment.embeddings import ppmi_svd_embeddings
+    from lstm_jax.sentiment.data.vectors import ppmi_svd_embeddings
 
     texts = ["the film was great fun", "the film was superb fun", "a dull boring mess", "a dull tedious mess"] * 20
     vocabulary = Vocabulary.fit(texts, vocab_size=50)
@@ -225,7 +225,7 @@ def test_ppmi_svd_embeddings_put_words_from_the_same_contexts_together():
 
 
 def test_sparse_ppmi_equals_the_dense_definition():
-    from lstm_jax.sentiment.embeddings import _ppmi
+    from lstm_jax.sentiment.data.vectors import _ppmi
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 12, (30, 9))  # 0 padding and 1 unknown included: never counted

@@ -11,12 +11,13 @@ import pytest
 from conftest import ROOT
 from flax import nnx
 
-from lstm_jax.sentiment import deploy, onnx_graph
+from lstm_jax.sentiment.data.subwords import subword_ids
+from lstm_jax.sentiment.deploy import artifacts as deploy
+from lstm_jax.sentiment.deploy import onnx_graph
+from lstm_jax.sentiment.deploy.export import export_stablehlo, named_weights
+from lstm_jax.sentiment.deploy.predict import load_predictor
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.export import export_stablehlo, named_weights
-from lstm_jax.sentiment.model import build_model
-from lstm_jax.sentiment.predict import load_predictor
-from lstm_jax.sentiment.subwords import subword_ids
+from lstm_jax.sentiment.model.classifier import build_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -180,7 +181,7 @@ def test_deploy_loads_in_a_fresh_process_without_flax_or_orbax(exported):
         "import sys, json, lstm_jax.deploy as d\n"
         f"p = d.load({str(exported)!r}, 'stablehlo').predict({STATEMENTS!r})\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'optax')]\n"
-        "model_code = [m for m in sys.modules if m in ('lstm_jax.sentiment.model', 'lstm_jax.cells')]\n"
+        "model_code = [m for m in sys.modules if m in ('lstm_jax.sentiment.model.classifier', 'lstm_jax.cells')]\n"
         "print(json.dumps([p.tolist(), loaded, model_code]))\n"
     )
     result = run_tool("-c", code)

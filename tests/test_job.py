@@ -15,9 +15,9 @@ import pytest
 from conftest import ROOT, load_config
 
 from lstm_jax.sentiment import checkpoints as ckpt
+from lstm_jax.sentiment.deploy.predict import load_predictor, predict_file
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.predict import load_predictor, predict_file
-from lstm_jax.sentiment.train import NonFiniteLoss, train_and_evaluate
+from lstm_jax.sentiment.train.trainer import NonFiniteLoss, train_and_evaluate
 
 REVIEWS = [
     "a wonderful brilliant film",
@@ -75,8 +75,8 @@ def test_training_learns_and_writes_its_outputs(trained_workdir):
 def tiny_state(config, vocab_size=50):
     from jax.sharding import Mesh
 
-    from lstm_jax.sentiment.model import model_kwargs
-    from lstm_jax.sentiment.train import create_train_state
+    from lstm_jax.sentiment.model.classifier import model_kwargs
+    from lstm_jax.sentiment.train.trainer import create_train_state
 
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     return create_train_state(config, model_kwargs(config, vocab_size), 10, mesh)
@@ -92,7 +92,7 @@ def tiny_examples(count=8, time=12, vocab_size=50, seed=0):
 
 
 def test_every_parameter_changes_in_one_step(review_files):
-    from lstm_jax.sentiment.train import train_step
+    from lstm_jax.sentiment.train.trainer import train_step
 
     config = load_config(bidirectional=True, num_layers=2, ema_decay=0.5)
     state = tiny_state(config)
@@ -112,7 +112,7 @@ def test_a_perturbation_moves_each_embedded_token(ensemble_size):
     (b, t), when every id occurs once in the batch."""
     from flax import nnx
 
-    from lstm_jax.sentiment.model import build_model, model_kwargs
+    from lstm_jax.sentiment.model.classifier import build_model, model_kwargs
 
     config = load_config(bidirectional=True, pooling="mean_max", ensemble_size=ensemble_size)
     model = build_model(model_kwargs(config, 40), nnx.Rngs(0))
@@ -129,7 +129,7 @@ def test_adversarial_training_adds_the_gradient_at_the_worst_nearby_embeddings()
     import optax
     from flax import nnx
 
-    from lstm_jax.sentiment.train import adversarial_gradients
+    from lstm_jax.sentiment.train.trainer import adversarial_gradients
 
     epsilon = 0.5
     state = tiny_state(load_config(adversarial_epsilon=epsilon))
@@ -169,7 +169,7 @@ def test_label_smoothing_trains_towards_softened_targets_and_evaluation_keeps_ha
     on the model's logits), and evaluation of the same weights against 1 and 0."""
     from flax import nnx
 
-    from lstm_jax.sentiment.train import eval_step, train_step, zero_sums
+    from lstm_jax.sentiment.train.trainer import eval_step, train_step, zero_sums
 
     config = load_config(label_smoothing=0.2, dropout_rate=0.0, embedding_dropout_rate=0.0, word_dropout_rate=0.0)
     state = tiny_state(config)
@@ -193,7 +193,7 @@ def test_label_smoothing_trains_towards_softened_targets_and_evaluation_keeps_ha
 
 def test_train_step_compiles_once_per_padded_length():
     from lstm_jax.sentiment import batching
-    from lstm_jax.sentiment.train import train_step
+    from lstm_jax.sentiment.train.trainer import train_step
 
     config = load_config()
     state = tiny_state(config)
@@ -272,7 +272,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(review_files, 
     import jax.numpy as jnp
     import optax
 
-    from lstm_jax.sentiment import train as train_lib
+    from lstm_jax.sentiment.train import trainer as train_lib
 
     def poisoned_after_five_steps(config, steps_per_epoch, frozen=()):
         """Adam whose updates turn NaN from the sixth step on: a divergence we can place."""
@@ -568,7 +568,7 @@ def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tm
 
 
 def test_without_a_validation_split_every_example_trains_and_the_last_weights_are_tested(review_files, tmp_path):
-    from lstm_jax.sentiment.data import load_splits
+    from lstm_jax.sentiment.data.datasets import load_splits
 
     train, test = review_files
     config = load_config(train_path=str(train), test_path=str(test), validation_fraction=0.0, num_epochs=2,
@@ -685,9 +685,9 @@ def test_a_second_run_reuses_the_compilation_cache(review_files, tmp_path):
 def test_validation_and_test_share_arrays_and_compilations():
     from jax.sharding import Mesh
 
-    from lstm_jax.sentiment import data as data_lib
+    from lstm_jax.sentiment.data import datasets as data_lib
     from lstm_jax.sentiment.tokenizer import Vocabulary
-    from lstm_jax.sentiment.train import Evaluator, device_splits, eval_step
+    from lstm_jax.sentiment.train.trainer import Evaluator, device_splits, eval_step
 
     config = load_config(eval_batch_size=4, length_bucket=4)
     state = tiny_state(config, vocab_size=12)
@@ -715,7 +715,7 @@ def test_load_predictor_from_python_prints_no_orbax_warnings(trained_workdir):
 
 
 def test_training_curves_have_a_title_the_tested_epoch_and_percent():
-    from lstm_jax.sentiment.reporting import curves_figure
+    from lstm_jax.sentiment.train.reporting import curves_figure
 
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_accuracy": a, "val_accuracy": a}
                for e, a in ((1, 0.6), (2, 0.8), (3, 0.8), (4, 0.7))]  # fmt: skip

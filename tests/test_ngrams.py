@@ -1,4 +1,4 @@
-"""The n-gram scorer (lstm_jax/sentiment/ngrams.py and its place in the model and the job)."""
+"""The n-gram scorer (lstm_jax/sentiment/model/ngrams.py and its place in the model and the job)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,8 @@ from conftest import load_config
 from flax import nnx
 
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.model import build_model
-from lstm_jax.sentiment.ngrams import HASH_MULTIPLIERS, fit_ngram_scorer, ngram_ids, ngram_logits
+from lstm_jax.sentiment.model.classifier import build_model
+from lstm_jax.sentiment.model.ngrams import HASH_MULTIPLIERS, fit_ngram_scorer, ngram_ids, ngram_logits
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 
@@ -135,8 +135,8 @@ def test_model_adds_the_scorer_at_evaluation_only(ensemble_size):
 
 
 def test_training_never_changes_the_fitted_table(review_files, tmp_path):
-    from lstm_jax.sentiment.predict import load_predictor
-    from lstm_jax.sentiment.train import train_and_evaluate
+    from lstm_jax.sentiment.deploy.predict import load_predictor
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
 
     train, test = review_files
     config = load_config(train_path=str(train), test_path=str(test), ngram_buckets=1 << 12, weight_decay=0.1,
@@ -146,7 +146,7 @@ def test_training_never_changes_the_fitted_table(review_files, tmp_path):
     table = np.asarray(predictor.model.ngrams.table[...])
     assert np.count_nonzero(table) > 10  # fitted, and still there after two epochs of AdamW's weight decay
     # The same fit as the job's, from the same data: training left the table as it was fitted.
-    from lstm_jax.sentiment import data
+    from lstm_jax.sentiment.data import datasets as data
 
     splits = data.load_splits(config)
     encode = lambda split: predictor.vocabulary.encode(split.texts, config.max_len)  # noqa: E731
@@ -171,7 +171,7 @@ def test_logistic_regression_equals_scikit_learns():
     import scipy.sparse
     from sklearn.linear_model import LogisticRegression
 
-    from lstm_jax.sentiment.ngrams import _fit_logistic
+    from lstm_jax.sentiment.model.ngrams import _fit_logistic
 
     rng = np.random.default_rng(3)
     features = scipy.sparse.random(300, 40, density=0.1, random_state=4, format="csr") * 2.0
@@ -185,7 +185,7 @@ def test_logistic_regression_equals_scikit_learns():
 def test_out_of_fold_logits_never_see_their_own_label():
     """A text's out-of-fold logit comes from scorers fitted without it: flipping its own label cannot move it,
     while the full fit (which saw it) does move."""
-    from lstm_jax.sentiment.ngrams import out_of_fold_logits
+    from lstm_jax.sentiment.model.ngrams import out_of_fold_logits
 
     rng = np.random.default_rng(1)
     texts, labels = _texts(rng, 120)
@@ -205,7 +205,7 @@ def test_out_of_fold_logits_never_see_their_own_label():
 
 def test_residual_training_resumes_to_the_same_weights(review_files, tmp_path):
     from lstm_jax.sentiment.config import validate
-    from lstm_jax.sentiment.train import train_and_evaluate
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
 
     with pytest.raises(UserError, match="ngram_residual .* needs --config.ngram_buckets"):
         validate(load_config(ngram_residual=True))

@@ -139,7 +139,7 @@ def test_byte_order_marked_input_reads_like_utf8(trained_workdir, tmp_path, enco
 
 
 def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_files):
-    from lstm_jax.sentiment.data import read_labelled_file
+    from lstm_jax.sentiment.data.datasets import read_labelled_file
 
     train, _ = review_files
     text = train.read_text()
@@ -200,7 +200,7 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
 def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):
     """In the job's own process (a UserError becomes one line and exit code 2 in the entry points: that path is
     test_job.py's test_bad_config_flags_are_one_line_errors, through real processes)."""
-    from lstm_jax.sentiment.train import train_and_evaluate
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
 
     train, test = review_files
     config = load_config(train_path=str(train), test_path=str(test))
@@ -354,7 +354,7 @@ def test_a_hostile_subword_table_size_is_refused(trained_workdir, tmp_path):
 
 
 def test_the_imdb_folder_reader_ignores_links_out_of_the_dataset(tmp_path):
-    from lstm_jax.sentiment.data import _imdb_files
+    from lstm_jax.sentiment.data.datasets import _imdb_files
 
     root = tmp_path / "aclImdb"
     for split in ("train", "test"):
@@ -369,7 +369,7 @@ def test_the_imdb_folder_reader_ignores_links_out_of_the_dataset(tmp_path):
 
 
 def test_training_csv_lines_are_bounded(tmp_path):
-    from lstm_jax.sentiment.data import read_labelled_file
+    from lstm_jax.sentiment.data.datasets import read_labelled_file
     from lstm_jax.sentiment.files import MAX_LINE_BYTES
 
     path = tmp_path / "huge.csv"
@@ -382,7 +382,7 @@ def test_imdb_archive_members_are_read_bounded(tmp_path):
     import io
     import tarfile
 
-    from lstm_jax.sentiment.data import MAX_REVIEW_BYTES, _imdb_files
+    from lstm_jax.sentiment.data.datasets import MAX_REVIEW_BYTES, _imdb_files
 
     archive = tmp_path / "aclImdb_v1.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -572,7 +572,7 @@ def test_a_closed_pipe_ends_prediction_quietly(trained_workdir, tmp_path):
 
 
 def test_batches_are_never_larger_than_the_input_and_the_flag_is_capped(trained_workdir, tmp_path):
-    from lstm_jax.sentiment.predict import load_predictor
+    from lstm_jax.sentiment.deploy.predict import load_predictor
 
     texts = ["great wonderful film", "awful", "dull boring mess"]
     huge = load_predictor(trained_workdir, batch_size=10**7).predict(texts)  # would pad 10^7 rows
@@ -645,7 +645,7 @@ def test_utf16_and_utf32_without_a_byte_order_mark_are_decoded(trained_workdir, 
 
 
 def test_training_data_in_utf16_without_a_mark_reads_like_utf8(tmp_path):
-    from lstm_jax.sentiment.data import read_labelled_file
+    from lstm_jax.sentiment.data.datasets import read_labelled_file
 
     text = "text,label\nfine film,positive\ndull film,negative\n"
     (tmp_path / "a.csv").write_bytes(text.encode("utf-16-le"))
@@ -694,7 +694,8 @@ def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next(trained_wo
 def test_the_quiet_start_up_exit_lasts_through_flag_parsing_until_main_begins(monkeypatch):
     import gc
 
-    from lstm_jax.sentiment import cli, errors, startup
+    from lstm_jax.sentiment import errors
+    from lstm_jax.sentiment.process import cli, startup
 
     handlers = {}
 

@@ -8,9 +8,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lstm_jax.sentiment import checkpoints as ckpt
-from lstm_jax.sentiment.model import SentimentClassifier, model_kwargs
-from lstm_jax.sentiment.subwords import NO_NGRAM, SLOTS, compact_buckets, subword_ids, word_ngrams
-from lstm_jax.sentiment.train import create_train_state, train_step
+from lstm_jax.sentiment.data.subwords import NO_NGRAM, SLOTS, compact_buckets, subword_ids, word_ngrams
+from lstm_jax.sentiment.model.classifier import SentimentClassifier, model_kwargs
+from lstm_jax.sentiment.train.trainer import create_train_state, train_step
 
 
 def test_a_word_is_the_bag_of_its_marked_character_3_to_5_grams():
@@ -124,8 +124,8 @@ def test_training_moves_the_subword_vectors_but_not_the_static_channel_or_the_bu
 def test_a_run_keeps_only_the_buckets_training_reaches_and_resumes_with_them(review_files, tmp_path):
     import json
 
-    from lstm_jax.sentiment.predict import restore_model
-    from lstm_jax.sentiment.train import train_and_evaluate
+    from lstm_jax.sentiment.deploy.predict import restore_model
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
 
     train, test = review_files
     settings = dict(train_path=str(train), test_path=str(test), subword_buckets=1 << 12)

@@ -10,7 +10,7 @@ from test_job import run_tool, smoke_args
 from test_reliability import one_line_error, predict
 
 from lstm_jax.sentiment.config import validate
-from lstm_jax.sentiment.embeddings import GLOVE_INDEX, GLOVE_MATRIX, read_glove, read_word_vectors
+from lstm_jax.sentiment.data.vectors import GLOVE_INDEX, GLOVE_MATRIX, read_glove, read_word_vectors
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
@@ -111,8 +111,8 @@ def test_odd_words_do_not_stop_a_real_file(tmp_path):
 def test_matched_rows_take_the_vectors_and_the_others_keep_the_random_init(tmp_path):
     from jax.sharding import Mesh
 
-    from lstm_jax.sentiment.model import model_kwargs
-    from lstm_jax.sentiment.train import create_train_state
+    from lstm_jax.sentiment.model.classifier import model_kwargs
+    from lstm_jax.sentiment.train.trainer import create_train_state
 
     config = load_config(embedding_dim=DIM)
     kwargs = model_kwargs(config, VOCABULARY.size)
@@ -277,7 +277,7 @@ def test_frozen_embeddings_stay_while_every_other_parameter_trains(ensemble_size
     from test_job import tiny_examples, tiny_state
 
     from lstm_jax.sentiment import checkpoints as ckpt
-    from lstm_jax.sentiment.train import train_step
+    from lstm_jax.sentiment.train.trainer import train_step
 
     state = tiny_state(load_config(freeze_embeddings=True, ensemble_size=ensemble_size, word_scores=True))
     before = jax.tree.map(np.asarray, ckpt.named_leaves(state))
@@ -292,7 +292,7 @@ def test_frozen_embeddings_stay_while_every_other_parameter_trains(ensemble_size
 
 def test_vectors_vocab_gives_ids_to_words_only_the_vectors_know(tmp_path, review_files):
     pytest.importorskip("pyarrow")
-    from lstm_jax.sentiment.predict import restore_model
+    from lstm_jax.sentiment.deploy.predict import restore_model
 
     lines = ["movie 1 1 1", "zebra 2 2 2", "Quokka 3 3 3", "new_york 4 4 4", "great 5 5 5", "aardvark 6 6 6"]
     folder = write_glove_package(tmp_path / "glove", lines)
@@ -320,10 +320,10 @@ def test_only_the_rows_training_reads_are_trained_and_the_others_keep_their_vect
     """With vectors_vocab the job trains only the rows of words in the training texts (``embed_rows``): the
     words only the vectors know keep them exactly, and ONNX's folded table is what the model reads."""
     pytest.importorskip("pyarrow")
-    from lstm_jax.sentiment import onnx_graph
-    from lstm_jax.sentiment.export import named_weights
-    from lstm_jax.sentiment.predict import restore_model
-    from lstm_jax.sentiment.train import train_and_evaluate
+    from lstm_jax.sentiment.deploy import onnx_graph
+    from lstm_jax.sentiment.deploy.export import named_weights
+    from lstm_jax.sentiment.deploy.predict import restore_model
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
 
     lines = ["movie 1 1 1", "zebra 2 2 2", "Quokka 3 3 3", "great 5 5 5"]
     train, test = review_files
@@ -349,9 +349,9 @@ def test_training_only_the_rows_it_reads_changes_no_weight_to_the_bit():
     from flax import nnx
     from jax.sharding import Mesh
 
-    from lstm_jax.sentiment.embeddings import InitialVectors
-    from lstm_jax.sentiment.model import model_kwargs
-    from lstm_jax.sentiment.train import create_train_state, train_step
+    from lstm_jax.sentiment.data.vectors import InitialVectors
+    from lstm_jax.sentiment.model.classifier import model_kwargs
+    from lstm_jax.sentiment.train.trainer import create_train_state, train_step
 
     config = load_config(embedding_init="glove", embedding_dim=DIM, vectors_vocab=10, ema_decay=0.5,
                          static_embeddings=True, ensemble_size=2)  # fmt: skip

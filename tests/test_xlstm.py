@@ -193,7 +193,7 @@ def test_slstm_exponential_forget_gate_matches_the_equations():
 def test_the_classifier_reads_the_mlstm_final_states_from_its_outputs(bidirectional):
     """The mLSTM's carry holds no h, so the classifier's "last" pooling reads the outputs; checked against the
     final hidden states of a cell that has them in its carry (zeros for the empty sequence)."""
-    from lstm_jax.sentiment.model import _hidden, _last_outputs
+    from lstm_jax.sentiment.model.classifier import _hidden, _last_outputs
 
     layer = lstm_jax.make_recurrent("lstm", IN, HIDDEN, bidirectional=bidirectional, rngs=nnx.Rngs(0))
     x, lengths = inputs(), jnp.asarray(LENGTHS)

@@ -185,7 +185,7 @@ def validate(config) -> None:
         raise UserError("--config.vectors_vocab adds words of pretrained vectors: it needs --config.embedding_init="
                         "file or glove")  # fmt: skip
     if config.embedding_init == "glove":
-        from lstm_jax.sentiment.embeddings import glove_folder  # fails early, in one line, without the package
+        from lstm_jax.sentiment.data.vectors import glove_folder  # fails early, in one line, without the package
 
         glove_folder(config.embedding_path)
 
@@ -195,7 +195,7 @@ def _check_model(config) -> None:
     model's shapes applies them, and its message is passed on."""
     from flax import nnx  # here: the config module itself needs no Flax
 
-    from lstm_jax.sentiment.model import build_model, model_kwargs
+    from lstm_jax.sentiment.model.classifier import build_model, model_kwargs
 
     kwargs = model_kwargs(config, vocab_size=3)  # the vocabulary's size changes no rule, only the table's rows
     try:

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax.recurrent import make_recurrent
-from lstm_jax.sentiment.ngrams import ORDERS, ngram_logits
-from lstm_jax.sentiment.subwords import NO_NGRAM, SLOTS
+from lstm_jax.sentiment.data.subwords import NO_NGRAM, SLOTS
+from lstm_jax.sentiment.model.ngrams import ORDERS, ngram_logits
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID
 
 POOLINGS = ("last", "max", "mean_max")

@@ -22,10 +22,11 @@ from flax import nnx
 import lstm_jax
 from lstm_jax import recurrent
 from lstm_jax.sentiment import checkpoints as ckpt
-from lstm_jax.sentiment import deploy, files
+from lstm_jax.sentiment import files
+from lstm_jax.sentiment.deploy import artifacts as deploy
+from lstm_jax.sentiment.deploy.predict import RestoredModel, restore_model
 from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
-from lstm_jax.sentiment.model import build_model
-from lstm_jax.sentiment.predict import RestoredModel, restore_model
+from lstm_jax.sentiment.model.classifier import build_model
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda")
@@ -110,7 +111,7 @@ def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], thr
         manifest["weights"] = export_stablehlo(model, folder)
     raise_if_interrupted()
     if "onnx" in formats:
-        from lstm_jax.sentiment import onnx_graph  # needs the [onnx] extra
+        from lstm_jax.sentiment.deploy import onnx_graph  # needs the [onnx] extra
 
         onnx_graph.write(restored.model_kwargs, named_weights(model), folder / "model.onnx")
     manifest["sha256"] = {path.name: deploy.sha256(path) for path in sorted(folder.iterdir())}
@@ -131,7 +132,7 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
         raise UserError(f"output {output} exists and is not empty; give a new folder or --force to replace it")
     restored = restore_model(workdir, step)
     if "onnx" in formats:
-        from lstm_jax.sentiment import onnx_graph  # needs the [onnx] extra
+        from lstm_jax.sentiment.deploy import onnx_graph  # needs the [onnx] extra
 
         onnx_graph.check_exportable(restored.model_kwargs)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,9 @@ from flax import nnx
 from lstm_jax.sentiment import batching
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.config import base_config, validate
+from lstm_jax.sentiment.deploy.statements import FORMATS, predict_file  # noqa: F401  (predict_file: the job's API)
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.model import build_model, model_kwargs
-from lstm_jax.sentiment.statements import FORMATS, predict_file  # noqa: F401  (predict_file: the job's API)
+from lstm_jax.sentiment.model.classifier import build_model, model_kwargs
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 

@@ -34,12 +34,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from lstm_jax.sentiment import batching, distributed, files
+from lstm_jax.sentiment import batching, files
 from lstm_jax.sentiment import checkpoints as ckpt
-from lstm_jax.sentiment import data as data_lib
-from lstm_jax.sentiment.cli import enable_compilation_cache
 from lstm_jax.sentiment.config import check_resumable, validate
-from lstm_jax.sentiment.embeddings import (
+from lstm_jax.sentiment.data import datasets as data_lib
+from lstm_jax.sentiment.data.subwords import compact_buckets, subword_ids
+from lstm_jax.sentiment.data.vectors import (
     InitialVectors,
     glove_folder,
     ppmi_svd_embeddings,
@@ -48,11 +48,12 @@ from lstm_jax.sentiment.embeddings import (
     vector_words,
 )
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.model import build_model, model_kwargs
-from lstm_jax.sentiment.ngrams import NgramFit, fit_ngram_scorer, out_of_fold_logits
-from lstm_jax.sentiment.reporting import RunReport
-from lstm_jax.sentiment.subwords import compact_buckets, subword_ids
+from lstm_jax.sentiment.model.classifier import build_model, model_kwargs
+from lstm_jax.sentiment.model.ngrams import NgramFit, fit_ngram_scorer, out_of_fold_logits
+from lstm_jax.sentiment.process.cli import enable_compilation_cache
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary
+from lstm_jax.sentiment.train import distributed
+from lstm_jax.sentiment.train.reporting import RunReport
 
 SUMS = ("loss", "correct", "count", "nonfinite")  # what a step adds up; divided by count when reported
 

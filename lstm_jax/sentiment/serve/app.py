@@ -34,9 +34,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from lstm_jax.sentiment import explain
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.microbatch import FixedShapeScorer, MicroBatcher
+from lstm_jax.sentiment.serve import explain
+from lstm_jax.sentiment.serve.microbatch import FixedShapeScorer, MicroBatcher
 from lstm_jax.sentiment.tokenizer import UNKNOWN_ID, Vocabulary, tokenize
 
 prometheus_client.disable_created_metrics()  # the *_created series only double the page's length
@@ -225,7 +225,7 @@ class _Counted:
 
 
 def _web_file(name: str) -> bytes:
-    return (importlib.resources.files("lstm_jax.sentiment") / "web" / name).read_bytes()
+    return (importlib.resources.files("lstm_jax.sentiment.serve") / "web" / name).read_bytes()
 
 
 def create_app(service: Service) -> FastAPI:
@@ -289,10 +289,10 @@ def load_service(workdir: str | None = None, model: str | None = None, model_for
                  step: int | None = None, threshold: float | None = None, cache: str = "", max_batch: int = 64,
                  max_wait: float = 0.0, limits: Limits = Limits()) -> Service:  # fmt: skip
     """The service for a checkpoint (``workdir``) or an exported folder (``model``), not yet warmed up."""
-    from lstm_jax.sentiment.cli import enable_compilation_cache
+    from lstm_jax.sentiment.process.cli import enable_compilation_cache
 
     if model:
-        from lstm_jax.sentiment import deploy  # no Flax, no orbax; JAX only for a StableHLO model
+        from lstm_jax.sentiment.deploy import artifacts as deploy  # no Flax, no orbax; JAX only for a StableHLO model
 
         predictor = deploy.load(model, model_format, batch_size=max_batch)
         if predictor.format == "stablehlo":
@@ -301,8 +301,8 @@ def load_service(workdir: str | None = None, model: str | None = None, model_for
         description = {**predictor.manifest, "format": predictor.format}
     else:
         enable_compilation_cache(cache)
-        from lstm_jax.sentiment.export import describe
-        from lstm_jax.sentiment.predict import Predictor, restore_model
+        from lstm_jax.sentiment.deploy.export import describe
+        from lstm_jax.sentiment.deploy.predict import Predictor, restore_model
 
         restored = restore_model(workdir, step)
         predictor = Predictor(restored.model, restored.vocabulary, restored.max_len, max_batch, restored.length_bucket)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from lstm_jax.sentiment.data import default_cache_dir
+from lstm_jax.sentiment.data.datasets import default_cache_dir
 from lstm_jax.sentiment.errors import interrupt_on_ctrl_c
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_jax.sentiment.data.subwords import NO_NGRAM
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.ngrams import HASH_MULTIPLIERS
-from lstm_jax.sentiment.subwords import NO_NGRAM
+from lstm_jax.sentiment.model.ngrams import HASH_MULTIPLIERS
 
 OPSET = 17
 OPERATORS = {"lstm": "LSTM", "peephole_lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
