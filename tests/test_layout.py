@@ -3,6 +3,7 @@
 import ast
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "lstm_jax"
@@ -76,3 +77,30 @@ def test_every_config_is_locked_and_valid():
         with pytest.raises(AttributeError):
             config.no_such_key = 1  # locked: a misspelt override fails instead of being ignored
 
+
+SHIPPED = sorted(path.stem for path in (ROOT / "configs").glob("*.py") if path.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_trains_on_smoke_data_and_predicts(name, review_files, tmp_path):
+    """Each configs/*.py as it is (its model, vectors, tables and schedule), on the tiny review files for one
+    epoch: it validates, trains, tests and its checkpoint predicts. GloVe configs read a GloVe-shaped folder of
+    a few 50-d vectors, as the package would give."""
+    from conftest import load_config
+    from test_word_vectors import write_glove_package
+
+    from lstm_jax.sentiment.deploy.predict import load_predictor
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
+
+    train, test = review_files
+    config = load_config(name, dataset="files", train_path=str(train), test_path=str(test), num_epochs=1,
+                         tensorboard=False)  # fmt: skip
+    if config.embedding_init == "glove":
+        width = config.embedding_dim
+        lines = [f"{word} " + " ".join(f"{(index + k) % 7 / 7:.3f}" for k in range(width))
+                 for index, word in enumerate(["movie", "great", "dull", "film", "zebra", "quokka"])]  # fmt: skip
+        config.embedding_path = str(write_glove_package(tmp_path / "glove", lines, dim=width))
+    final = train_and_evaluate(config, tmp_path / "run")
+    assert 0.0 <= final["test_accuracy"] <= 1.0
+    probabilities = load_predictor(tmp_path / "run").predict(["a great movie", "dull"])
+    assert probabilities.shape == (2,) and ((probabilities > 0) & (probabilities < 1)).all()
