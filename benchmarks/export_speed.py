@@ -42,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import machine  # noqa: E402
 
+from lstm_jax.sentiment.config import base_config  # noqa: E402
 from lstm_jax.sentiment.deploy import artifacts as deploy  # noqa: E402
 from lstm_jax.sentiment.deploy.export import _write_folder, named_weights  # noqa: E402
 from lstm_jax.sentiment.deploy.predict import Predictor, RestoredModel  # noqa: E402
-from lstm_jax.sentiment.model.classifier import build_model  # noqa: E402
+from lstm_jax.sentiment.model.classifier import DataSizes, build_model  # noqa: E402
 from lstm_jax.sentiment.tokenizer import Vocabulary  # noqa: E402
 
 SHAPES = {"tutorial": dict(vocab=25000, embed=32, hidden=32, batch=32, time=100),
@@ -54,12 +55,13 @@ DEFAULT_MODEL = dict(vocab_size=8000, embedding_dim=64, hidden_size=64, cell="gr
                      pooling="mean_max", max_len=100)  # configs/default.py  # fmt: skip
 
 
-def _restored(vocab_size: int, max_len: int, **kwargs) -> RestoredModel:
-    kwargs = {"vocab_size": vocab_size, "num_layers": 1, "ensemble_size": 1, "proj_size": 0, "zoneout_rate": 0.0,
-              "dtype": "float32", "bidirectional": False, "pooling": "last", "cell": "lstm", **kwargs}  # fmt: skip
-    model = build_model(kwargs, nnx.Rngs(0))
+def _restored(vocab_size: int, max_len: int, **settings) -> RestoredModel:
+    config = base_config()
+    config.update(dict(max_len=max_len, **settings))
+    sizes = DataSizes(vocab_size)
+    model = build_model(config, sizes, nnx.Rngs(0))
     vocabulary = Vocabulary([f"w{index}" for index in range(vocab_size - 2)])
-    return RestoredModel(model, kwargs, vocabulary, max_len, 16, 0, {"config": {"dataset": "benchmark"}})
+    return RestoredModel(model, config, sizes, vocabulary, max_len, 16, 0, {"config": {"dataset": "benchmark"}})
 
 
 def _export(restored: RestoredModel, folder: Path) -> Path:
@@ -72,14 +74,15 @@ def _torch_classifier(restored: RestoredModel):
     import torch
 
     weights = {name: torch.from_numpy(leaf) for name, leaf in named_weights(restored.model).items()}
-    embed, hidden = weights["embed/embedding"].shape[1], restored.model_kwargs["hidden_size"]
+    embed, hidden = weights["embedder/embed/embedding"].shape[1], restored.config.hidden_size
     lstm = torch.nn.LSTM(embed, hidden, batch_first=True)
     with torch.no_grad():
         lstm.weight_ih_l0.copy_(weights["encoder/layers/0/cell/input_kernel"].T)
         lstm.weight_hh_l0.copy_(weights["encoder/layers/0/cell/recurrent_kernel"].T)
         lstm.bias_ih_l0.copy_(weights["encoder/layers/0/cell/bias"])
         lstm.bias_hh_l0.zero_()
-    table, kernel, bias = weights["embed/embedding"], weights["head/kernel"], weights["head/bias"]
+    table, kernel, bias = (weights[name] for name in ("embedder/embed/embedding", "head/linear/kernel",
+                                                      "head/linear/bias"))  # fmt: skip
 
     def run(tokens, lengths):
         with torch.inference_mode():
@@ -165,7 +168,7 @@ def statements_table(model_name: str, restored: RestoredModel, repetitions: int,
             "StableHLO artifact": deploy.load(folder, "stablehlo", batch_size=batch_size),
             "ONNX Runtime": deploy.load(folder, "onnx", batch_size=batch_size),
         }
-        texts = _texts(count, restored.model_kwargs["vocab_size"])
+        texts = _texts(count, restored.sizes.vocab_size)
         if batch_size == 1:  # one statement per call, as a service answering one person would
             runners = {name: _one_at_a_time(p) for name, p in predictors.items()}
         else:

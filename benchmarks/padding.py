@@ -26,12 +26,16 @@ SETTINGS = [(0, 16), (8, 16), (8, 8), (16, 8)]  # (length_pool, padding multiple
 
 
 def mean_padded_steps(lengths: np.ndarray, config, pool: int, bucket: int) -> float:
-    """Mean padded length of a training batch over the first EPOCHS epochs' plans, as train.py makes them."""
-    from lstm_jax.sentiment.train.trainer import epoch_plan
+    """Mean padded length of a training batch over the first EPOCHS epochs' plans, planned as train.py plans
+    them (train.py pads pooled batches to multiples of 8 and the plain shuffle's to length_bucket)."""
+    from lstm_jax.sentiment.batching import plan_training_batches
 
-    variant = config.copy_and_resolve_references()
-    variant.length_pool, variant.train_length_bucket = pool, bucket
-    return float(np.mean([time for epoch in range(EPOCHS) for time in epoch_plan(variant, epoch, lengths).time]))
+    def times(epoch: int) -> tuple:
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(lengths))
+        return plan_training_batches(lengths, config.batch_size, bucket, config.max_len, order, pool,
+                                     np.random.default_rng([config.seed, epoch, 1])).time  # fmt: skip
+
+    return float(np.mean([time for epoch in range(EPOCHS) for time in times(epoch)]))
 
 
 def probability_changes(workdir: str, texts: list[str]) -> None:

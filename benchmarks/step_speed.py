@@ -103,21 +103,20 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="fl
 
     from lstm_jax.recurrent import RNN
     from lstm_jax.sentiment.config import base_config
-    from lstm_jax.sentiment.model.classifier import model_kwargs
+    from lstm_jax.sentiment.model.classifier import DataSizes
     from lstm_jax.sentiment.train.trainer import create_train_state, train_step
 
     config = base_config()
     cell_name, bidirectional = CELL_MODELS[cell]
     config.update(dict(cell=cell_name, bidirectional=bidirectional, embedding_dim=shape["embed"],
                        hidden_size=shape["hidden"], unroll=unroll, backend=backend, dtype=dtype))  # fmt: skip
-    kwargs = model_kwargs(config, shape["vocab"])
     devices = jax.devices() if shard else jax.devices()[:1]
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     tokens, lengths, labels = _batch(shape)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    state = create_train_state(config, kwargs, 100, mesh)
-    model = nnx.merge(state.graphdef, state.params)
+    state = create_train_state(config, DataSizes(shape["vocab"]), mesh)
+    model = state.model()
     picked = sorted({module.backend for _, module in nnx.iter_modules(model) if isinstance(module, RNN)})
     if workload == "train":
         examples = jax.device_put({"tokens": tokens, "lengths": lengths, "labels": labels}, replicated)

@@ -11,7 +11,6 @@ def get_config():
     config.embedding_dim = 8
     config.hidden_size = 8
     config.batch_size = 8
-    config.eval_batch_size = 16
     config.num_epochs = 3
     config.learning_rate = 1e-2
     config.dropout_rate = 0.1

@@ -12,6 +12,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import step_speed as bench  # noqa: E402
 
+pytestmark = pytest.mark.lab  # the benchmark scripts: python -m pytest -m lab (the default run leaves them out)
+
 TINY = dict(vocab=50, embed=4, hidden=4, batch=4, time=6)
 
 

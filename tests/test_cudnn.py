@@ -220,39 +220,13 @@ def test_a_checkpoint_trained_with_cudnn_predicts_on_a_cpu(trained_workdir, tmp_
     shutil.copytree(trained_workdir, workdir)
     for path in workdir.rglob("meta/metadata"):
         meta = json.loads(path.read_text())
-        meta["config"]["backend"] = meta["model_kwargs"]["backend"] = "cudnn"
+        meta["config"]["backend"] = "cudnn"
         path.write_text(json.dumps(meta))
     source, output = tmp_path / "in.txt", tmp_path / "out.txt"
     source.write_text("a fine film\n")
     result = predict(workdir, source, output)
     assert result.returncode == 0, result.stderr
     assert "Predicted Sentiment:" in output.read_text()
-
-
-def test_checkpoints_from_before_the_backend_switch_still_predict_and_resume(trained_workdir, tmp_path, review_files):
-    """Metadata as the previous version wrote it: ``fused_lstm`` / ``fused`` and none of the settings added since."""
-    from test_job import run_tool, smoke_args
-    from test_reliability import predict
-
-    from lstm_jax.sentiment.checkpoints import ADDED_CONFIG, ADDED_DATA_SETTINGS, ADDED_SETTINGS
-
-    workdir = tmp_path / "old-run"
-    shutil.copytree(trained_workdir, workdir)
-    for path in workdir.rglob("meta/metadata"):
-        meta = json.loads(path.read_text())
-        meta["config"]["fused_lstm"] = meta["model_kwargs"]["fused"] = True
-        for key in ("backend", *ADDED_CONFIG):
-            del meta["config"][key]
-        for key in ("backend", *ADDED_SETTINGS, *ADDED_DATA_SETTINGS):
-            del meta["model_kwargs"][key]
-        path.write_text(json.dumps(meta))
-    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
-    source.write_text("a fine film\n")
-    result = predict(workdir, source, output)
-    assert result.returncode == 0, result.stderr
-    longer = run_tool(*smoke_args(review_files, workdir, "--config.num_epochs=7"))
-    assert longer.returncode == 0, longer.stderr.decode()
-    assert "resumed from step" in longer.stdout.decode()
 
 
 @pytest.mark.skipif(cudnn.unavailable_reason() is not None, reason="needs an NVIDIA GPU (benchmarks/gpu.sh)")

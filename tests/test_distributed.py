@@ -76,7 +76,7 @@ def test_two_processes_train_like_one_process_and_a_laptop_resumes_and_predicts(
     assert one.returncode == 0, one.stderr.decode()[-3000:]
     assert epochs(tmp_path / "two") == epochs(tmp_path / "one")
 
-    vocab_size = ckpt.Checkpoints(tmp_path / "one", read_only=True).read_meta(8)["model_kwargs"]["vocab_size"]
+    vocab_size = ckpt.Checkpoints(tmp_path / "one", read_only=True).read_meta(8)["sizes"]["vocab_size"]
     two_losses, two_final = per_step_losses(tmp_path / "two", vocab_size)
     one_losses, one_final = per_step_losses(tmp_path / "one", vocab_size)
     assert sorted(two_losses) == sorted(one_losses) == list(range(1, 9))  # written once per step, not per process

@@ -8,16 +8,16 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_config
 from flax import nnx
 
 from lstm_jax.sentiment.data.subwords import subword_ids
 from lstm_jax.sentiment.deploy import artifacts as deploy
 from lstm_jax.sentiment.deploy import onnx_graph
-from lstm_jax.sentiment.deploy.export import export_stablehlo, named_weights
+from lstm_jax.sentiment.deploy.export import MODEL_SETTINGS, export_stablehlo, named_weights
 from lstm_jax.sentiment.deploy.predict import load_predictor
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.model.classifier import build_model
+from lstm_jax.sentiment.model.classifier import DataSizes, build_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -31,20 +31,21 @@ def _batch():
     return tokens, LENGTHS
 
 
-def _model(**kwargs):
-    """A tiny classifier with every weight (peepholes, biases, head) moved away from its initial value."""
-    kwargs = {"vocab_size": VOCAB, "embedding_dim": 6, "hidden_size": 4, "num_layers": 1, "bidirectional": False,
-              "pooling": "last", "ensemble_size": 1, "proj_size": 0, "zoneout_rate": 0.0, "dtype": "float32",
-              **kwargs}  # fmt: skip
-    graphdef, state = nnx.split(build_model(kwargs, nnx.Rngs(1)))
+def _model(**overrides):
+    """A tiny classifier with every float weight (peepholes, biases, head, fixed tables) moved away from its
+    initial value; returns (the settings the ONNX graph reads, the model)."""
+    config = load_config(embedding_dim=6, hidden_size=4, **overrides)
+    graphdef, state = nnx.split(build_model(config, DataSizes(VOCAB), nnx.Rngs(1)))
     keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(state))))
-    state = jax.tree.map(lambda leaf: leaf + 0.3 * jax.random.normal(next(keys), leaf.shape), state)
-    model = nnx.merge(graphdef, state)
-    for classifier in model.classifiers() if kwargs.get("subword_buckets") else []:
+    def moved(leaf):  # the integer tables keep their ids
+        return leaf + 0.3 * jax.random.normal(next(keys), leaf.shape) if leaf.dtype == np.float32 else leaf
+
+    model = nnx.merge(graphdef, jax.tree.map(moved, state))
+    if config.subword_buckets:
         # Words that share many n-grams ("<wo", "wor", ...), so buckets collect several words' gradients.
         words = [f"word{index}" for index in range(VOCAB - 2)]
-        classifier.subword_ids[...] = subword_ids(words, kwargs["subword_buckets"]).astype(np.float32)
-    return kwargs, model
+        model.embedder.subword_ids[...] = subword_ids(words, config.subword_buckets)
+    return {**{key: config[key] for key in MODEL_SETTINGS}, "vocab_size": VOCAB}, model
 
 
 def _reference(model, tokens, lengths):
@@ -52,27 +53,25 @@ def _reference(model, tokens, lengths):
 
 
 # Every (cell, pooling), (cell, direction) and (direction, pooling) pair once (the graph builds each part
-# independently of the others), then ensembles and the optional paths.
+# independently of the others), then the optional paths.
 _BIDIRECTIONAL = {"last": (False, True, False, True), "max": (True, False, True, False),
                   "mean_max": (False, True, True, False)}  # per pooling, for the cells in this order  # fmt: skip
 ONNX_GRID = [
-    dict(cell=cell, bidirectional=_BIDIRECTIONAL[pooling][index], pooling=pooling, ensemble_size=1)
+    dict(cell=cell, bidirectional=_BIDIRECTIONAL[pooling][index], pooling=pooling)
     for pooling in ("last", "max", "mean_max")
     for index, cell in enumerate(("lstm", "peephole_lstm", "gru", "simple_rnn"))
 ] + [
-    dict(cell="lstm", bidirectional=True, pooling="mean_max", ensemble_size=2),
-    dict(cell="simple_rnn", bidirectional=False, pooling="mean_max", ensemble_size=2),
 
     dict(cell="lstm", bidirectional=True, num_layers=2, pooling="last"),
-    dict(cell="gru", num_layers=2, pooling="max", word_scores=True),
+    dict(cell="gru", num_layers=2, pooling="max"),
     # configs/glove.py's model (its recurrent dropout is training-only); 64 and 32 buckets: hash collisions
     dict(cell="gru", bidirectional=True, pooling="mean_max", ngram_buckets=64, ngram_order=3,
          recurrent_dropout_rate=0.25, static_embeddings=True, subword_buckets=32),
-    dict(cell="lstm", pooling="mean_max", ensemble_size=2, ngram_buckets=1 << 20),
-    # the two extra embedding inputs alone, and in an ensemble (folded into the gathered table)
+    dict(cell="lstm", pooling="mean_max", ngram_buckets=1 << 20),
+    # the two extra embedding inputs alone and together (folded into the gathered table)
     dict(cell="gru", bidirectional=True, pooling="mean_max", static_embeddings=True),
     dict(cell="lstm", pooling="last", subword_buckets=32),
-    dict(cell="lstm", pooling="max", ensemble_size=2, static_embeddings=True, subword_buckets=32),
+    dict(cell="lstm", pooling="max", static_embeddings=True, subword_buckets=32),
 ]
 
 
@@ -100,8 +99,8 @@ def test_onnx_emits_the_native_recurrent_operators():
 
 
 @pytest.mark.parametrize("settings", [
-    dict(cell="layernorm_lstm"), dict(cell="lstm", proj_size=2), dict(cell="slstm", num_heads=2),
-    dict(cell="mlstm", num_heads=2), dict(cell="gru", zoneout_rate=0.1), dict(cell="lstm", dtype="bfloat16"),
+    dict(cell="layernorm_lstm"), dict(cell="slstm", num_heads=2), dict(cell="mlstm", num_heads=2),
+    dict(cell="lstm", dtype="bfloat16"),
 ])  # fmt: skip
 def test_onnx_refuses_what_its_operators_cannot_express(settings):
     with pytest.raises(UserError, match="cannot be exported to ONNX: .*use --format stablehlo"):
@@ -109,10 +108,10 @@ def test_onnx_refuses_what_its_operators_cannot_express(settings):
 
 
 STABLEHLO_GRID = [
-    dict(cell="lstm", bidirectional=True, pooling="mean_max", ensemble_size=2),
+    dict(cell="lstm", bidirectional=True, pooling="mean_max"),
     dict(cell="gru", pooling="max", num_layers=2, static_embeddings=True, subword_buckets=32),
     dict(cell="layernorm_lstm", bidirectional=True, pooling="last"),
-    dict(cell="lstm", proj_size=2, word_scores=True, ngram_buckets=64, ngram_order=3),
+    dict(cell="lstm", ngram_buckets=64, ngram_order=3),
     dict(cell="slstm", num_heads=2, bidirectional=True),
     dict(cell="mlstm", num_heads=2, pooling="mean_max"),
 ]

@@ -3,6 +3,7 @@
 import ast
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "lstm_jax"
@@ -58,33 +59,48 @@ def test_nothing_that_benchmarks_the_library_lives_in_the_job():
     assert (ROOT / "benchmarks" / "step_speed.py").is_file()
 
 
-def test_every_config_is_locked_and_valid_and_vocab16k_and_glove_are_the_default_with_their_changes():
+def test_every_config_is_locked_and_valid():
     import pytest
     from conftest import load_config
 
-    from lstm_jax.sentiment.config import validate
     from lstm_jax.sentiment.errors import UserError
+    from lstm_jax.sentiment.train.trainer import check_settings
 
     names = sorted(path.stem for path in (ROOT / "configs").glob("*.py") if path.stem != "__init__")
     assert {"default", "glove", "seed", "smoke", "vocab16k"} <= set(names)
     for name in names:
         config = load_config(name)
         try:
-            validate(config)
+            check_settings(config)
         except UserError as error:  # without the [vectors] extra (as in CI) glove.py is refused, saying why
             assert name in ("glove", "glove_all") and "pip install 'lstm_jax[vectors]'" in str(error), (name, error)
         with pytest.raises(AttributeError):
             config.no_such_key = 1  # locked: a misspelt override fails instead of being ignored
-    # README: configs/vocab16k.py = configs/default.py, 16,000 words, word dropout 0.4, the plain shuffled batches
-    want = load_config("default", vocab_size=16000, word_dropout_rate=0.4, length_pool=0, train_length_bucket=0)
-    assert load_config("vocab16k").to_dict() == want.to_dict()
-    # README: configs/glove.py = configs/default.py with GloVe (50-d), every training word (up to 20,000) + 100,000
-    # words, the moving average, recurrent dropout, subwords in 2^17 buckets, the static channel, a recurrent state
-    # of 128 and output dropout 0.2
-    want = load_config("default", embedding_init="glove", embedding_dim=50, vocab_size=20000, vectors_vocab=100000,
-                       ema_decay=0.99, recurrent_dropout_rate=0.25, subword_buckets=1 << 17, static_embeddings=True,
-                       hidden_size=128, dropout_rate=0.2)
-    assert load_config("glove").to_dict() == want.to_dict()
-    # README: configs/glove_all.py = configs/glove.py on train + validation for 5 epochs, nothing held out
-    want = load_config("glove", validation_fraction=0.0, early_stopping_patience=0, num_epochs=5)
-    assert load_config("glove_all").to_dict() == want.to_dict()
+
+
+SHIPPED = sorted(path.stem for path in (ROOT / "configs").glob("*.py") if path.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_trains_on_smoke_data_and_predicts(name, review_files, tmp_path):
+    """Each configs/*.py as it is (its model, vectors, tables and schedule), on the tiny review files for one
+    epoch: it validates, trains, tests and its checkpoint predicts. GloVe configs read a GloVe-shaped folder of
+    a few 50-d vectors, as the package would give."""
+    from conftest import load_config
+    from test_word_vectors import write_glove_package
+
+    from lstm_jax.sentiment.deploy.predict import load_predictor
+    from lstm_jax.sentiment.train.trainer import train_and_evaluate
+
+    train, test = review_files
+    config = load_config(name, dataset="files", train_path=str(train), test_path=str(test), num_epochs=1,
+                         tensorboard=False)  # fmt: skip
+    if config.embedding_init == "glove":
+        width = config.embedding_dim
+        lines = [f"{word} " + " ".join(f"{(index + k) % 7 / 7:.3f}" for k in range(width))
+                 for index, word in enumerate(["movie", "great", "dull", "film", "zebra", "quokka"])]  # fmt: skip
+        config.embedding_path = str(write_glove_package(tmp_path / "glove", lines, dim=width))
+    final = train_and_evaluate(config, tmp_path / "run")
+    assert 0.0 <= final["test_accuracy"] <= 1.0
+    probabilities = load_predictor(tmp_path / "run").predict(["a great movie", "dull"])
+    assert probabilities.shape == (2,) and ((probabilities > 0) & (probabilities < 1)).all()

@@ -6,7 +6,10 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.lab  # a benchmark script's tests: python -m pytest -m lab
 
 spec = importlib.util.spec_from_file_location("long_range", ROOT / "benchmarks" / "long_range.py")
 long_range = importlib.util.module_from_spec(spec)

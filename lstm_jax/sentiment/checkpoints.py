@@ -5,9 +5,8 @@ by validation accuracy). Each checkpoint has two items:
 
 * ``state``: the whole train state as a nested tree **by name** (``params/encoder/layers/0/...``,
   ``opt_state/0/mu/...``, ``step``, ``sums/loss``, ...), built from the state's pytree paths;
-* ``meta`` (JSON): the format version, config, model arguments, vocabulary, data settings
-  (``max_len``, ``length_bucket``, tokenizer), the finished epochs' history, which weights predict
-  (``params`` or the moving average ``ema``), and the name, shape and dtype of every saved array.
+* ``meta`` (JSON): the format version, the config, the vocabulary, the sizes the data decided (:func:`run_meta`),
+  the finished epochs' history, and the name, shape and dtype of every saved array.
 
 Restoring first compares the saved names, shapes and dtypes with those of the state the current code
 builds, so a renamed, reordered or resized parameter is a one-line error instead of a silent mix-up.
@@ -18,6 +17,7 @@ folder and renames it when complete, so a run killed while saving keeps its earl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 
 from lstm_jax.sentiment.errors import CheckpointReadError, CheckpointWriteError, UserError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the config, vocabulary and data sizes once; parameters apart from fixed tables
 
 
 class DamagedCheckpoint(CheckpointReadError):
@@ -182,41 +182,23 @@ def _restore(manager: ocp.CheckpointManager, step: int, what: str, **items):
 
 def check_version(meta, where: str) -> None:
     version = meta.get("format_version") if isinstance(meta, dict) else None
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise IncompatibleCheckpoint(
+            f"{where} was made by an earlier version of lstm_jax (checkpoint format {version}; this one reads "
+            f"{FORMAT_VERSION}); retrain it with this version (python train.py ... --workdir NEW_FOLDER) or use the "
+            "lstm_jax version that wrote it"
+        )
     if version != FORMAT_VERSION:
         raise IncompatibleCheckpoint(
-            f"{where} has format version {version}, this lstm_jax reads version {FORMAT_VERSION}; "
+            f"{where} has format version {version!r}, this lstm_jax reads version {FORMAT_VERSION}; "
             "retrain with this version or use the lstm_jax that wrote it"
         )
-    _upgrade_settings(meta)
 
 
-# Settings added after format version 2 began, with the value that computes what older checkpoints computed.
-ADDED_SETTINGS = {"proj_size": 0, "num_heads": 1, "recurrent_dropout_rate": 0.0, "zoneout_rate": 0.0,
-                  "ngram_buckets": 0, "ngram_order": 2, "static_embeddings": False, "subword_buckets": 0}  # fmt: skip
-# Model arguments the data decides rather than the config, added since: the rows of the compacted subword table
-# (0 = one per bucket) and of the trained embedding rows (0 = all), as older checkpoints hold.
-ADDED_DATA_SETTINGS = {"subword_rows": 0, "trained_rows": 0}
-# (Added settings a resumed run may change anyway, such as the multi-process ones, need no entry.)
-ADDED_CONFIG = {**ADDED_SETTINGS, "embedding_path": "", "vectors_vocab": 0, "freeze_embeddings": False,
-                "ngram_residual": False, "length_pool": 0, "train_length_bucket": 0,
-                "adversarial_epsilon": 0.0, "label_smoothing": 0.0, "tokenizer": "lowercase-words-v1"}  # fmt: skip
-
-
-def _upgrade_settings(meta: dict) -> None:
-    """Older version-2 metadata in today's terms: the settings added since, at their neutral values, and
-    ``fused_lstm`` / ``fused`` as ``backend`` (True = the fused LSTM where it applies, which ``auto`` picks on a
-    CPU; False = scan); the function computed is the same either way."""
-    config, kwargs = meta.get("config"), meta.get("model_kwargs")
-    if isinstance(config, dict):
-        if "fused_lstm" in config:
-            config["backend"] = "auto" if config.pop("fused_lstm") else "scan"
-        for key, value in ADDED_CONFIG.items():
-            config.setdefault(key, value)
-    if isinstance(kwargs, dict):
-        if "fused" in kwargs:
-            kwargs["backend"] = "auto" if kwargs.pop("fused") else "scan"
-        for key, value in {**ADDED_SETTINGS, **ADDED_DATA_SETTINGS}.items():
-            kwargs.setdefault(key, value)
+def run_meta(config: dict, vocabulary: list, sizes, history: list) -> dict:
+    """A checkpoint's JSON item, each fact once: the config, the vocabulary and the sizes the data decided (a
+    dataclass); the rest (the model, max_len, the tokenizer, which weights predict) is derived from them."""
+    return {"config": config, "vocabulary": vocabulary, "sizes": dataclasses.asdict(sizes), "history": history}
 
 
 class Checkpoints:
@@ -361,20 +343,22 @@ def find(workdir: str | Path, step: int | None = None) -> tuple[Checkpoints, ocp
     raise UserError(f"no checkpoint in {workdir}; train first: python train.py --workdir {workdir}")
 
 
-def restore_weights(run: Checkpoints, manager: ocp.CheckpointManager, step: int, like, item: str,
-                    meta: dict | None = None):
-    """Only the inference weights (``item`` = ``params`` or ``ema`` of the state) into a tree like ``like``.
+def restore_weights(run: Checkpoints, manager: ocp.CheckpointManager, step: int, like: dict, meta: dict | None = None):
+    """Only some items of the saved state (``like``: ``{"params" or "ema": tree, "tables": tree}``), each into
+    the structure of its tree; returns them by the same keys.
 
     The whole state is read by the names and shapes ``meta`` records (the optimizer's few MB included), so
     prediction never needs to rebuild the optimizer that wrote it.
     """
     meta = meta if meta is not None else run.read_meta(step, manager)
     saved = meta.get("arrays", {})
-    weights = {k.removeprefix(item + "/"): v for k, v in saved.items() if k.startswith(item + "/")}
-    check_compatible(weights, signature(like), f"checkpoint {step} in {manager.directory}")
+    for item, tree in like.items():
+        weights = {k.removeprefix(item + "/"): v for k, v in saved.items() if k.startswith(item + "/")}
+        check_compatible(weights, signature(tree), f"checkpoint {step} in {manager.directory}")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = {name: jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=device) for name, (shape, dtype)
                 in saved.items()}  # fmt: skip
     restored = _flatten(_restore(manager, step, "parameters", state=ocp.args.StandardRestore(_nest(abstract))).state)
-    leaves = [restored[f"{item}/{name}"] for name in named_leaves(like)]
-    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+    return {item: jax.tree.unflatten(jax.tree.structure(tree), [restored[f"{item}/{name}"] for name in
+                                                                 named_leaves(tree)])
+            for item, tree in like.items()}  # fmt: skip

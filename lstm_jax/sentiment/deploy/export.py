@@ -9,6 +9,7 @@ complete; an existing non-empty ``output`` is replaced only with ``force``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -42,8 +43,8 @@ def _portable(restored: RestoredModel) -> nnx.Module:
     rnns = [node for _, node in nnx.iter_graph(restored.model) if isinstance(node, recurrent.RNN)]
     if all(rnn.backend != "cudnn" for rnn in rnns):
         return restored.model
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model({**restored.model_kwargs, "backend": "scan"},
-                                                               nnx.Rngs(0))))  # fmt: skip
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(restored.config, restored.sizes, nnx.Rngs(0),
+                                                               backend="scan")))  # fmt: skip
     return nnx.merge(graphdef, nnx.state(restored.model))
 
 
@@ -78,11 +79,20 @@ def export_stablehlo(model: nnx.Module, folder: Path) -> list[str]:
     return names
 
 
+# The settings that say what the model computes: an exported manifest's "model" section and the ONNX graph's plan.
+MODEL_SETTINGS = ("embedding_dim", "hidden_size", "cell", "num_heads", "num_layers", "bidirectional", "pooling",
+                  "static_embeddings", "subword_buckets", "ngram_buckets", "ngram_order", "dtype")  # fmt: skip
+
+
+def model_settings(restored: RestoredModel) -> dict:
+    """What the model computes, from its config and data sizes (``vocab_size``, ``subword_rows``...)."""
+    return {**{key: restored.config[key] for key in MODEL_SETTINGS}, **dataclasses.asdict(restored.sizes)}
+
+
 def _summary(restored: RestoredModel) -> dict:
-    kwargs = {key: value for key, value in restored.model_kwargs.items() if key != "backend"}
     config = restored.meta.get("config", {})
     return {
-        **kwargs,
+        **model_settings(restored),
         "parameters": int(sum(np.size(leaf) for leaf in jax.tree.leaves(nnx.state(restored.model)))),
         "step": restored.step,
         "dataset": config.get("dataset"),
@@ -113,7 +123,7 @@ def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], thr
     if "onnx" in formats:
         from lstm_jax.sentiment.deploy import onnx_graph  # needs the [onnx] extra
 
-        onnx_graph.write(restored.model_kwargs, named_weights(model), folder / "model.onnx")
+        onnx_graph.write(model_settings(restored), named_weights(model), folder / "model.onnx")
     manifest["sha256"] = {path.name: deploy.sha256(path) for path in sorted(folder.iterdir())}
     (folder / deploy.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -134,7 +144,7 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
     if "onnx" in formats:
         from lstm_jax.sentiment.deploy import onnx_graph  # needs the [onnx] extra
 
-        onnx_graph.check_exportable(restored.model_kwargs)
+        onnx_graph.check_exportable(model_settings(restored))
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:

@@ -20,9 +20,8 @@ direction of a bidirectional layer starts there (ONNX Runtime reverses each row'
 run one step (the operators need at least one) and are then given the zero state back, as our layers do. Padded
 outputs are set to zero before the next layer and the pooling.
 
-Not expressible with these operators (export them as StableHLO instead): the layer-normalised LSTM and the
-projection LSTM (LSTMP: ONNX's ``LSTM`` has no projection), the xLSTM cells (exponential gating with a
-stabiliser state), zoneout (its inference form mixes the old and new state) and bfloat16 models.
+Not expressible with these operators (export them as StableHLO instead): the layer-normalised LSTM, the xLSTM
+cells (exponential gating with a stabiliser state) and bfloat16 models.
 """
 
 from __future__ import annotations
@@ -42,14 +41,10 @@ GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}  # ONNX's gate
 
 
 def check_exportable(kwargs: dict) -> None:
-    """A one-line error naming what in these model arguments ONNX's operators cannot express."""
+    """A one-line error naming what in these model settings ONNX's operators cannot express."""
     reasons = []
     if kwargs["cell"] not in OPERATORS:
         reasons.append(f"cell {kwargs['cell']!r} has no ONNX operator (ONNX has {', '.join(OPERATORS)})")
-    if kwargs.get("proj_size"):
-        reasons.append("ONNX's LSTM has no projection (proj_size)")
-    if kwargs.get("zoneout_rate"):
-        reasons.append("zoneout's inference form is not an ONNX operator")
     if kwargs.get("dtype", "float32") != "float32":
         reasons.append(f"the model computes in {kwargs['dtype']}; the ONNX operators would run float32")
     if reasons:
@@ -116,15 +111,15 @@ def _recurrent_layer(graph: _Graph, operator: str, directions: list[dict], x: st
     return graph.op(operator, *inputs, outputs=2, **attributes)
 
 
-def _input_table(weights: dict, prefix: str) -> np.ndarray:
-    """``<float32>[vocab, E or 2E]``: what the classifier's ``embed_tokens`` gives each token id, as one table.
+def _input_table(weights: dict, prefix: str = "embedder/") -> np.ndarray:
+    """``<float32>[vocab, E or 2E]``: what the classifier's :class:`.Embedder` gives each token id, as one table.
     Subwords and the static channel depend on the token id alone, so they fold into it."""
     table = weights[prefix + "embed/embedding"].astype(np.float32)
     if prefix + "embed_rows" in weights:  # the trained rows, over the frozen table's
-        slots = np.rint(weights[prefix + "row_slots"]).astype(np.int64)
+        slots = weights[prefix + "row_slots"].astype(np.int64)
         table = np.where((slots >= 0)[:, None], weights[prefix + "embed_rows"][np.maximum(slots, 0)], table)
     if prefix + "subword_ids" in weights:
-        ids = np.rint(weights[prefix + "subword_ids"]).astype(np.int64)  # [vocab, SLOTS]
+        ids = weights[prefix + "subword_ids"].astype(np.int64)  # [vocab, SLOTS]
         vectors = weights[prefix + "subword_embed/embedding"]
         total, count = np.zeros_like(table), np.zeros((len(table), 1), np.float32)
         for slot in ids.T:  # one slot at a time: [vocab, SLOTS, E] at once would be a gigabyte for GloVe's vocabulary
@@ -132,20 +127,20 @@ def _input_table(weights: dict, prefix: str) -> np.ndarray:
             total += np.where(filled, vectors[np.maximum(slot, 0)], 0.0)
             count += filled
         table = table + total / np.maximum(count, 1)
-    if prefix + "static_embed/embedding" in weights:
-        table = np.concatenate([table, weights[prefix + "static_embed/embedding"]], axis=-1)
+    if prefix + "static/embedding" in weights:
+        table = np.concatenate([table, weights[prefix + "static/embedding"]], axis=-1)
     return table
 
 
-def _member(graph: _Graph, kwargs: dict, weights: dict, prefix: str, shared: dict) -> str:
-    """One classifier's logit <float32>[B]."""
+def _recurrent_logit(graph: _Graph, kwargs: dict, weights: dict, shared: dict) -> str:
+    """The recurrent classifier's logit <float32>[B] (the n-gram scorer's is added beside it)."""
     operator, hidden = OPERATORS[kwargs["cell"]], kwargs["hidden_size"]
-    x = graph.op("Gather", graph.const(_input_table(weights, prefix), np.float32), "tokens")  # [B, T, E or 2E]
+    x = graph.op("Gather", graph.const(_input_table(weights), np.float32), "tokens")  # [B, T, E or 2E]
     x = graph.op("Transpose", x, perm=[1, 0, 2])  # [T, B, E]
     names = ["forward_rnn/", "backward_rnn/"] if kwargs["bidirectional"] else [""]
     zero = graph.const(np.float32(0.0))
     for layer in range(kwargs["num_layers"]):
-        directions = [_direction_weights(operator, weights, f"{prefix}encoder/layers/{layer}/{name}cell/", hidden)
+        directions = [_direction_weights(operator, weights, f"encoder/layers/{layer}/{name}cell/", hidden)
                       for name in names]  # fmt: skip
         y, final = _recurrent_layer(graph, operator, directions, x, shared["seq_lens"], hidden)
         y = graph.op("Reshape", graph.op("Transpose", y, perm=[0, 2, 1, 3]), graph.const([0, 0, -1], np.int64))
@@ -160,15 +155,9 @@ def _member(graph: _Graph, kwargs: dict, weights: dict, prefix: str, shared: dic
             mean = graph.op("Div", total, shared["lengths_b1"])
             features = graph.op("Concat", mean, features, axis=-1)
     features = graph.op("Where", shared["nonempty_b1"], features, zero)  # length 0: the zero state / zero pooling
-    logit = graph.op("Add", graph.op("MatMul", features, graph.const(weights[prefix + "head/kernel"], np.float32)),
-                     graph.const(weights[prefix + "head/bias"], np.float32))  # fmt: skip
-    logit = graph.op("Squeeze", logit, graph.const([1], np.int64))
-    if prefix + "word_scores/embedding" in weights:  # the bag-of-words path: mean score of the real words
-        scores = graph.op("Gather", graph.const(weights[prefix + "word_scores/embedding"][:, 0], np.float32), "tokens")
-        scores = graph.op("Mul", scores, shared["not_padding"])
-        total = graph.op("ReduceSum", scores, graph.const([1], np.int64), keepdims=0)
-        logit = graph.op("Add", logit, graph.op("Div", total, shared["lengths_b"]))
-    return logit
+    logit = graph.op("Add", graph.op("MatMul", features, graph.const(weights["head/linear/kernel"], np.float32)),
+                     graph.const(weights["head/linear/bias"], np.float32))  # fmt: skip
+    return graph.op("Squeeze", logit, graph.const([1], np.int64))
 
 
 def _ngram_logit(graph: _Graph, weights: dict, shared: dict, order: int) -> str:
@@ -213,7 +202,7 @@ def _ngram_logit(graph: _Graph, weights: dict, shared: dict, order: int) -> str:
 
 
 def _shared(graph: _Graph) -> dict:
-    """Lengths clipped to [0, T] and the masks every member uses."""
+    """Lengths clipped to [0, T] and the masks the graph uses."""
     int32 = 6  # onnx.TensorProto.INT32, FLOAT = 1, BOOL = 9
     time = graph.op("Cast", graph.op("Gather", graph.op("Shape", "tokens"), graph.const(np.int64(1))), to=int32)
     lengths = graph.op("Min", graph.op("Max", "lengths", graph.const(np.int32(0))), time)
@@ -228,9 +217,7 @@ def _shared(graph: _Graph) -> dict:
         "real_tb1": graph.op("Unsqueeze", real_tb, graph.const([2], np.int64)),
         "nonempty_b1": graph.op("Unsqueeze", graph.op("Greater", lengths, graph.const(np.int32(0))),
                                 graph.const([1], np.int64)),  # fmt: skip
-        "lengths_b": lengths_b,
         "lengths_b1": graph.op("Unsqueeze", lengths_b, graph.const([1], np.int64)),
-        "not_padding": graph.op("Cast", graph.op("Not", graph.op("Equal", "tokens", graph.const(np.int32(0)))), to=1),
     }
 
 
@@ -241,10 +228,7 @@ def build(kwargs: dict, weights: dict[str, np.ndarray]):
     check_exportable(kwargs)
     graph = _Graph()
     shared = _shared(graph)
-    size = kwargs.get("ensemble_size", 1)
-    prefixes = [f"members/{index}/" for index in range(size)] if size > 1 else [""]
-    logits = [_member(graph, kwargs, weights, prefix, shared) for prefix in prefixes]
-    logit = logits[0] if size == 1 else graph.op("Div", graph.op("Sum", *logits), graph.const(np.float32(size)))
+    logit = _recurrent_logit(graph, kwargs, weights, shared)
     if "ngrams/table" in weights:
         logit = graph.op("Add", logit, _ngram_logit(graph, weights, shared, kwargs.get("ngram_order", 2)))
     graph.nodes.append(helper.make_node("Sigmoid", [logit], ["probabilities"]))

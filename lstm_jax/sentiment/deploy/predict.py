@@ -15,13 +15,14 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from ml_collections import ConfigDict
 
 from lstm_jax.sentiment import batching
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.config import base_config, validate
 from lstm_jax.sentiment.deploy.statements import FORMATS, predict_file  # noqa: F401  (predict_file: the job's API)
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.model.classifier import build_model, model_kwargs
+from lstm_jax.sentiment.model.classifier import DataSizes, build_model
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 
@@ -74,9 +75,9 @@ def _probabilities(graphdef, params, tokens, lengths):
     return jax.nn.sigmoid(nnx.merge(graphdef, params)(tokens, lengths))
 
 
-def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
-    """(model arguments, vocabulary, max_len, length_bucket) from a checkpoint's metadata, validated like a
-    config before anything is built (a hostile file could ask for a 200,000-member ensemble)."""
+def _checked_settings(meta: dict) -> tuple[ConfigDict, DataSizes, Vocabulary]:
+    """(config, data sizes, vocabulary) from a checkpoint's metadata, validated like a config before anything is
+    built (a hostile file could ask for tables of billions of rows)."""
     config = base_config()
     config.update(meta["config"])
     # The backend decides how, not what, the model computes: a run trained with cuDNN on a GPU predicts here
@@ -84,21 +85,14 @@ def _checked_settings(meta: dict) -> tuple[dict, Vocabulary, int, int]:
     config.backend = "auto"
     validate(config)
     vocabulary = Vocabulary.from_json([str(word) for word in meta["vocabulary"]], config.tokenizer)
-    kwargs, settings = {**meta["model_kwargs"], "backend": "auto"}, meta["data"]
+    sizes = DataSizes(vocabulary.size, **{key: meta["sizes"][key] for key in ("subword_rows", "trained_rows")})
     # The tables' sizes the data decided: at most one row per bucket + 1, one per vocabulary id.
-    sizes = {key: kwargs.get(key, default) for key, default in ckpt.ADDED_DATA_SETTINGS.items()}
     limits = {"subword_rows": config.subword_buckets + 1 if config.subword_buckets else 0,
               "trained_rows": vocabulary.size}  # fmt: skip
     for key, most in limits.items():
-        if type(sizes[key]) is not int or not 0 <= sizes[key] <= most:
-            raise ValueError(f"{key}={sizes[key]!r} must be between 0 and {most}")
-    if kwargs != model_kwargs(config, vocabulary.size, **sizes):
-        raise ValueError("the model arguments disagree with the config")
-    if (settings["max_len"], settings["length_bucket"]) != (config.max_len, config.length_bucket):
-        raise ValueError("the data settings disagree with the config")
-    if settings["tokenizer"] != config.tokenizer:
-        raise ValueError(f"the data settings' tokenizer {settings['tokenizer']!r} disagrees with the config's")
-    return kwargs, vocabulary, config.max_len, config.length_bucket
+        if type(getattr(sizes, key)) is not int or not 0 <= getattr(sizes, key) <= most:
+            raise ValueError(f"{key}={getattr(sizes, key)!r} must be between 0 and {most}")
+    return config, sizes, vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +100,13 @@ class RestoredModel:
     """A trained model rebuilt from a checkpoint, with what prediction needs beside it."""
 
     model: nnx.Module
-    model_kwargs: dict  # the constructor arguments (backend "auto")
+    config: ConfigDict  # the run's config, validated (backend "auto")
+    sizes: DataSizes  # the sizes its data decided
     vocabulary: Vocabulary
     max_len: int
     length_bucket: int
     step: int
-    meta: dict  # the checkpoint's metadata (config, data settings, history)
+    meta: dict  # the checkpoint's metadata (config, vocabulary, sizes, history)
 
 
 def restore_model(workdir: str | Path, step: int | None = None) -> RestoredModel:
@@ -120,16 +115,19 @@ def restore_model(workdir: str | Path, step: int | None = None) -> RestoredModel
     meta = run.read_meta(step, manager)
     where = f"checkpoint {step} in {manager.directory}"
     try:
-        kwargs, vocabulary, max_len, length_bucket = _checked_settings(meta)
+        config, sizes, vocabulary = _checked_settings(meta)
     except UserError as error:
         raise UserError(f"{where} has invalid settings: {error}; retrain") from None
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise UserError(f"{where} has invalid metadata ({error}); retrain") from None
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(kwargs, nnx.Rngs(0))))
-    params = ckpt.restore_weights(run, manager, step, abstract, meta.get("inference_item", "params"), meta)
-    if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params)):
+    graphdef, params, tables = nnx.split(nnx.eval_shape(lambda: build_model(config, sizes, nnx.Rngs(0))), nnx.Param,
+                                         ...)  # fmt: skip
+    weights = "ema" if config.ema_decay > 0 else "params"
+    restored = ckpt.restore_weights(run, manager, step, {weights: params, "tables": tables}, meta)
+    if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(restored[weights])):
         raise UserError(f"{where} has non-finite weights (the run diverged); choose another --step or retrain")
-    return RestoredModel(nnx.merge(graphdef, params), kwargs, vocabulary, max_len, length_bucket, step, meta)
+    model = nnx.merge(graphdef, restored[weights], restored["tables"])
+    return RestoredModel(model, config, sizes, vocabulary, config.max_len, config.length_bucket, step, meta)
 
 
 def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int = 256) -> Predictor:

@@ -24,6 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from lstm_jax.sentiment.tokenizer import PAD_ID
 
@@ -69,6 +70,31 @@ def ngram_logits(table: jax.Array, bias: jax.Array, tokens: jax.Array, lengths: 
     log2_buckets = int(np.log2(table.shape[0]))
     ids, counted = ngram_ids(tokens, lengths, log2_buckets, order)
     return jnp.sum(jnp.where(counted, table[ids], 0.0), axis=1) + bias
+
+
+class NgramTable(nnx.Variable):
+    """A fitted, never-trained weight of the n-gram scorer (kept apart from the parameters)."""
+
+
+class NgramScorer(nnx.Module):
+    """``tokens <int32>[B, T]``, ``lengths <int32>[B]`` -> ``logits <float32>[B]``: ``bias + sum of table[bucket]``
+    over each text's distinct word 1- to ``order``-grams; ``table <float32>[buckets]`` and ``bias`` are filled from
+    :func:`fit_ngram_scorer` before training (:meth:`fill`)."""
+
+    def __init__(self, buckets: int, order: int = 2):
+        if buckets & (buckets - 1):
+            raise ValueError(f"ngram_buckets must be a power of two, got {buckets}")
+        if order not in ORDERS:
+            raise ValueError(f"ngram_order must be one of {ORDERS}, got {order}")
+        self.order = order
+        self.table = NgramTable(jnp.zeros((buckets,), jnp.float32))
+        self.bias = NgramTable(jnp.zeros((), jnp.float32))
+
+    def fill(self, table, bias) -> None:
+        self.table[...], self.bias[...] = table, bias
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+        return ngram_logits(self.table[...], self.bias[...], tokens, lengths, self.order)
 
 
 @dataclasses.dataclass
@@ -179,18 +205,3 @@ def _fit_on_ids(train_ids: np.ndarray, labels: np.ndarray, val_ids: np.ndarray, 
     table[buckets] = fits[best][:-1] * ratio
     return NgramFit(table, float(fits[best][-1]), float(best), tried)
 
-
-def out_of_fold_logits(train: tuple[np.ndarray, np.ndarray, np.ndarray], log2_buckets: int, strength: float,
-                       folds: int = 5, seed: int = 0, order: int = 2) -> np.ndarray:  # fmt: skip
-    """``<float32>[N]``: each training text's n-gram logit from a scorer fitted without its fold (C fixed), the
-    honest estimate of what the scorer will say on unseen text (the full fit has seen every training text)."""
-    tokens, lengths, labels = (np.asarray(part) for part in train)
-    fold = np.empty(len(labels), np.int64)
-    fold[np.random.default_rng(seed).permutation(len(labels))] = np.arange(len(labels)) % folds
-    ids = _counted_ids(tokens, lengths, log2_buckets, order)  # once: each fold's fit takes its rows
-    logits = np.zeros(len(labels), np.float32)
-    for held_out in range(folds):
-        held = fold == held_out
-        fit = _fit_on_ids(ids[~held], labels[~held], ids[held], labels[held], log2_buckets, (strength,))
-        logits[held] = np.asarray(ngram_logits(jnp.asarray(fit.table), fit.bias, tokens[held], lengths[held], order))
-    return logits

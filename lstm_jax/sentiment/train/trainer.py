@@ -1,7 +1,7 @@
 """Training and evaluation of the sentiment classifier (library; the command line is ../../train.py).
 
-The whole run is one pytree, :class:`TrainState` (parameters, optimizer state, moving average, step, the
-epoch's position and metric sums, dropout key), taken and returned by the module-level jitted
+The whole run is one pytree, :class:`TrainState` (parameters, fixed tables, optimizer state, moving average,
+step, the epoch's position and metric sums, dropout key), taken and returned by the module-level jitted
 :func:`train_step` (which donates it) and read by :func:`eval_step`. The encoded data sit on the devices
 from the start; each step gathers its batch there from an index plan (:mod:`.batching`), so the host
 sends nothing per step. ``train_and_evaluate`` reads like Flax's sst2 example: create the state (or
@@ -38,24 +38,20 @@ from lstm_jax.sentiment import batching, files
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.config import check_resumable, validate
 from lstm_jax.sentiment.data import datasets as data_lib
+from lstm_jax.sentiment.data import vectors as vectors_lib
 from lstm_jax.sentiment.data.subwords import compact_buckets, subword_ids
-from lstm_jax.sentiment.data.vectors import (
-    InitialVectors,
-    glove_folder,
-    ppmi_svd_embeddings,
-    read_glove,
-    read_word_vectors,
-    vector_words,
-)
+from lstm_jax.sentiment.data.vectors import InitialVectors
 from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.model.classifier import build_model, model_kwargs
-from lstm_jax.sentiment.model.ngrams import NgramFit, fit_ngram_scorer, out_of_fold_logits
+from lstm_jax.sentiment.model.classifier import DataSizes, build_model, check_model
+from lstm_jax.sentiment.model.ngrams import NgramFit, fit_ngram_scorer
 from lstm_jax.sentiment.process.cli import enable_compilation_cache
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary
 from lstm_jax.sentiment.train import distributed
 from lstm_jax.sentiment.train.reporting import RunReport
 
 SUMS = ("loss", "correct", "count", "nonfinite")  # what a step adds up; divided by count when reported
+EVAL_BATCH_SIZE = 256  # examples per evaluation step (rounded up to a multiple of the device count)
+POOLED_LENGTH_BUCKET = 8  # length-pooled training batches hold similar lengths, so they pad to a finer multiple
 
 
 class NonFiniteLoss(UserError):
@@ -69,7 +65,8 @@ class TrainState:
     step: jax.Array  # <int32>[]: optimizer steps taken in the whole run
     epoch: jax.Array  # <int32>[]: finished epochs
     batch: jax.Array  # <int32>[]: batches already taken in the current epoch
-    params: nnx.State  # the model's parameters
+    params: nnx.State  # the model's nnx.Param weights: the only ones differentiated, updated and averaged
+    tables: nnx.State  # everything else of the model: its fixed tables (embedding channels, ids, n-gram scorer)
     opt_state: optax.OptState
     ema: nnx.State | None  # moving average of the parameters (ema_decay > 0), else None
     sums: dict[str, jax.Array]  # the current epoch's running sums, keys SUMS
@@ -77,89 +74,50 @@ class TrainState:
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
-    adversarial_epsilon: float = struct.field(pytree_node=False, default=0.0)
-    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+
+    def model(self, weights: nnx.State | None = None) -> nnx.Module:
+        """The model with ``weights`` (default: the parameters) and the fixed tables."""
+        return nnx.merge(self.graphdef, self.params if weights is None else weights, self.tables)
 
     def inference_weights(self) -> nnx.State:
         """The weights evaluated and used for prediction: the moving average when there is one."""
         return self.ema if self.ema is not None else self.params
 
 
-def make_optimizer(config, steps_per_epoch: int, frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
-    """Adam (or AdamW) by the config, leaving the never-trained weights (and those under ``frozen``) as they are."""
-    learning_rate = config.learning_rate
-    if config.schedule == "cosine":
-        total = max(1, config.num_epochs * steps_per_epoch)
-        warmup = int(config.warmup_epochs * steps_per_epoch)
-        learning_rate = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total)
-    if config.weight_decay > 0:
-        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
-    else:
-        optimizer = optax.adam(learning_rate)
-    if config.grad_clip_norm > 0:
-        optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
-    # Never trained: the fitted n-gram table, the static embedding channel, the words' subword buckets and rows.
-    frozen_modules = {"ngrams", "static_embed", "subword_ids", "row_slots", *frozen}
-    if config.freeze_embeddings:
-        frozen_modules.add("embed")
-    if config.ngram_buckets or config.freeze_embeddings or config.static_embeddings or config.subword_buckets or frozen:
-        optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
-                                          functools.partial(_frozen_labels, frozen_modules))  # fmt: skip
-    return optimizer
-
-
-def _frozen_labels(modules: set[str], params):
-    """"frozen" for the weights under any of ``modules`` (``embed``: every word-embedding table, ensemble
-    members' too; ``ngrams``: the fitted n-gram scorer; ``static_embed``: the static channels; ``subword_ids``:
-    the words' n-gram buckets), else "train"."""
-    frozen = lambda path: any(getattr(key, "key", None) in modules for key in path)  # noqa: E731
-    return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if frozen(path) else "train", params)
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam with the config's step size (over the parameters alone: the fixed tables are not in its tree)."""
+    return optax.adam(config.learning_rate)
 
 
 def zero_sums() -> dict[str, jax.Array]:
     return {name: jnp.zeros((), jnp.float32) for name in SUMS}
 
 
-def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
-                       initial_vectors: InitialVectors | None = None, ngram_fit: NgramFit | None = None,
-                       subwords: np.ndarray | None = None,
-                       trained_rows: np.ndarray | None = None) -> TrainState:  # fmt: skip
+def create_train_state(config, sizes: DataSizes, mesh: Mesh, initial_vectors: InitialVectors | None = None,
+                       ngram_fit: NgramFit | None = None, subwords: np.ndarray | None = None,
+                       trained_ids: np.ndarray | None = None) -> TrainState:  # fmt: skip
     """A fresh state, built in one jitted call (eager initialisation costs hundreds of small dispatches).
 
-    ``initial_vectors``, when given, replace rows of every embedding table (see :class:`InitialVectors`), and
-    the static channels start as copies of the result; ``ngram_fit`` fills the n-gram scorer; ``subwords
-    <int32>[vocab, SLOTS]`` (:func:`.subwords.subword_ids`) the words' n-gram buckets; ``trained_rows <int32>[R]``
-    (with ``kwargs["trained_rows"]`` = R) the ids whose rows training moves, copied into ``embed_rows``.
+    The model fills its own tables (:meth:`.Embedder.fill`): ``initial_vectors`` replace rows of the embedding
+    table, and the static channel starts as a copy of the result; ``ngram_fit`` fills the n-gram scorer;
+    ``subwords <int32>[vocab, SLOTS]`` (:func:`.subwords.subword_ids`) the words' n-gram rows; ``trained_ids
+    <int32>[R]`` (R = ``sizes.trained_rows``) the ids whose rows training moves, copied into ``embed_rows``.
     """
-    tx = make_optimizer(config, steps_per_epoch, ("embed",) if kwargs.get("trained_rows") else ())
+    tx = make_optimizer(config)
 
-    def init(initial_vectors, ngram_fit, subwords, trained_rows):
-        model = build_model(kwargs, nnx.Rngs(params=config.seed))
+    def init(initial_vectors, ngram_fit, subwords, trained_ids):
+        model = build_model(config, sizes, nnx.Rngs(params=config.seed))
         if ngram_fit is not None:
-            model.ngrams.table[...], model.ngrams.bias[...] = ngram_fit
+            model.ngrams.fill(*ngram_fit)
         vectors, rows = (initial_vectors.vectors, initial_vectors.rows) if initial_vectors is not None else (None, None)
-        for classifier in model.classifiers():
-            embed = classifier.embed
-            if vectors is not None:
-                if rows is None:
-                    scale = jnp.std(embed.embedding[...]) / jnp.maximum(jnp.std(vectors), 1e-8)
-                    embed.embedding[...] = vectors * scale
-                else:
-                    embed.embedding[...] = jnp.where(rows[:, None], vectors, embed.embedding[...])
-            if classifier.static_embed is not None:
-                classifier.static_embed.embedding[...] = embed.embedding[...]
-            if subwords is not None:
-                classifier.subword_ids[...] = subwords.astype(jnp.float32)
-            if trained_rows is not None:
-                classifier.embed_rows[...] = embed.embedding[...][trained_rows]
-                slots = jnp.arange(len(trained_rows), dtype=jnp.float32)
-                classifier.row_slots[...] = classifier.row_slots[...].at[trained_rows].set(slots)
-        graphdef, params = nnx.split(model)
+        model.embedder.fill(vectors, rows, subwords, trained_ids)
+        graphdef, params, tables = nnx.split(model, nnx.Param, ...)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             epoch=jnp.zeros((), jnp.int32),
             batch=jnp.zeros((), jnp.int32),
             params=params,
+            tables=tables,
             opt_state=tx.init(params),
             ema=params if config.ema_decay > 0 else None,
             sums=zero_sums(),
@@ -167,21 +125,16 @@ def create_train_state(config, kwargs: dict, steps_per_epoch: int, mesh: Mesh,
             graphdef=graphdef,  # static: it leaves the jitted call as part of the pytree's structure
             tx=tx,
             ema_decay=config.ema_decay,
-            adversarial_epsilon=config.adversarial_epsilon,
-            label_smoothing=config.label_smoothing,
         )
 
     fitted = None if ngram_fit is None else (ngram_fit.table, np.float32(ngram_fit.bias))
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted, subwords, trained_rows)
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(initial_vectors, fitted, subwords, trained_ids)
 
 
-def batch_sums(member_logits, labels, weights, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-    """Sums over a batch; ``member_logits <[members, batch]>``. Each member's own loss, averaged over members,
-    against targets ``1 - label_smoothing / 2`` and ``label_smoothing / 2``; the accuracy is that of the averaged
-    logit."""
-    targets = labels.astype(jnp.float32) * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    losses = optax.sigmoid_binary_cross_entropy(member_logits, targets).mean(axis=0)
-    correct = ((member_logits.mean(axis=0) > 0) == (labels == 1)).astype(jnp.float32)
+def batch_sums(logits, labels, weights) -> dict[str, jax.Array]:
+    """Sums over a batch of ``logits <float32>[batch]``: cross-entropy, correct answers, real examples."""
+    losses = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+    correct = ((logits > 0) == (labels == 1)).astype(jnp.float32)
     return {"loss": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
 
 
@@ -190,41 +143,19 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def adversarial_gradients(loss_fn, state: TrainState, tokens_shape: tuple[int, int]):
-    """Adversarial training on the embeddings (Miyato, Dai and Goodfellow, 2017): the gradient of the loss on the
-    batch plus that of the loss on the same batch with each text's embedded tokens moved, by
-    ``adversarial_epsilon`` in L2 norm over all its tokens, in the direction that raises its loss fastest. Both
-    passes draw the same dropout. ``loss_fn(params, perturbations <[members, batch, time, embedding_dim]>)``.
-    Returns the summed gradients and the sums of the unperturbed pass."""
-    classifiers = nnx.merge(state.graphdef, state.params).classifiers()
-    zeros = jnp.zeros((len(classifiers), *tokens_shape, classifiers[0].embed.features), jnp.float32)
-    (grads, direction), sums = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(state.params, zeros)
-    # Padded positions and padded rows get a zero gradient, so they stay unperturbed.
-    norm = jnp.sqrt(jnp.sum(jnp.square(direction), axis=(2, 3), keepdims=True))
-    perturbations = jax.lax.stop_gradient(state.adversarial_epsilon * direction / jnp.maximum(norm, 1e-20))
-    adversarial_grads, _ = jax.grad(loss_fn, has_aux=True)(state.params, perturbations)
-    return jax.tree.map(jnp.add, grads, adversarial_grads), sums
-
-
 @functools.partial(jax.jit, static_argnames="time", donate_argnames="state")
 def train_step(state: TrainState, examples: dict, order: jax.Array, time: int) -> TrainState:
     """One optimizer step on batch ``state.batch`` of the epoch's ``order <int32>[batches, batch_size]``."""
     batch = batching.take_batch(examples, order[state.batch], time)
     dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
-    def loss_fn(params, perturbations=None):
-        model = nnx.merge(state.graphdef, params)
+    def loss_fn(params):
         dropout = nnx.Rngs(dropout=dropout_key)  # made inside: NNX RNG counters belong to the trace using them
-        logits = model.member_logits(batch["tokens"], batch["lengths"], rngs=dropout, perturbations=perturbations)
-        if "offsets" in batch:  # ngram_residual: the recurrent model learns what the n-gram scorer gets wrong
-            logits = logits + batch["offsets"]
-        sums = batch_sums(logits, batch["labels"], batch["weights"], state.label_smoothing)
+        logits = state.model(params)(batch["tokens"], batch["lengths"], rngs=dropout)
+        sums = batch_sums(logits, batch["labels"], batch["weights"])
         return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
 
-    if state.adversarial_epsilon > 0:
-        grads, sums = adversarial_gradients(loss_fn, state, batch["tokens"].shape)
-    else:
-        grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # Counted every step: a non-finite loss. Non-finite parameters (a diverged update can leave a finite loss
@@ -247,8 +178,7 @@ def train_step(state: TrainState, examples: dict, order: jax.Array, time: int) -
 def eval_step(state: TrainState, sums: dict, examples: dict, indices: jax.Array, time: int) -> dict:
     """Adds one evaluation batch (``indices <int32>[batch_size]``) to ``sums``."""
     batch = batching.take_batch(examples, indices, time)
-    model = nnx.merge(state.graphdef, state.inference_weights())
-    logits = model.member_logits(batch["tokens"], batch["lengths"])
+    logits = state.model(state.inference_weights())(batch["tokens"], batch["lengths"])
     return jax.tree.map(jnp.add, sums, {**batch_sums(logits, batch["labels"], batch["weights"]), "nonfinite": 0.0})
 
 
@@ -293,7 +223,8 @@ class Evaluator:
     """Evaluates a split; its batches (sorted by length) are planned and sent to the devices once."""
 
     def __init__(self, split: DeviceSplit, config, mesh: Mesh):
-        plan = batching.plan_batches(split.lengths, config.eval_batch_size, config.length_bucket, config.max_len)
+        batch_size = -(-EVAL_BATCH_SIZE // mesh.size) * mesh.size
+        plan = batching.plan_batches(split.lengths, batch_size, config.length_bucket, config.max_len)
         indices = np.where(plan.indices >= 0, plan.indices + split.first_row, -1).astype(np.int32)
         sharding = NamedSharding(mesh, P("data"))
         self.split, self.batches = split, [(put(row, sharding), time) for row, time in zip(indices, plan.time)]
@@ -311,10 +242,11 @@ class Evaluator:
 
 def epoch_plan(config, epoch: int, lengths: np.ndarray) -> batching.BatchPlan:
     """Epoch ``epoch``'s training batches: a function of (seed, epoch) alone, so a resumed run and every process
-    of a multi-process run make the same ones. Padded to ``train_length_bucket`` (0: ``length_bucket``)."""
+    of a multi-process run make the same ones. Length-pooled batches pad to :data:`POOLED_LENGTH_BUCKET`, the plain
+    shuffle's to ``length_bucket`` (as evaluation)."""
     order = np.random.default_rng([config.seed, epoch]).permutation(len(lengths))
-    return batching.plan_training_batches(lengths, config.batch_size,
-                                          config.train_length_bucket or config.length_bucket, config.max_len, order,
+    length_bucket = POOLED_LENGTH_BUCKET if config.length_pool > 1 else config.length_bucket
+    return batching.plan_training_batches(lengths, config.batch_size, length_bucket, config.max_len, order,
                                           config.length_pool, np.random.default_rng([config.seed, epoch, 1]))
 
 
@@ -325,7 +257,7 @@ def checked_sums(state: TrainState) -> dict[str, float]:
     if sums["nonfinite"] or not math.isfinite(sums["loss"]) or not all_finite(state.params):
         raise NonFiniteLoss(
             f"the training loss or parameters became non-finite by step {int(state.step)}; "
-            "the last good checkpoint is kept. Lower --config.learning_rate or set --config.grad_clip_norm"
+            "the last good checkpoint is kept. Lower --config.learning_rate"
         )
     return sums
 
@@ -366,7 +298,7 @@ class Job:
     run: ckpt.Checkpoints | None  # created once the data and state are ready
     report: RunReport
     vocabulary: Vocabulary
-    model_kwargs: dict
+    sizes: DataSizes
     train: DeviceSplit
     validate: Evaluator | None  # None without a validation split (validation_fraction=0)
     test: Evaluator
@@ -374,15 +306,8 @@ class Job:
 
     def save(self, state: TrainState, val_accuracy: float | None = None) -> None:
         config = self.config
-        self.run.save(int(state.step), state, {
-            "config": config.to_dict(),
-            "model_kwargs": self.model_kwargs,
-            "vocabulary": self.vocabulary.to_json(),
-            "data": {"max_len": config.max_len, "length_bucket": config.length_bucket,
-                     "tokenizer": self.vocabulary.rules},
-            "history": self.report.history,
-            "inference_item": "ema" if state.ema is not None else "params",
-        }, val_accuracy)  # fmt: skip
+        self.run.save(int(state.step), state, ckpt.run_meta(config.to_dict(), self.vocabulary.to_json(),
+                                                            self.sizes, self.report.history), val_accuracy)  # fmt: skip
 
     def finished_early(self) -> bool:
         return finished_early(self.report.history, self.config.early_stopping_patience)
@@ -391,14 +316,13 @@ class Job:
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Trains (or resumes) the run in ``workdir``, evaluates the test split once, returns the final metrics."""
     files.local_path(str(workdir), "--workdir")
-    validate(config)
+    check_settings(config)
     enable_compilation_cache(config.compilation_cache_dir)
     distributed.maybe_initialize(config)
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    for name in ("batch_size", "eval_batch_size"):
-        if config[name] % mesh.size:
-            raise UserError(f"{name} {config[name]} does not divide by the {mesh.size} devices; "
-                            f"use a multiple of {mesh.size} (--config.{name})")  # fmt: skip
+    if config.batch_size % mesh.size:
+        raise UserError(f"batch_size {config.batch_size} does not divide by the {mesh.size} devices; "
+                        f"use a multiple of {mesh.size} (--config.batch_size)")  # fmt: skip
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"workdir {workdir} is not a folder; choose another --workdir")
@@ -420,6 +344,15 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
             job.run.close()
 
 
+def check_settings(config) -> None:
+    """Every rule on the settings, before any data is read: the config's own ranges, whether the model's parts
+    fit together and whether the chosen vectors are there (one line each)."""
+    validate(config)
+    check_model(config)
+    if config.embedding_init == "glove":
+        vectors_lib.glove_folder(config.embedding_path)
+
+
 def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     """Data on the devices and a fresh train state; the vocabulary and history of the run in ``workdir``
     when there is one (its checkpoints are only read here)."""
@@ -434,75 +367,64 @@ def prepare(config, workdir: Path, mesh: Mesh) -> tuple[Job, TrainState]:
     else:
         vocabulary = Vocabulary.fit(splits.train.texts, config.vocab_size, config.tokenizer)
         if config.vectors_vocab:
-            extra = vector_words(config, config.vectors_vocab, set(vocabulary.words))
+            extra = vectors_lib.vector_words(config, config.vectors_vocab, set(vocabulary.words))
             vocabulary = Vocabulary(vocabulary.words + extra, config.tokenizer)
             log(f"vocabulary: {len(extra):,} words added from the pretrained vectors (--config.vectors_vocab)")
     [train] = device_splits(vocabulary, [splits.train], config.max_len, mesh)
     validation, test = device_splits(vocabulary, [splits.validation, splits.test], config.max_len, mesh)
     log(f"data {config.dataset}: train {len(train)}, validation {len(validation)}, test {len(test)}; "
         f"vocabulary {vocabulary.size} ids; {mesh.size} device(s)")  # fmt: skip
-    initial_vectors = None
-    if config.embedding_init == "ppmi_svd" and meta is None:  # a resumed run restores its embeddings instead
-        vectors = ppmi_svd_embeddings(train.tokens, vocabulary.size, config.embedding_dim, seed=config.seed)
-        initial_vectors = InitialVectors(vectors)
-    elif config.embedding_init == "file" and meta is None:
-        initial_vectors, coverage = read_word_vectors(config.embedding_path, vocabulary, config.embedding_dim,
-                                                      train.tokens)  # fmt: skip
-        log(f"word vectors from {config.embedding_path}: {coverage}")
-    elif config.embedding_init == "glove" and meta is None:
-        folder = glove_folder(config.embedding_path)
-        initial_vectors, coverage = read_glove(folder, vocabulary, config.embedding_dim, train.tokens)
-        log(f"GloVe 6B vectors from {folder}: {coverage}")
-    ngram_fit = fit_ngrams(config, splits, train, validation, meta is not None, mesh, log)
-    subwords = rows = None  # a resumed run restores the tables; their sizes come with its metadata
     if meta is None:
-        sizes = dict(ckpt.ADDED_DATA_SETTINGS)  # 0: the full tables
-        ids_in_training = np.unique(np.asarray(train.tokens))  # padding included
-        if config.subword_buckets:
-            words = subword_ids(vocabulary.words, config.subword_buckets)
-            subwords, sizes["subword_rows"] = compact_buckets(words, ids_in_training)
-        rows = seen_rows(config, ids_in_training)
-        sizes["trained_rows"] = 0 if rows is None else len(rows)
-    else:
-        sizes = {key: meta["model_kwargs"][key] for key in ckpt.ADDED_DATA_SETTINGS}
-    kwargs = model_kwargs(config, vocabulary.size, **sizes)
-    state = create_train_state(config, kwargs, -(-len(train) // config.batch_size), mesh, initial_vectors,
-                               ngram_fit, subwords, rows)  # fmt: skip
+        tables = (initial_vectors_for(config, vocabulary, train, log),
+                  fit_ngrams(config, splits, train, validation, log))  # fmt: skip
+        sizes, subwords, trained_ids = data_sizes(config, vocabulary, train)
+        state = create_train_state(config, sizes, mesh, *tables, subwords, trained_ids)
+    else:  # a resumed run restores its tables; their sizes come with its metadata
+        sizes = DataSizes(**meta["sizes"])
+        state = create_train_state(config, sizes, mesh)
     title = (f"{config.cell}{' bidirectional' if config.bidirectional else ''} E{config.embedding_dim} "
              f"H{config.hidden_size}, {config.pooling} pooling, on {config.dataset} ({Path(workdir).name})")
     report = RunReport(workdir, meta["history"] if meta else [], enabled=is_main, tensorboard=config.tensorboard,
                        title=title, tested=config.test_checkpoint, planned_epochs=config.num_epochs)  # fmt: skip
-    job = Job(config, mesh, None, report, vocabulary, kwargs, train,
+    job = Job(config, mesh, None, report, vocabulary, sizes, train,
               Evaluator(validation, config, mesh) if len(validation) else None, Evaluator(test, config, mesh), log)
     return job, state
 
 
-def seen_rows(config, ids_in_training: np.ndarray) -> np.ndarray | None:
-    """The ids whose embedding rows training can move (padding, unknown and ``ids_in_training``, the ids in the
-    training texts), when the vocabulary also holds words only the pretrained vectors know (``vectors_vocab``);
-    else None: then training reaches (nearly) every row, and the whole table is trained."""
-    if not config.vectors_vocab or config.freeze_embeddings:
+def initial_vectors_for(config, vocabulary: Vocabulary, train: DeviceSplit, log) -> InitialVectors | None:
+    """The embedding table's starting vectors by ``embedding_init`` (None: random)."""
+    if config.embedding_init == "ppmi_svd":
+        return InitialVectors(vectors_lib.ppmi_svd_embeddings(train.tokens, vocabulary.size, config.embedding_dim,
+                                                              seed=config.seed))  # fmt: skip
+    if config.embedding_init == "random":
         return None
-    return np.union1d(ids_in_training, [PAD_ID, UNKNOWN_ID]).astype(np.int32)
+    initial_vectors, coverage, which = vectors_lib.read_vectors(config, vocabulary, train.tokens)
+    log(f"{which}: {coverage}")
+    return initial_vectors
 
 
-def fit_ngrams(config, splits, train: DeviceSplit, validation: DeviceSplit, resumed: bool, mesh: Mesh,
-               log) -> NgramFit | None:  # fmt: skip
-    """The n-gram scorer fitted on the training split (None without one, and for a resumed run, which restores
-    its table); with ``ngram_residual``, also the out-of-fold logits the recurrent model trains on top of (put
-    beside ``train``'s examples). A resumed residual run refits to find the same C (the fit is deterministic)."""
-    if not config.ngram_buckets or (resumed and not config.ngram_residual):
+def data_sizes(config, vocabulary: Vocabulary, train: DeviceSplit):
+    """(:class:`DataSizes`, subword rows <int32>[vocab, SLOTS] or None, trained ids <int32>[R] or None) of a new
+    run. Only what training reaches is trained: the subword buckets of the training texts' words, and with
+    ``vectors_vocab`` (words only the vectors know) the rows of padding, unknown and the training texts' ids."""
+    ids_in_training = np.unique(np.asarray(train.tokens))  # padding included
+    subwords, subword_rows, trained_ids = None, 0, None
+    if config.subword_buckets:
+        subwords, subword_rows = compact_buckets(subword_ids(vocabulary.words, config.subword_buckets), ids_in_training)
+    if config.vectors_vocab:
+        trained_ids = np.union1d(ids_in_training, [PAD_ID, UNKNOWN_ID]).astype(np.int32)
+    sizes = DataSizes(vocabulary.size, subword_rows, 0 if trained_ids is None else len(trained_ids))
+    return sizes, subwords, trained_ids
+
+
+def fit_ngrams(config, splits, train: DeviceSplit, validation: DeviceSplit, log) -> NgramFit | None:
+    """The n-gram scorer fitted on the training split (None without one)."""
+    if not config.ngram_buckets:
         return None
     log2_buckets = config.ngram_buckets.bit_length() - 1
     fit = fit_ngram_scorer((train.tokens, train.lengths, splits.train.labels),
                            (validation.tokens, validation.lengths, splits.validation.labels), log2_buckets,
                            order=config.ngram_order)  # fmt: skip
-    if config.ngram_residual:
-        offsets = out_of_fold_logits((train.tokens, train.lengths, splits.train.labels), log2_buckets, fit.strength,
-                                     seed=config.seed, order=config.ngram_order)  # fmt: skip
-        train.examples["offsets"] = put(offsets, NamedSharding(mesh, P()))
-    if resumed:
-        return None
     log(fit.describe())
     return fit
 
