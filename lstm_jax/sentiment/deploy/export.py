@@ -9,6 +9,7 @@ complete; an existing non-empty ``output`` is replaced only with ``force``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -31,6 +32,17 @@ from lstm_jax.sentiment.model.classifier import build_model
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda")
+NEEDS = {"stablehlo": "flatbuffers", "onnx": "onnx"}  # what each format's writer imports beyond the job's install
+
+
+def check_installed(formats: list[str]) -> None:
+    """A one-line error naming the extra to install when a format's writer is missing."""
+    for name in formats:
+        try:
+            importlib.import_module(NEEDS[name])
+        except ImportError:
+            raise UserError(f"exporting {name} needs the {NEEDS[name]} package: pip install 'lstm_jax[export]'"
+                            ) from None  # fmt: skip
 
 
 def _portable(restored: RestoredModel) -> nnx.Module:
@@ -156,6 +168,7 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"threshold must be between 0 and 1, got {threshold}")
     check_output(Path(os.path.realpath(workdir)), output, force)
+    check_installed(formats)
     restored = restore_model(workdir, step)
     if "onnx" in formats:
         from lstm_jax.sentiment.deploy import onnx_graph  # needs the [onnx] extra
