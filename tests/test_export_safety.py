@@ -62,6 +62,11 @@ def test_force_replaces_an_earlier_export_only(runs, exported, tmp_path):
     _one_line(_export("--workdir", runs / "a", "--output", runs / "b", "--format", "onnx", "--force"),
               "that export.py did not write")  # fmt: skip
     assert _contents(runs) == before
+    (runs / "c").mkdir()
+    (runs / "c" / "manifest.json").write_text("my own manifest, not an export's")
+    _one_line(_export("--workdir", runs / "a", "--output", runs / "c", "--format", "onnx", "--force"),
+              "that export.py did not write")  # fmt: skip
+    assert (runs / "c" / "manifest.json").read_text() == "my own manifest, not an export's"
     earlier = shutil.copytree(exported, tmp_path / "earlier")
     result = _export("--workdir", runs / "a", "--output", earlier, "--format", "onnx", "--force", "--threshold", "0.7")
     assert result.returncode == 0, result.stderr

@@ -171,6 +171,7 @@ def test_a_token_guards_the_api_but_not_the_probes(exported_model, tmp_path):
         assert guarded.request("GET", "/metrics")[0] == 401 and guarded.request("GET", "/readyz")[0] == 200
         authorized = {"Authorization": "Bearer s3cret-token", "Host": "api.example:443"}
         assert guarded.request("POST", "/predict", body, authorized)[0] == 200
+        assert guarded.request("POST", "/predict", body, {"Authorization": "bearer  s3cret-token"})[0] == 200
         assert guarded.request("GET", "/model", None, {**authorized, "Host": "evil.example"})[0] == 421
     finally:
         assert guarded.stop() == 0
@@ -180,6 +181,7 @@ def test_a_token_guards_the_api_but_not_the_probes(exported_model, tmp_path):
     "args, fragment",
     [
         (("--host", "0.0.0.0"), "--token_file FILE"),
+        (("--host", "no-such-host.invalid"), "is not an address of this machine"),
         (("--token_file", "/nonexistent/token"), "is not a file"),
         (("--ssl_certfile", "/nonexistent/cert.pem"), "go together"),
         (("--ssl_certfile", "/nonexistent/cert.pem", "--ssl_keyfile", "/nonexistent/key.pem"), "cannot load the TLS"),

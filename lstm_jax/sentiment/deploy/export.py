@@ -137,7 +137,18 @@ def is_earlier_export(folder: Path) -> bool:
     if folder.is_symlink() or not folder.is_dir():
         return False
     names = {path.name for path in folder.iterdir()}
-    return not names or (deploy.MANIFEST in names and names <= known)
+    return not names or (names <= known and _looks_like_a_manifest(folder / deploy.MANIFEST))
+
+
+def _looks_like_a_manifest(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a JSON object with an export's format version and digests."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
+        return False
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return isinstance(manifest, dict) and {"format_version", "sha256"} <= manifest.keys()
 
 
 def check_output(workdir: Path, output: Path, force: bool) -> None:

@@ -147,8 +147,9 @@ def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or an address) reaches this machine only."""
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
-    except OSError:
-        return False
+    except OSError as error:
+        raise UserError(f"--host {host} is not an address of this machine ({error.strerror or error}); use e.g. "
+                        "127.0.0.1, ::1 or 0.0.0.0") from None  # fmt: skip
     return all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
 
 
@@ -182,7 +183,7 @@ class Guard:
 
     def __init__(self, app, allowed_hosts: set[str] | None, token: str | None, refused):
         self.app, self.allowed, self.refused = app, allowed_hosts, refused
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -192,7 +193,8 @@ class Guard:
             return await self._answer(send, 421, "the Host header does not name this server; use its address, or "
                                       "start serve.py with --allowed_hosts", "wrong_host")  # fmt: skip
         if self.expected and scope["path"] not in OPEN_ROUTES:
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            scheme, _, sent = headers.get(b"authorization", b"").strip().partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(sent.strip(), self.expected):
                 return await self._answer(send, 401, "send the token: Authorization: Bearer <token>", "unauthorized",
                                           [(b"www-authenticate", b"Bearer")])  # fmt: skip
         return await self.app(scope, receive, send)
