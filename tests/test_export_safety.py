@@ -168,3 +168,16 @@ def test_predict_never_writes_inside_the_workdir_it_reads(runs, tmp_path):
         _one_line(_predict("--workdir", workdir, "--input", tmp_path / "in.txt", "--output", output),
                   "which this command reads")  # fmt: skip
     assert _contents(workdir) == before
+
+
+def test_sigterm_as_the_staging_folder_appears_leaves_the_old_export_and_nothing_else(runs, exported, tmp_path):
+    output = shutil.copytree(exported, tmp_path / "model")
+    before = _contents(output)
+    process = _export("--workdir", runs / "a", "--output", output, "--format", "onnx", "--force", "--threshold", "0.3",
+                      wait=False)  # fmt: skip
+    _wait_for_staging(tmp_path, "model", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (0, 130), stderr
+    assert sorted(os.listdir(tmp_path)) == ["model", "runs"]
+    assert _contents(output) == before or deploy.load(output).threshold == 0.3

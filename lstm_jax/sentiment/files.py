@@ -248,7 +248,7 @@ def _renameat2(source: Path, target: Path, flag: int) -> bool:
 
 
 @contextlib.contextmanager
-def _signals_deferred():
+def signals_deferred():
     """SIGINT and SIGTERM wait until the block is done (a step of two renames is never cut in half). Python runs
     handlers in the main thread whichever thread the signal reached, so the handlers are swapped, not masked."""
     if threading.current_thread() is not threading.main_thread():
@@ -275,7 +275,7 @@ def publish_folder(staging: Path, output: Path, replaceable: Callable[[Path], bo
     or changed meanwhile is put back, untouched). Raises :class:`UserError` when ``output`` may not be replaced.
     """
     appeared = UserError(f"output {output} appeared while exporting and was left as it is; choose a new --output")
-    with _signals_deferred():
+    with signals_deferred():
         if not os.path.lexists(output):
             try:
                 if not _renameat2(staging, output, _RENAME_NOREPLACE):

@@ -186,7 +186,8 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
 
         onnx_graph.check_exportable(restored.model_kwargs)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    with files.signals_deferred():  # the folder and its name come together: a signal cannot orphan it
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         _write_folder(restored, staging, list(formats), threshold)
         staging.chmod(0o777 & ~files.umask())  # mkdtemp made it private; the folder is meant to be shared
