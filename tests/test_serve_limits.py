@@ -79,13 +79,17 @@ def test_a_head_or_url_too_long_is_refused_and_others_are_served(server):
     assert _metric(server, 'lstm_jax_request_errors_total{reason="head_too_large"}') >= 1
 
 
-@pytest.mark.parametrize("partial", [b"", b"GET /health HTTP/1.1\r\nHo",
+@pytest.mark.parametrize("partial", [b"GET /health HTTP/1.1\r\nHo",
                                      b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                      b"Content-Length: 100\r\n\r\n{\"statements\": "])  # fmt: skip
 def test_a_request_not_sent_in_time_is_answered_408_and_closed(server, partial):
     answer = _raw(server.port, partial, wait=30)
     assert answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(b"}"), answer[:200]
     assert server.request("GET", "/health")[0] == 200
+
+
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(server):
+    assert _raw(server.port, b"", wait=30) == b""
 
 
 def test_connections_past_the_limit_get_503_with_retry_after(server):

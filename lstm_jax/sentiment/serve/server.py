@@ -66,9 +66,10 @@ def guarded_protocol(bounds: Bounds, refused):
 
         def connection_made(self, transport) -> None:
             if len(self.server_state.connections) >= bounds.max_connections:
-                self._rejected = True
-                self._answer_and_close(transport, _raw_response(503, "Service Unavailable", "too many open "
-                                                                "connections; retry shortly", "retry-after: 1\r\n"))
+                self._rejected = True  # answered and closed at once: lingering would hold the descriptors we lack
+                transport.write(_raw_response(503, "Service Unavailable", "too many open connections; retry shortly",
+                                              "retry-after: 1\r\n"))  # fmt: skip
+                transport.close()
                 refused("too_many_connections")
                 return
             self._head = bytearray()
@@ -107,20 +108,20 @@ def guarded_protocol(bounds: Bounds, refused):
             return True
 
         def _refuse(self, status: int, reason: str, message: str, metric: str) -> bool:
-            self._answer_and_close(self.transport, _raw_response(status, reason, message))
+            self._answer_and_close(_raw_response(status, reason, message))
             refused(metric)
             return False
 
-        def _answer_and_close(self, transport, answer: bytes) -> None:
+        def _answer_and_close(self, answer: bytes) -> None:
             """Answers, then reads and drops what the client is still sending for a moment before closing: a
             socket closed with unread data resets the connection, and the client may lose the answer."""
-            transport.write(answer)
-            if not transport.can_write_eof():
-                transport.close()
+            self.transport.write(answer)
+            if not self.transport.can_write_eof():
+                self.transport.close()
                 return
-            transport.write_eof()
+            self.transport.write_eof()
             self._discarding = True
-            self.loop.call_later(1.0, transport.close)
+            self.loop.call_later(1.0, self.transport.close)
 
         def _arm(self) -> None:
             if self._deadline is None:
@@ -133,12 +134,13 @@ def guarded_protocol(bounds: Bounds, refused):
             answering = cycle is not None and not cycle.more_body and not cycle.response_complete
             if answering or self.transport.is_closing():
                 return
-            if cycle is None or cycle.response_complete or not cycle.response_started:
+            begun = bool(self._head) or (cycle is not None and cycle.more_body and not cycle.response_complete)
+            if begun and (cycle is None or cycle.response_complete or not cycle.response_started):
                 self.transport.write(_raw_response(408, "Request Timeout", "the request did not arrive within "
                                                    f"{bounds.request_timeout:g} s"))  # fmt: skip
-            self.transport.close()
-            if self._head or cycle is not None and cycle.more_body and not cycle.response_complete:
-                refused("timeout")  # a request had begun; an idle keep-alive connection closing is routine
+            self.transport.close()  # an idle connection (nothing of a request sent) is closed without a word
+            if begun:
+                refused("timeout")
 
     return GuardedProtocol
 
