@@ -181,3 +181,25 @@ def test_sigterm_as_the_staging_folder_appears_leaves_the_old_export_and_nothing
     assert process.returncode in (0, 130), stderr
     assert sorted(os.listdir(tmp_path)) == ["model", "runs"]
     assert _contents(output) == before or deploy.load(output).threshold == 0.3
+
+
+def test_sigterm_while_the_staging_folder_is_made_leaves_nothing(trained_workdir, tmp_path, monkeypatch):
+    import tempfile
+
+    make = tempfile.mkdtemp
+
+    def make_then_sigterm(*args, **kwargs):
+        folder = make(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", make_then_sigterm)
+    previous = signal.getsignal(signal.SIGTERM)
+    errors.interrupt_on_sigterm()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export_model(trained_workdir, tmp_path / "model", ["onnx"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        errors._interrupted.clear()
+    assert os.listdir(tmp_path) == []

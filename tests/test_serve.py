@@ -335,12 +335,20 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(exported_model):
     draining = Server("--model", str(exported_model), "--max_batch", "4")
     heavy = ["great awful dull moving film plot story bland fun mess charming"] * 16  # 16 x 12 rows each
 
+    sent = threading.Semaphore(0)
+
     def ask():
-        answer = draining.request("POST", "/predict", {"statements": heavy, "explain": True})
-        return answer, time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", draining.port, timeout=60)
+        connection.request("POST", "/predict", json.dumps({"statements": heavy, "explain": True}),
+                           {"Content-Type": "application/json"})  # fmt: skip
+        sent.release()
+        response = connection.getresponse()
+        return (response.status, json.loads(response.read())), time.monotonic()
 
     with concurrent.futures.ThreadPoolExecutor(48) as threads:
         answers = [threads.submit(ask) for _ in range(48)]
+        for _ in range(48):  # every request sent (a busy machine starts 48 client threads slowly), then a moment
+            assert sent.acquire(timeout=60)
         time.sleep(0.2)
         signalled = time.monotonic()
         draining.process.send_signal(signal.SIGTERM)

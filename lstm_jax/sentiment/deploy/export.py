@@ -186,14 +186,16 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
 
         onnx_graph.check_exportable(restored.model_kwargs)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with files.signals_deferred():  # the folder and its name come together: a signal cannot orphan it
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    staging = None
     try:
+        with files.signals_deferred():  # the folder and its name come together: a signal cannot orphan it
+            staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
         _write_folder(restored, staging, list(formats), threshold)
         staging.chmod(0o777 & ~files.umask())  # mkdtemp made it private; the folder is meant to be shared
         raise_if_interrupted()
         files.publish_folder(staging, output, replaceable=lambda old: is_earlier_export(old) and (
             force or not any(old.iterdir())))  # fmt: skip
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return output
