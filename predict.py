@@ -47,7 +47,8 @@ def main(argv):
     if not 1 <= _BATCH_SIZE.value <= MAX_BATCH_SIZE:
         raise UserError(f"--batch_size must be between 1 and {MAX_BATCH_SIZE}, got {_BATCH_SIZE.value}")
     interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: no partial output, no temporary file
-    SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,))  # refuse a bad output before loading anything
+    # Refuse a bad output before loading anything; one inside the model it reads would damage the model.
+    SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,), folders=(_MODEL.value or _WORKDIR.value,))
     threshold = _THRESHOLD.value
     if _MODEL.value:
         with startup.quiet_while_importing():

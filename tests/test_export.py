@@ -270,10 +270,9 @@ def test_export_refuses_bad_requests_and_writes_nothing(trained_workdir, exporte
     assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
-def test_export_force_replaces_a_folder_only_when_the_new_one_is_complete(trained_workdir, tmp_path):
+def test_export_force_replaces_an_earlier_export_only_when_the_new_one_is_complete(trained_workdir, tmp_path):
     folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "old.txt").write_text("previous export")
+    assert run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(folder)).returncode == 0
     result = run_tool("export.py", "--workdir", str(trained_workdir), "--output", str(folder), "--format", "onnx",
                       "--force", "--threshold", "0.7")  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()

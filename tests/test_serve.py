@@ -1,6 +1,7 @@
 """The prediction service: micro-batching units, then the real server (serve.py) on a free loopback port."""
 
 import concurrent.futures
+import hashlib
 import http.client
 import json
 import os
@@ -168,7 +169,8 @@ class Server:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             payload = json.dumps(body) if isinstance(body, dict | list) else body
-            connection.request(method, path, payload, headers or {})
+            headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+            connection.request(method, path, payload, headers)
             response = connection.getresponse()
             data = response.read()
             kind = response.getheader("content-type", "")
@@ -300,6 +302,7 @@ def test_a_body_streamed_past_the_limit_is_refused(server):
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.putrequest("POST", "/predict")
     connection.putheader("Transfer-Encoding", "chunked")
+    connection.putheader("Content-Type", "application/json")
     connection.endheaders()
     for _ in range(30):
         chunk = b'{"statements": ["' + b"a" * 4000
@@ -311,9 +314,11 @@ def test_a_body_streamed_past_the_limit_is_refused(server):
 
 def test_health_model_metrics_and_page(server, exported_model):
     manifest = json.loads((exported_model / "manifest.json").read_text())
+    version = "sha256:" + hashlib.sha256((exported_model / "manifest.json").read_bytes()).hexdigest()
     assert server.request("GET", "/health") == (200, {"status": "ready", "format": "onnx", "threshold": 0.5,
-                                                      "step": manifest["model"]["step"], "max_len": 12})  # fmt: skip
-    assert server.request("GET", "/model")[1] == {**manifest, "format": "onnx"}
+                                                      "step": manifest["model"]["step"], "max_len": 12,
+                                                      "version": version})  # fmt: skip
+    assert server.request("GET", "/model")[1] == {**manifest, "format": "onnx", "version": version}
     server.request("POST", "/predict", b"{oops")
     status, metrics = server.request("GET", "/metrics")
     assert status == 200
@@ -330,12 +335,20 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(exported_model):
     draining = Server("--model", str(exported_model), "--max_batch", "4")
     heavy = ["great awful dull moving film plot story bland fun mess charming"] * 16  # 16 x 12 rows each
 
+    sent = threading.Semaphore(0)
+
     def ask():
-        answer = draining.request("POST", "/predict", {"statements": heavy, "explain": True})
-        return answer, time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", draining.port, timeout=60)
+        connection.request("POST", "/predict", json.dumps({"statements": heavy, "explain": True}),
+                           {"Content-Type": "application/json"})  # fmt: skip
+        sent.release()
+        response = connection.getresponse()
+        return (response.status, json.loads(response.read())), time.monotonic()
 
     with concurrent.futures.ThreadPoolExecutor(48) as threads:
         answers = [threads.submit(ask) for _ in range(48)]
+        for _ in range(48):  # every request sent (a busy machine starts 48 client threads slowly), then a moment
+            assert sent.acquire(timeout=60)
         time.sleep(0.2)
         signalled = time.monotonic()
         draining.process.send_signal(signal.SIGTERM)

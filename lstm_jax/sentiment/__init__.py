@@ -16,7 +16,8 @@ Wings, lowest first:
   ``distributed.py`` (multi-process runs), ``reporting.py`` (metrics.jsonl, TensorBoard, curves);
 * ``deploy/``: ``predict.py`` (a checkpoint's model, ready to predict), ``statements.py`` (statements in,
   predictions out), ``export.py`` / ``onnx_graph.py`` (StableHLO, ONNX), ``artifacts.py`` (an exported folder);
-* ``serve/``: ``app.py`` (the HTTP service), ``microbatch.py``, ``explain.py``, ``web/`` (the page);
+* ``serve/``: ``app.py`` (the HTTP service), ``server.py`` (uvicorn with per-connection bounds, the ``Host``
+  and token guards, TLS, draining on signals), ``microbatch.py``, ``explain.py``, ``web/`` (the page);
 * ``process/``: what the entry points share: ``startup.py`` (imported first), ``cli.py`` (flags, exit codes).
 
 The library (``lstm_jax.cells``, ``xlstm``, ``registry``, ``recurrent``, ``fused``, ``cudnn``, ``interop``) never

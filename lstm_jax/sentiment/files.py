@@ -10,19 +10,30 @@ links resolved) is refused; an existing device or FIFO is written in place (neve
 a symbolic link writes through to its target (the link stays); a regular file is written to a temporary
 file beside it and renamed over it only when complete, keeping the mode of the file it replaces (new
 files get the usual mode from the umask). An interrupted or failed write leaves no temporary file.
+An output inside a folder the command reads (the model, the work directory) is refused.
+
+Publishing a folder (:func:`publish_folder`): a complete folder written under a temporary name moves to its
+place in one step that never replaces what another process put there meanwhile, and a replaced folder is
+swapped out atomically: a signal or a crash at any moment leaves the old folder or the new one in place.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import ctypes
+import errno
 import fcntl
 import glob
 import os
 import re
 import secrets
+import shutil
+import signal
 import stat
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
@@ -139,7 +150,7 @@ def _is_our_stdout(path: str) -> bool:
 class SafeOutput:
     """``with SafeOutput(path, inputs=[...]) as handle:`` writes a text file safely (see the module docstring)."""
 
-    def __init__(self, path: str | Path, inputs: tuple = ()):
+    def __init__(self, path: str | Path, inputs: tuple = (), folders: tuple = ()):
         self.path = str(path)
         self._temporary = None
         if self.path == "-" or _is_our_stdout(self.path):  # e.g. --output /dev/stdout >> app.log: append, in place
@@ -149,6 +160,10 @@ class SafeOutput:
         for source in inputs:
             if source != "-" and target.exists() and Path(source).exists() and os.path.samefile(source, target):
                 raise UserError(f"output {self.path} is the input file {source}; choose another --output")
+        for folder in folders:
+            if folder and is_within(target, Path(folder)):
+                raise UserError(f"output {self.path} lies inside {folder}, which this command reads; write the "
+                                "predictions outside it")  # fmt: skip
         if target.is_dir():
             raise UserError(f"output {self.path} is a directory; give a file path such as {target / 'predictions.txt'}")
         if not target.parent.is_dir():
@@ -208,6 +223,91 @@ def _remove_stale_temporaries(target: Path) -> None:
             path.unlink(missing_ok=True)
         except (OSError, OverflowError):  # alive but not ours to signal, or unreadable: leave it
             continue
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, links resolved on both sides."""
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+
+
+def _renameat2(source: Path, target: Path, flag: int) -> bool:
+    """Linux's ``renameat2`` with ``flag``: True when done, False when this system or file system lacks it."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flag) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(target))
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM wait until the block is done (a step of two renames is never cut in half). Python runs
+    handlers in the main thread whichever thread the signal reached, so the handlers are swapped, not masked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {number: signal.signal(number, lambda number, frame: arrived.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(arrived):
+            signal.raise_signal(number)
+
+
+def publish_folder(staging: Path, output: Path, replaceable: Callable[[Path], bool]) -> None:
+    """Moves the complete folder ``staging`` to ``output`` (both absolute, in one parent folder).
+
+    A new ``output`` is created by the move itself, so of concurrent writers exactly one wins; an existing
+    ``output`` is swapped with ``staging`` atomically and the displaced folder deleted, but only when
+    ``replaceable(displaced)`` says it may be (checked on what was actually displaced, so a folder that appeared
+    or changed meanwhile is put back, untouched). Raises :class:`UserError` when ``output`` may not be replaced.
+    """
+    appeared = UserError(f"output {output} appeared while exporting and was left as it is; choose a new --output")
+    with signals_deferred():
+        if not os.path.lexists(output):
+            try:
+                if not _renameat2(staging, output, _RENAME_NOREPLACE):
+                    os.mkdir(output)  # exclusive: of two writers only one creates it; ours is then empty
+                    os.rename(staging, output)
+            except FileExistsError:
+                raise appeared from None
+            return
+        displaced = staging if _renameat2(staging, output, _RENAME_EXCHANGE) else _swap_by_renames(staging, output)
+        if not replaceable(displaced):
+            _swap_back(displaced, output)
+            raise appeared
+        shutil.rmtree(displaced)
+
+
+def _swap_by_renames(staging: Path, output: Path) -> Path:
+    """The swap where ``renameat2`` is missing (signals are deferred by the caller); returns the old folder."""
+    aside = staging.with_name(staging.name + ".old")
+    os.rename(output, aside)
+    try:
+        os.rename(staging, output)
+    except OSError:
+        os.rename(aside, output)
+        raise
+    return aside
+
+
+def _swap_back(displaced: Path, output: Path) -> None:
+    if not _renameat2(displaced, output, _RENAME_EXCHANGE):
+        os.rename(output, displaced.with_name(displaced.name + ".new"))
+        os.rename(displaced, output)
+        shutil.rmtree(displaced.with_name(displaced.name + ".new"))
 
 
 def local_path(path: str, flag: str) -> str:

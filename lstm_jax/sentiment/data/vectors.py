@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lstm_jax.sentiment import files
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.tokenizer import PAD_ID, UNKNOWN_ID, Vocabulary, tokenize
 
@@ -94,7 +95,10 @@ class Coverage:
 
 
 def _open_binary(path: Path):
-    """The file's lines as bytes; gzip is recognised by its magic bytes, not its name."""
+    """The file's lines as bytes; gzip is recognised by its magic bytes, not its name. Only a regular file: a
+    device or a FIFO (``/dev/zero``) would be read without end."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a regular file; check --config.embedding_path")
     with open(path, "rb") as probe:
         compressed = probe.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rb") if compressed else open(path, "rb")
@@ -108,8 +112,11 @@ def _vector_lines(path: Path, dim: int):
     match nothing); numbers that are not ASCII mean a binary file.
     """
     width = None
-    with _open_binary(path) as lines:
-        for number, line in enumerate(lines, 1):
+    with _open_binary(path) as stream:
+        for number, line in enumerate(iter(lambda: stream.readline(files.MAX_LINE_BYTES), b""), 1):
+            if len(line) == files.MAX_LINE_BYTES and not line.endswith(b"\n"):  # bounded: never one endless line
+                raise UserError(f"{path}:{number} is longer than {files.MAX_LINE_BYTES} bytes: not a text vector "
+                                "file; check --config.embedding_path")  # fmt: skip
             fields = line.split()
             if number == 1 and len(fields) == 2 and all(field.isdigit() for field in fields):
                 width = int(fields[1])  # the word2vec / fastText header: "count D"

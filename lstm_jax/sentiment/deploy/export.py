@@ -10,7 +10,9 @@ complete; an existing non-empty ``output`` is replaced only with ``force``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +33,17 @@ from lstm_jax.sentiment.model.classifier import build_model
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda")
+NEEDS = {"stablehlo": "flatbuffers", "onnx": "onnx"}  # what each format's writer imports beyond the job's install
+
+
+def check_installed(formats: list[str]) -> None:
+    """A one-line error naming the extra to install when a format's writer is missing."""
+    for name in formats:
+        try:
+            importlib.import_module(NEEDS[name])
+        except ImportError:
+            raise UserError(f"exporting {name} needs the {NEEDS[name]} package: pip install 'lstm_jax[export]'"
+                            ) from None  # fmt: skip
 
 
 def _portable(restored: RestoredModel) -> nnx.Module:
@@ -128,36 +141,71 @@ def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], thr
     (folder / deploy.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def is_earlier_export(folder: Path) -> bool:
+    """Whether ``folder`` is a real folder holding an export's files only (with its manifest), or nothing."""
+    known = {deploy.MANIFEST, "vocabulary.json", *(name for names in deploy.FILES.values() for name in names)}
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    names = {path.name for path in folder.iterdir()}
+    return not names or (names <= known and _looks_like_a_manifest(folder / deploy.MANIFEST))
+
+
+def _looks_like_a_manifest(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a JSON object with an export's format version and digests."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
+        return False
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return isinstance(manifest, dict) and {"format_version", "sha256"} <= manifest.keys()
+
+
+def check_output(workdir: Path, output: Path, force: bool) -> None:
+    """Refuses an output that would lose data: the work directory, a folder around it or inside it, a file,
+    or a non-empty folder (with ``force``, one that is not an earlier export)."""
+    relation = ("is" if files.is_within(output, workdir) and files.is_within(workdir, output) else
+                "lies inside" if files.is_within(output, workdir) else
+                "contains" if files.is_within(workdir, output) else None)  # fmt: skip
+    if relation:
+        raise UserError(f"output {output} {relation} the work directory {workdir}; choose a folder outside it")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output {output} is a file; give a folder name")
+    if output.is_dir() and any(output.iterdir()):
+        if not force:
+            raise UserError(f"output {output} exists and is not empty; give a new folder or --force to replace it")
+        if not is_earlier_export(output):
+            raise UserError(f"output {output} holds files that export.py did not write; --force replaces only an "
+                            "earlier export: choose a new folder")  # fmt: skip
+
+
 def export_model(workdir: str | Path, output: str | Path, formats: list[str], step: int | None = None,
                  force: bool = False, threshold: float = 0.5) -> Path:  # fmt: skip
-    """Writes the exported folder ``output``; returns its path. Nothing is left behind on failure."""
-    output = Path(output)
+    """Writes the exported folder ``output``; returns its path. Nothing is left behind on failure, and nothing is
+    replaced but an earlier export (with ``force``): see :func:`.files.publish_folder`."""
+    output = Path(os.path.realpath(output))
     if not formats or any(name not in FORMATS for name in formats):
         raise UserError(f"--format must be one or more of {', '.join(FORMATS)} (comma-separated), got {formats}")
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"threshold must be between 0 and 1, got {threshold}")
-    if output.exists() and not output.is_dir():
-        raise UserError(f"output {output} is a file; give a folder name")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise UserError(f"output {output} exists and is not empty; give a new folder or --force to replace it")
+    check_output(Path(os.path.realpath(workdir)), output, force)
+    check_installed(formats)
     restored = restore_model(workdir, step)
     if "onnx" in formats:
         from lstm_jax.sentiment.deploy import onnx_graph  # needs the [onnx] extra
 
         onnx_graph.check_exportable(model_settings(restored))
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    staging = None
     try:
+        with files.signals_deferred():  # the folder and its name come together: a signal cannot orphan it
+            staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
         _write_folder(restored, staging, list(formats), threshold)
         staging.chmod(0o777 & ~files.umask())  # mkdtemp made it private; the folder is meant to be shared
-        if output.exists():  # --force: the old folder goes only once the new one is complete
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            output.rename(old / "previous")
-            staging.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(output)
+        raise_if_interrupted()
+        files.publish_folder(staging, output, replaceable=lambda old: is_earlier_export(old) and (
+            force or not any(old.iterdir())))  # fmt: skip
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return output
-

@@ -2,6 +2,7 @@
 traceback) and JAX's persistent compilation cache."""
 
 import gc
+import re
 import signal
 import sys
 import threading
@@ -58,8 +59,25 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         message = "; ".join(lines[:1] + [line for line in lines if "Errno" in line][:1])
+    except Exception as error:  # absl's own flags fail with flags.Error: this is a config file failing to load
+        message = _config_file_error(error)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _config_file_error(error: Exception) -> str:
+    """One line for a ``--config`` file that ml_collections could not load (missing, a syntax error, raising)."""
+    if isinstance(error, SyntaxError):
+        return (f"config file {error.filename} has a syntax error at line {error.lineno} ({error.msg}); fix it or "
+                "choose one of configs/*.py")  # fmt: skip
+    if isinstance(error, OSError):
+        reason = next((line.strip() for line in str(error).splitlines() if "Errno" in line), str(error))
+        missing = re.search(r"No such file or directory: '(.*)'", reason)
+        if missing:  # as train.py says it when no override made ml_collections load the file first
+            return f"config file {missing.group(1)} does not exist; choose one of configs/*.py"
+        return f"cannot load the config file ({reason.splitlines()[0]}); choose one of configs/*.py"
+    first = (str(error).splitlines() or [""])[0]
+    return f"the config file failed to load ({type(error).__name__}: {first}); fix it or choose one of configs/*.py"
 
 
 def require_local(**paths: str | None) -> None:

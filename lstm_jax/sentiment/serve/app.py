@@ -6,15 +6,20 @@ Endpoints:
   "label", "probability_positive"[, "tokens", "tokens_not_read"]}], "model": {...}}``: the labels and
   probabilities ``predict.py`` gives (same tokenizer, ``max_len`` and threshold). With ``"explain": true``
   each prediction also lists its read tokens with their leave-one-out contributions (:mod:`.explain`).
-* ``GET /health``: 200 ``{"status": "ready"}`` once every shape is compiled, 503 before (or if warm-up failed).
-* ``GET /model``: the exported manifest, or the same description of a checkpoint.
-* ``GET /metrics``: Prometheus text (requests by path and status, statements, rows per model call, latency
-  histograms, refused requests by reason).
+* ``GET /livez``: 200 while the process answers (liveness); ``GET /readyz`` (and ``/health``): 200
+  ``{"status": "ready"}`` once every shape is compiled, 503 before (or if warm-up failed) (readiness).
+* ``GET /model``: the exported manifest, or the same description of a checkpoint, with ``version``: the model's
+  digest, also sent as the ``X-Model-Version`` header of every answer.
+* ``GET /metrics``: Prometheus text (requests by path and status, statements, rows and requests per model call,
+  seconds in the queue, latency histograms, refused requests by reason).
 * ``GET /``: the page (``web/``: HTML, CSS and JavaScript served from here; no CDN, works offline).
 
-Every refused request gets a 4xx JSON ``{"error": "..."}`` naming the problem; a request that fails inside
-the model gets a 500 and the server goes on. Requests never share results: each one's rows travel with its
-own future through :class:`~.microbatch.MicroBatcher`.
+Every refused request gets a 4xx JSON ``{"error": "..."}`` naming the problem (a POST must be
+``application/json``: 415 otherwise, so a web page cannot post to it without a CORS preflight); a full queue
+a 503 with ``Retry-After``; a client that leaves mid-body is counted as ``client_disconnected`` (status 499,
+nothing logged); a request that fails inside the model gets a 500 and the server goes on. The connection-level
+bounds, the ``Host`` check and the token are :mod:`.server`'s. Requests never share results: each one's rows
+travel with its own future through :class:`~.microbatch.MicroBatcher`.
 """
 
 from __future__ import annotations
@@ -22,26 +27,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import importlib.resources
 import json
-import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from lstm_jax.sentiment.errors import UserError
-from lstm_jax.sentiment.serve import explain
-from lstm_jax.sentiment.serve.microbatch import FixedShapeScorer, MicroBatcher
+from lstm_jax.sentiment.serve import explain, server
+from lstm_jax.sentiment.serve.microbatch import FixedShapeScorer, MicroBatcher, QueueFull
 from lstm_jax.sentiment.tokenizer import UNKNOWN_ID, Vocabulary, tokenize
 
 prometheus_client.disable_created_metrics()  # the *_created series only double the page's length
 
-ROUTES = ("/", "/page.js", "/page.css", "/predict", "/health", "/model", "/metrics")
+ROUTES = ("/", "/page.js", "/page.css", "/predict", "/livez", "/readyz", "/health", "/model", "/metrics")
 WEB_FILES = {"/": ("index.html", "text/html"), "/page.js": ("page.js", "text/javascript"),
              "/page.css": ("page.css", "text/css")}  # fmt: skip
 
@@ -54,12 +60,13 @@ class Limits:
     max_statements: int = 256
     max_chars: int = 5000
     max_explained: int = 16  # each explained statement costs one model row per token
+    max_queued_rows: int = 1 << 14  # model rows waiting for the micro-batcher; past it, 503 with Retry-After
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, reason: str = "bad_request"):
+    def __init__(self, status: int, message: str, reason: str = "bad_request", headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
+        self.status, self.message, self.reason, self.headers = status, message, reason, headers
 
 
 def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
@@ -73,6 +80,8 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
                        ) from None  # fmt: skip
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply; send {\"statements\": [\"...\"]}") from None
+    except ValueError:  # an integer of more than 4,300 digits (Python's limit on converting them)
+        raise ApiError(400, "the body holds an integer of more than 4,300 digits; send statements as strings") from None
     if not isinstance(payload, dict) or "statements" not in payload:
         raise ApiError(422, 'the body must be a JSON object {"statements": ["...", ...]}')
     unknown = sorted(set(payload) - {"statements", "explain"})
@@ -120,26 +129,37 @@ class _Metrics:
                                                       buckets=rows, **options)  # fmt: skip
         self.batch_latency = prometheus_client.Histogram("lstm_jax_batch_duration_seconds", "Time of one model call",
                                                          buckets=seconds, **options)  # fmt: skip
+        self.batch_requests = prometheus_client.Histogram("lstm_jax_batch_requests", "Requests per model call",
+                                                          buckets=rows, **options)  # fmt: skip
+        self.queue_wait = prometheus_client.Histogram("lstm_jax_queue_seconds", "Time a request waited for its "
+                                                      "model call", buckets=seconds, **options)  # fmt: skip
 
-    def observe_batch(self, rows: int, seconds: float) -> None:
+    def observe_batch(self, rows: int, seconds: float, waits: list[float]) -> None:
         self.batch_rows.observe(rows)
         self.batch_latency.observe(seconds)
+        self.batch_requests.observe(len(waits))
+        for wait in waits:
+            self.queue_wait.observe(wait)
+
+    def refused(self, reason: str) -> None:
+        self.errors.labels(reason).inc()
 
 
 class Service:
     """The model behind the endpoints: tokenizes, micro-batches, labels and explains."""
 
     def __init__(self, predictor, vocabulary: Vocabulary, description: dict, threshold: float, limits: Limits,
-                 max_batch: int = 64, max_wait: float = 0.0):  # fmt: skip
-        self.vocabulary, self.description, self.threshold, self.limits = vocabulary, description, threshold, limits
+                 max_batch: int = 64, max_wait: float = 0.0, version: str = ""):  # fmt: skip
+        self.vocabulary, self.threshold, self.limits, self.version = vocabulary, threshold, limits, version
+        self.description = {**description, "version": version}
         self.max_len = predictor.max_len
         self.scorer = FixedShapeScorer(predictor, max_batch)
         self.metrics = _Metrics(self.scorer.max_batch)
         self.compiled = 0
         self.batcher = MicroBatcher(self.scorer, self.scorer.max_batch, max_wait, self._warm_up,
-                                    self.metrics.observe_batch)  # fmt: skip
+                                    self.metrics.observe_batch, limits.max_queued_rows)  # fmt: skip
         self.summary = {"format": description.get("format", "checkpoint"), "step": description["model"]["step"],
-                        "threshold": threshold, "max_len": self.max_len}  # fmt: skip
+                        "threshold": threshold, "max_len": self.max_len, "version": version}  # fmt: skip
 
     def _warm_up(self) -> None:
         started = time.perf_counter()
@@ -162,7 +182,12 @@ class Service:
         if explain_tokens:
             parts += [explain.occluded_rows(row, int(length)) for row, length in zip(tokens, lengths)]
         rows = (np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]))
-        probabilities = await asyncio.wrap_future(self.batcher.submit(*rows))
+        try:
+            future = self.batcher.submit(*rows)
+        except QueueFull:
+            raise ApiError(503, "the server is busy (its queue is full); retry shortly", "queue_full",
+                           {"Retry-After": "1"}) from None  # fmt: skip
+        probabilities = await asyncio.wrap_future(future)
         self.metrics.statements.inc(len(statements))
         predictions = []
         offset = len(statements)
@@ -192,19 +217,31 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:  # the client's doing: counted apart, never logged as the server's error
+        raise ApiError(499, "the client closed the connection before sending the whole body",
+                       "client_disconnected") from None  # fmt: skip
     return bytes(body)
+
+
+def _require_json(request: Request) -> None:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, f"the body must be sent as Content-Type: application/json, not {kind[:60] or 'none'}",
+                       "unsupported_media_type")  # fmt: skip
 
 
 class _Counted:
     """Counts every answer by path and status and times it (plain ASGI: Starlette's ``BaseHTTPMiddleware``
     costs about 0.2 ms a request)."""
 
-    def __init__(self, app, metrics: _Metrics):
+    def __init__(self, app, metrics: _Metrics, version: str):
         self.app, self.metrics = app, metrics
+        self.version_header = (b"x-model-version", version.encode())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -214,6 +251,7 @@ class _Counted:
         async def send_and_note(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), self.version_header]}
             await send(message)
 
         try:
@@ -228,8 +266,9 @@ def _web_file(name: str) -> bytes:
     return (importlib.resources.files("lstm_jax.sentiment.serve") / "web" / name).read_bytes()
 
 
-def create_app(service: Service) -> FastAPI:
-    """The FastAPI app serving ``service``; its lifespan starts the micro-batcher and drains it at shutdown."""
+def create_app(service: Service, allowed_hosts: set[str] | None = None, token: str | None = None) -> FastAPI:
+    """The FastAPI app serving ``service`` (see :class:`.server.Guard` for ``allowed_hosts`` and ``token``); its
+    lifespan starts the micro-batcher and drains it at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -241,12 +280,13 @@ def create_app(service: Service) -> FastAPI:
     metrics = service.metrics
     pages = {path: (_web_file(name), media) for path, (name, media) in WEB_FILES.items()}
 
-    app.add_middleware(_Counted, metrics=metrics)
+    app.add_middleware(server.Guard, allowed_hosts=allowed_hosts, token=token, refused=metrics.refused)
+    app.add_middleware(_Counted, metrics=metrics, version=service.version)  # outermost: counts the guard's answers
 
     @app.exception_handler(ApiError)
     async def refused(request: Request, error: ApiError):
-        metrics.errors.labels(error.reason).inc()
-        return JSONResponse({"error": error.message}, status_code=error.status)
+        metrics.refused(error.reason)
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
 
     @app.exception_handler(HTTPException)
     async def not_found(request: Request, error: HTTPException):
@@ -260,15 +300,22 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request):
+        _require_json(request)
         statements, explain_tokens = parse_request(await _read_body(request, service.limits.max_body_bytes),
                                                    service.limits)  # fmt: skip
         answer = {"predictions": await service.predict(statements, explain_tokens), "model": service.summary}
         return JSONResponse(answer)  # plain JSON types already: skips FastAPI's slower jsonable_encoder
 
-    @app.get("/health")
-    async def health():
+    @app.get("/livez")
+    async def alive():
+        return {"status": "alive"}
+
+    async def ready():
         status, body = service.health()
         return JSONResponse(body, status_code=status)
+
+    app.add_api_route("/readyz", ready, methods=["GET"])
+    app.add_api_route("/health", ready, methods=["GET"])
 
     @app.get("/model")
     async def model():
@@ -309,31 +356,27 @@ def load_service(workdir: str | None = None, model: str | None = None, model_for
         threshold = 0.5 if threshold is None else threshold
         description = {**describe(restored, threshold), "format": "checkpoint"}
     description["threshold"] = threshold
-    return Service(predictor, predictor.vocabulary, description, threshold, limits, max_batch, max_wait)
+    return Service(predictor, predictor.vocabulary, description, threshold, limits, max_batch, max_wait,
+                   model_version(model, predictor))  # fmt: skip
 
 
-def serve(service: Service, host: str, port: int) -> None:
-    """Listens on ``host:port`` until SIGTERM or Ctrl-C, then finishes the requests in flight and returns."""
-    import socket
+def model_version(folder: str | None, predictor) -> str:
+    """``sha256:<hex>`` of the exported manifest (it holds every file's digest), or of a checkpoint's weights."""
+    digest = hashlib.sha256()
+    if folder:
+        digest.update((Path(folder) / "manifest.json").read_bytes())
+    else:
+        from lstm_jax.sentiment.deploy.export import named_weights
 
-    import uvicorn
+        for name, weight in sorted(named_weights(predictor.model).items()):
+            digest.update(name.encode() + np.ascontiguousarray(weight).tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
-    class _Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            super().handle_exit(sig, frame)
-            # uvicorn re-raises a caught SIGTERM after draining (exit 143); for us it is the normal way to stop.
-            if sig == signal.SIGTERM and sig in self._captured_signals:
-                self._captured_signals.remove(sig)
 
-    try:
-        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        listener = socket.socket(address[0], socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address[4])
-    except OSError as error:
-        raise UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --host/--port"
-                        ) from None  # fmt: skip
-    print(f"serving http://{host}:{listener.getsockname()[1]} (warming up {len(service.scorer.shapes)} batch shapes)",
-          file=sys.stderr, flush=True)  # fmt: skip
-    config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, timeout_graceful_shutdown=60)
-    _Server(config).run(sockets=[listener])
+def serve(service: Service, host: str, port: int, bounds: server.Bounds = server.Bounds(),
+          allowed_hosts: set[str] | None = None, token: str | None = None, tls: tuple[str, str] | None = None) -> None:
+    """Listens on ``host:port`` until SIGTERM, Ctrl-C or SIGHUP, then finishes the requests in flight and returns."""
+    listener = server.listen(host, port)
+    print(f"serving {server.url(host, listener.getsockname()[1], bool(tls))} (warming up "
+          f"{len(service.scorer.shapes)} batch shapes)", file=sys.stderr, flush=True)  # fmt: skip
+    server.run(create_app(service, allowed_hosts, token), listener, bounds, service.metrics.refused, tls)

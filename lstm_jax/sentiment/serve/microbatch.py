@@ -8,6 +8,9 @@ While the worker is busy, new requests queue up, so under load batches fill with
 :class:`FixedShapeScorer` pads every call to one of a few shapes (``batch_multiple * 2**k`` rows up to
 ``max_batch``, times every padded length bucket), all compiled by :meth:`FixedShapeScorer.warm_up` before
 the service reports ready: no request pays compile time.
+
+The queue is bounded: past ``max_queued_rows`` rows waiting, :meth:`MicroBatcher.submit` raises
+:class:`QueueFull` (the service answers 503 with ``Retry-After``) instead of letting every answer grow late.
 """
 
 from __future__ import annotations
@@ -67,24 +70,32 @@ class FixedShapeScorer:
                                        predictor.max_len)  # fmt: skip
 
 
+class QueueFull(Exception):
+    """More rows are waiting than the batcher accepts."""
+
+
 @dataclasses.dataclass
 class _Request:
     tokens: np.ndarray
     lengths: np.ndarray
     future: concurrent.futures.Future
+    queued: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
     """Gathers concurrent requests' rows into shared model calls on one worker thread.
 
-    ``observe(rows, seconds)`` is called after every model call (the service's metrics). The worker first
-    runs ``warm_up`` (so model calls never race it), then sets :attr:`ready`.
+    ``observe(rows, seconds, waits)`` is called after every model call with the seconds each of its requests
+    waited in the queue (the service's metrics). The worker first runs ``warm_up`` (so model calls never race
+    it), then sets :attr:`ready`.
     """
 
     def __init__(self, score: Callable[[np.ndarray, np.ndarray], np.ndarray], max_batch: int, max_wait: float,
                  warm_up: Callable[[], None] = lambda: None,
-                 observe: Callable[[int, float], None] = lambda rows, seconds: None):  # fmt: skip
-        self.max_batch, self.max_wait = max_batch, max_wait
+                 observe: Callable[[int, float, list[float]], None] = lambda rows, seconds, waits: None,
+                 max_queued_rows: int = 1 << 14):  # fmt: skip
+        self.max_batch, self.max_wait, self.max_queued_rows = max_batch, max_wait, max_queued_rows
+        self._queued_rows, self._count_lock = 0, threading.Lock()
         self.ready = threading.Event()
         self.failed: BaseException | None = None  # set when warm-up failed: the service reports it on /health
         self._score, self._warm_up, self._observe = score, warm_up, observe
@@ -95,10 +106,19 @@ class MicroBatcher:
         self._thread.start()
 
     def submit(self, tokens: np.ndarray, lengths: np.ndarray) -> concurrent.futures.Future:
-        """A future of ``<float32>[len(lengths)]``: the probabilities of exactly these rows, in order."""
+        """A future of ``<float32>[len(lengths)]``: the probabilities of exactly these rows, in order; or
+        :class:`QueueFull` (a request alone in the queue is always taken, however large)."""
+        with self._count_lock:
+            if self._queued_rows and self._queued_rows + len(lengths) > self.max_queued_rows:
+                raise QueueFull(f"{self._queued_rows} rows are waiting")
+            self._queued_rows += len(lengths)
         request = _Request(tokens, lengths, concurrent.futures.Future())
         self._queue.put(request)
         return request.future
+
+    def _taken(self, request: _Request) -> None:
+        with self._count_lock:
+            self._queued_rows -= len(request.lengths)
 
     def close(self) -> None:
         """Scores what is queued, then stops the worker."""
@@ -117,12 +137,14 @@ class MicroBatcher:
                 break
             if request is None:
                 return requests, True
+            self._taken(request)
             requests.append(request)
             rows += len(request.lengths)
         return requests, False
 
     def _run(self, requests: list[_Request]) -> None:
         started = time.perf_counter()
+        waits = [started - request.queued for request in requests]
         try:
             probabilities = self._score(np.concatenate([request.tokens for request in requests]),
                                         np.concatenate([request.lengths for request in requests]))  # fmt: skip
@@ -130,7 +152,7 @@ class MicroBatcher:
             for request in requests:
                 request.future.set_exception(error)
             return
-        self._observe(len(probabilities), time.perf_counter() - started)
+        self._observe(len(probabilities), time.perf_counter() - started, waits)
         offsets = np.cumsum([0] + [len(request.lengths) for request in requests])
         for request, start, stop in zip(requests, offsets[:-1], offsets[1:]):
             request.future.set_result(probabilities[start:stop])
@@ -147,5 +169,6 @@ class MicroBatcher:
             first = self._queue.get()
             if first is None:
                 break
+            self._taken(first)
             requests, stopping = self._gather(first)
             self._run(requests)
