@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import ROOT, load_config
+from flax import nnx
 
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.deploy.predict import load_predictor, predict_file
@@ -50,7 +51,7 @@ def final_state(workdir):
     meta = run.read_meta(step)
     predictor = load_predictor(workdir, step=step)
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [np.asarray(x) for x in jax.tree.leaves(predictor._params)], json.loads(lines[-1]), meta
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(predictor.model))], json.loads(lines[-1]), meta
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -291,7 +292,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(review_files, 
         train_and_evaluate(config, tmp_path)
     assert ckpt.Checkpoints(tmp_path, read_only=True).latest.all_steps() == [3]  # saved before the divergence
     predictor = load_predictor(tmp_path, step=3)
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(predictor._params))
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(nnx.state(predictor.model)))
 
 
 def test_data_parallel_over_four_devices_equals_one_device(review_files, tmp_path):
@@ -363,9 +364,7 @@ def test_predict_writes_the_tutorial_format_in_input_order(trained_workdir, tmp_
 
 
 def test_predict_library_call_and_formats(trained_workdir, tmp_path):
-    import lstm_jax
-
-    predictor = lstm_jax.load_predictor(trained_workdir)
+    predictor = load_predictor(trained_workdir)
     texts = [r for r in REVIEWS if r]
     probabilities = predictor.predict(texts)
     assert probabilities.shape == (3,) and np.all((probabilities > 0) & (probabilities < 1))
@@ -560,9 +559,9 @@ def test_weight_averaging_is_what_evaluation_and_prediction_use(review_files, tm
     step = run.latest_step()
     assert run.read_meta(step)["inference_item"] == "ema"
     predictor = load_predictor(tmp_path, step=step)
-    raw = ckpt.restore_weights(run, run.latest, step, predictor._params, "params")
-    averaged = ckpt.restore_weights(run, run.latest, step, predictor._params, "ema")
-    for used, ema in zip(jax.tree.leaves(predictor._params), jax.tree.leaves(averaged)):
+    raw = ckpt.restore_weights(run, run.latest, step, nnx.state(predictor.model), "params")
+    averaged = ckpt.restore_weights(run, run.latest, step, nnx.state(predictor.model), "ema")
+    for used, ema in zip(jax.tree.leaves(nnx.state(predictor.model)), jax.tree.leaves(averaged)):
         np.testing.assert_array_equal(used, ema)
     assert any(not np.array_equal(e, p) for e, p in zip(jax.tree.leaves(averaged), jax.tree.leaves(raw)))
 
@@ -707,7 +706,8 @@ def test_validation_and_test_share_arrays_and_compilations():
 
 
 def test_load_predictor_from_python_prints_no_orbax_warnings(trained_workdir):
-    code = f"import lstm_jax; print(lstm_jax.load_predictor({str(trained_workdir)!r}).predict(['great'])[0])"
+    code = ("from lstm_jax.sentiment.deploy.predict import load_predictor\n"
+            f"print(load_predictor({str(trained_workdir)!r}).predict(['great'])[0])")
     result = run_tool("-c", code)
     assert result.returncode == 0, result.stderr.decode()
     assert "WARNING" not in result.stderr.decode(), result.stderr.decode()
