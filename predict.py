@@ -15,7 +15,7 @@ startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its s
 from absl import flags, logging  # noqa: E402
 
 from lstm_jax.sentiment.config import check_prediction_setting  # noqa: E402
-from lstm_jax.sentiment.deploy.predictor import check_choice, load  # noqa: E402  (no Flax until a checkpoint loads)
+from lstm_jax.sentiment.deploy.predictor import check_choice, check_output_outside, load  # noqa: E402  (no Flax until a checkpoint loads)
 from lstm_jax.sentiment.deploy.statements import FORMATS, predict_file  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm  # noqa: E402
 from lstm_jax.sentiment.files import SafeOutput  # noqa: E402
@@ -47,6 +47,7 @@ def main(argv):
         check_prediction_setting("threshold", threshold)
     interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: no partial output, no temporary file
     SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,))  # refuse a bad output before loading anything
+    check_output_outside(_OUTPUT.value, _MODEL.value or _WORKDIR.value, workdir=bool(_WORKDIR.value))
     predictor = load(workdir=_WORKDIR.value, model=_MODEL.value, step=_STEP.value, batch_size=_BATCH_SIZE.value,
                      threshold=threshold, before_jax=lambda: enable_compilation_cache(""))  # fmt: skip
     stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, predictor.threshold)

@@ -270,3 +270,17 @@ def test_a_failed_warm_up_stops_the_server_with_one_line_and_exit_2(exported, tm
     assert lines[-1] == ("error: warm-up failed (RuntimeError: the graph cannot run this shape); the model cannot "
                          "serve: export it again"), lines  # fmt: skip
     assert not any("Traceback" in line for line in lines), lines
+
+
+def test_predict_py_never_writes_inside_the_model_it_reads(exported, trained_workdir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("great\n")
+    manifest = (exported / "manifest.json").read_bytes()
+    for flag, folder, output in (("--model", exported, exported / "manifest.json"),
+                                 ("--workdir", trained_workdir, trained_workdir / "best" / "predictions.txt"),
+                                 ("--workdir", trained_workdir, trained_workdir / "metrics.jsonl")):  # fmt: skip
+        result = _run("predict.py", flag, str(folder), "--input", str(source), "--output", str(output))
+        stderr = result.stderr.decode().strip()
+        assert result.returncode == 2 and len(stderr.splitlines()) == 1 and "lies inside the model" in stderr, stderr
+    assert (exported / "manifest.json").read_bytes() == manifest
+    assert not (trained_workdir / "best" / "predictions.txt").exists()

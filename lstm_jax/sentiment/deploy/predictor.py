@@ -92,6 +92,18 @@ def check_choice(workdir: str | None, model: str | None, step: int | None = None
         raise UserError(f"format {model_format!r} is not one of {', '.join(artifacts.FILES)}")
 
 
+def check_output_outside(output: str, source: str, workdir: bool) -> None:
+    """Refuses an output inside an exported folder, or over a work directory's checkpoints or files (a new file
+    beside them is fine): writing there would break the model or lose the run's records."""
+    if output == "-":
+        return
+    target, folder = Path(output).resolve(), Path(source).resolve()
+    kept = [folder / "best", folder / "checkpoints"] if workdir else [folder]
+    inside = target == folder or any(target == place or place in target.parents for place in kept)
+    if inside or (workdir and target.parent == folder and target.exists()):
+        raise UserError(f"--output {output} lies inside the model {source}, which it would damage; write elsewhere")
+
+
 def load(workdir: str | Path | None = None, model: str | Path | None = None, model_format: str | None = None,
          step: int | None = None, batch_size: int = 256, threshold: float | None = None,
          before_jax: Callable[[], None] = lambda: None) -> Predictor:  # fmt: skip
