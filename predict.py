@@ -14,6 +14,8 @@ startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its s
 
 from absl import flags, logging  # noqa: E402
 
+from lstm_jax.sentiment.config import check_prediction_setting  # noqa: E402
+from lstm_jax.sentiment.deploy.predictor import check_choice, load  # noqa: E402  (no Flax until a checkpoint loads)
 from lstm_jax.sentiment.deploy.statements import FORMATS, predict_file  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error, interrupt_on_sigterm  # noqa: E402
 from lstm_jax.sentiment.files import SafeOutput  # noqa: E402
@@ -28,7 +30,6 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Probability of positive at or
                                  "(with --model: default the exported threshold).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the best by validation accuracy).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Statements per prediction batch.")
-MAX_BATCH_SIZE = 65536  # far past where larger batches stop paying; 10^8 would pad every batch to gigabytes
 
 
 @exit_on_user_error
@@ -36,38 +37,20 @@ def main(argv):
     logging.set_verbosity(logging.FATAL)  # orbax warns that read-only managers do not save
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not (_WORKDIR.value or _MODEL.value) or not _INPUT.value:
-        raise UserError("--workdir (or --model) and --input are required, e.g. --workdir checkpoints/default "
-                        "--input reviews.txt")
+    check_choice(_WORKDIR.value, _MODEL.value, _STEP.value)
+    if not _INPUT.value:
+        raise UserError("--input is required, e.g. --input reviews.txt (one statement per line)")
     require_local(workdir=_WORKDIR.value, model=_MODEL.value, input=_INPUT.value, output=_OUTPUT.value)
-    if _WORKDIR.value and _MODEL.value:
-        raise UserError("give --workdir (a checkpoint) or --model (an exported folder), not both")
-    if _MODEL.value and _STEP.value is not None:
-        raise UserError("--step chooses a checkpoint; an exported --model holds one model already")
-    if not 1 <= _BATCH_SIZE.value <= MAX_BATCH_SIZE:
-        raise UserError(f"--batch_size must be between 1 and {MAX_BATCH_SIZE}, got {_BATCH_SIZE.value}")
+    check_prediction_setting("batch_size", _BATCH_SIZE.value)
+    threshold = _THRESHOLD.value if flags.FLAGS["threshold"].present or _WORKDIR.value else None
+    if threshold is not None:
+        check_prediction_setting("threshold", threshold)
     interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: no partial output, no temporary file
     # Refuse a bad output before loading anything; one inside the model it reads would damage the model.
     SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,), folders=(_MODEL.value or _WORKDIR.value,))
-    threshold = _THRESHOLD.value
-    if _MODEL.value:
-        with startup.quiet_while_importing():
-            from lstm_jax.sentiment.deploy import (
-                artifacts as deploy,  # no Flax, no orbax; JAX only for a StableHLO model
-            )
-
-        predictor = deploy.load(_MODEL.value, batch_size=_BATCH_SIZE.value)
-        if predictor.format == "stablehlo":
-            enable_compilation_cache("")
-        if not flags.FLAGS["threshold"].present:
-            threshold = predictor.threshold
-    else:
-        with startup.quiet_while_importing():
-            from lstm_jax.sentiment.deploy.predict import load_predictor
-
-        enable_compilation_cache("")
-        predictor = load_predictor(_WORKDIR.value, _STEP.value, _BATCH_SIZE.value)
-    stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, threshold)
+    predictor = load(workdir=_WORKDIR.value, model=_MODEL.value, step=_STEP.value, batch_size=_BATCH_SIZE.value,
+                     threshold=threshold, before_jax=lambda: enable_compilation_cache(""))  # fmt: skip
+    stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, predictor.threshold)
     notes = [f"{stats['empty_lines']} empty lines skipped"]
     if stats["invalid_utf8_lines"]:
         notes.append(f"{stats['invalid_utf8_lines']} lines had invalid UTF-8 bytes, replaced by U+FFFD")

@@ -15,6 +15,8 @@ startup.one_cpu_device_per_core()  # before JAX starts: each core predicts its s
 
 from absl import flags, logging  # noqa: E402
 
+from lstm_jax.sentiment.config import check_prediction_setting  # noqa: E402
+from lstm_jax.sentiment.deploy.predictor import check_choice  # noqa: E402
 from lstm_jax.sentiment.errors import UserError, exit_on_user_error  # noqa: E402
 from lstm_jax.sentiment.process.cli import require_local, run  # noqa: E402
 from lstm_jax.sentiment.serve import server  # noqa: E402
@@ -53,19 +55,12 @@ _CACHE = flags.DEFINE_string("compilation_cache", "", "JAX compilation cache fol
 
 
 def _check_flags() -> None:
-    if not (_WORKDIR.value or _MODEL.value):
-        raise UserError("--workdir (a checkpoint) or --model (an exported folder) is required")
-    if _WORKDIR.value and _MODEL.value:
-        raise UserError("give --workdir or --model, not both")
+    check_choice(_WORKDIR.value, _MODEL.value, _STEP.value, _FORMAT.value)
     require_local(workdir=_WORKDIR.value, model=_MODEL.value)
-    if _MODEL.value and _STEP.value is not None:
-        raise UserError("--step chooses a checkpoint; an exported --model holds one model already")
-    if _WORKDIR.value and _FORMAT.value:
-        raise UserError("--format chooses among an exported model's formats; a --workdir has one")
     if not 0 <= _PORT.value <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {_PORT.value}")
-    if _THRESHOLD.value is not None and not 0.0 <= _THRESHOLD.value <= 1.0:
-        raise UserError(f"--threshold must be between 0 and 1, got {_THRESHOLD.value}")
+    if _THRESHOLD.value is not None:
+        check_prediction_setting("threshold", _THRESHOLD.value)
     if not 1 <= _MAX_BATCH.value <= 4096:
         raise UserError(f"--max_batch must be between 1 and 4096, got {_MAX_BATCH.value}")
     if not 0.0 <= _MAX_WAIT_MS.value <= 1000.0:

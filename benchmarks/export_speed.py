@@ -42,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import machine  # noqa: E402
 
+import lstm_jax.deploy as deploy  # noqa: E402
 from lstm_jax.sentiment.config import base_config  # noqa: E402
-from lstm_jax.sentiment.deploy import artifacts as deploy  # noqa: E402
 from lstm_jax.sentiment.deploy.export import _write_folder, named_weights  # noqa: E402
-from lstm_jax.sentiment.deploy.predict import Predictor, RestoredModel  # noqa: E402
+from lstm_jax.sentiment.deploy.predict import RestoredModel, checkpoint_runner  # noqa: E402
+from lstm_jax.sentiment.deploy.predictor import Predictor  # noqa: E402
 from lstm_jax.sentiment.model.classifier import DataSizes, build_model  # noqa: E402
 from lstm_jax.sentiment.tokenizer import Vocabulary  # noqa: E402
 
@@ -93,15 +94,10 @@ def _torch_classifier(restored: RestoredModel):
 
 
 def _classifier_runners(restored: RestoredModel, folder: Path) -> dict:
-    from lstm_jax.sentiment.deploy.predict import _probabilities
-
-    predictor = Predictor(restored.model, restored.vocabulary, restored.max_len)
-    sharding = predictor._batch_sharding
     runners = {
-        "checkpoint path (jit, batch over cores)": lambda t, n: np.asarray(
-            _probabilities(predictor._graphdef, predictor._params, *jax.device_put((t, n), sharding))),
-        "StableHLO artifact": deploy.load(folder, "stablehlo")._run_batch,
-        "ONNX Runtime": deploy.load(folder, "onnx")._run_batch,
+        "checkpoint path (jit, batch over cores)": checkpoint_runner(restored.model).run_batch,
+        "StableHLO artifact": deploy.load(folder, "stablehlo").runner.run_batch,
+        "ONNX Runtime": deploy.load(folder, "onnx").runner.run_batch,
         "PyTorch nn.LSTM": _torch_classifier(restored),
     }
     return runners
@@ -158,13 +154,18 @@ def _one_at_a_time(predictor):
     return lambda texts: [predictor.predict([text]) for text in texts]
 
 
+def _checkpoint_predictor(restored: RestoredModel, batch_size: int) -> Predictor:
+    return Predictor(checkpoint_runner(restored.model), restored.vocabulary, restored.max_len, restored.length_bucket,
+                     0.5, {}, batch_size)  # fmt: skip
+
+
 def statements_table(model_name: str, restored: RestoredModel, repetitions: int, seconds: float,
                      work: Path) -> list[dict]:  # fmt: skip
     folder = _export(restored, work / f"statements-{model_name}")
     rows = []
     for batch_size, count in ((1, 16), (256, 2048)):
         predictors = {
-            "checkpoint path": Predictor(restored.model, restored.vocabulary, restored.max_len, batch_size),
+            "checkpoint path": _checkpoint_predictor(restored, batch_size),
             "StableHLO artifact": deploy.load(folder, "stablehlo", batch_size=batch_size),
             "ONNX Runtime": deploy.load(folder, "onnx", batch_size=batch_size),
         }

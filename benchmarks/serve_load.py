@@ -192,7 +192,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"no exported model at {args.model}; write one with: python export.py --workdir "
                          f"checkpoints/default --output {args.model}")  # fmt: skip
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from lstm_jax.sentiment.deploy import artifacts as deploy
+    import lstm_jax.deploy as deploy
 
     out = Path(args.out) if args.out else machine.fresh_folder("bench-runs", "serve_load")
     before = machine.describe()

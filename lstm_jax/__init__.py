@@ -1,7 +1,7 @@
 """lstm_jax: LSTM-family sequence models in JAX / Flax NNX with exact variable-length semantics.
 
-Names load on first use (PEP 562), so ``import lstm_jax.deploy`` for an exported model imports neither Flax nor
-orbax, and ``import lstm_jax`` for the layers does not import the job's orbax.
+Names load on first use (PEP 562), so ``import lstm_jax`` for the layers does not import the job's orbax. An exported
+model loads with ``lstm_jax.deploy.load(folder)``, which imports neither Flax nor orbax.
 """
 
 import importlib
@@ -20,7 +20,6 @@ _WHERE = {
     "Bidirectional": "lstm_jax.recurrent",
     "StackedRNN": "lstm_jax.recurrent",
     "make_recurrent": "lstm_jax.recurrent",
-    "load_predictor": "lstm_jax.sentiment.deploy.predict",  # the job's convenience
 }
 
 

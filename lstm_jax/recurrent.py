@@ -11,7 +11,8 @@ Semantics, for ``inputs <float>[batch, time, features]`` and ``lengths <int>[bat
   initial carry (zeros unless ``initial_carry`` is given).
 
 So a padded batch gives exactly what running each sequence alone, unpadded, gives.
-Lengths above ``time`` are clipped to ``time``.
+Lengths above ``time`` are clipped to ``time``; lengths of a non-integer dtype (floats, NaN, booleans) are
+refused with a ``ValueError`` rather than rounded.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from lstm_jax.fused import lstm_recurrence
 from lstm_jax.registry import CELLS
 
 Array = jax.Array
+
+
+def _check_integer_lengths(lengths) -> None:
+    """Refuses lengths whose dtype is not an integer: 3.7 or NaN has no step to stop at, and flooring hid the bug."""
+    dtype = lengths.dtype if hasattr(lengths, "dtype") else np.asarray(lengths).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"lengths must be integers, got dtype {dtype}; pass whole numbers as int32 "
+                         "(e.g. lengths.astype(np.int32))")  # fmt: skip
 
 
 def reverse_padded(sequences: Array, lengths: Array) -> Array:
@@ -187,6 +196,7 @@ class RNN(nnx.Module):
         time, batch = x.shape[:2]
         if lengths is None:
             lengths = jnp.full((batch,), time, jnp.int32)
+        _check_integer_lengths(lengths)
         if isinstance(lengths, np.ndarray | int | list):  # clipped before int32, so 2**31 + 5 does not wrap to 5
             lengths = np.clip(lengths, 0, time)
         lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 0, time)
@@ -394,6 +404,7 @@ def _cudnn_layers(layers: list[list[RNN]], inputs: Array, lengths: Array | None,
     batch, time = x.shape[:2]
     if lengths is None:
         lengths = jnp.full((batch,), time, jnp.int32)
+    _check_integer_lengths(lengths)
     cells, carries = [], []
     for rnns, layer_carry in zip(layers, initial_carries):
         per_direction = [layer_carry] if len(rnns) == 1 else (layer_carry or (None, None))

@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT, load_config
 from flax import nnx
 
+import lstm_jax.deploy as deploy
 from lstm_jax.sentiment.data.subwords import subword_ids
-from lstm_jax.sentiment.deploy import artifacts as deploy
-from lstm_jax.sentiment.deploy import onnx_graph
+from lstm_jax.sentiment.deploy import artifacts, onnx_graph
 from lstm_jax.sentiment.deploy.export import MODEL_SETTINGS, export_stablehlo, named_weights
 from lstm_jax.sentiment.deploy.predict import load_predictor
 from lstm_jax.sentiment.errors import UserError
@@ -121,7 +121,8 @@ STABLEHLO_GRID = [
 def test_stablehlo_artifact_equals_the_model_for_any_batch_and_time(settings, tmp_path):
     kwargs, model = _model(**settings)
     names = export_stablehlo(model, tmp_path)
-    run = deploy._stablehlo_runner(tmp_path, {"weights": names})
+    digests = {name: artifacts.sha256(tmp_path / name) for name in ("model.stablehlo", "weights.npz")}
+    run = artifacts.stablehlo_runner(tmp_path, {"weights": names, "sha256": digests}).run_batch
     tokens, lengths = _batch()
     np.testing.assert_allclose(run(tokens, lengths), _reference(model, tokens, lengths), atol=1e-5)
     # The same artifact at another batch size and padded length (symbolic dimensions).
@@ -211,10 +212,13 @@ def test_damaged_or_unknown_exports_are_refused_in_one_line(exported, tmp_path):
     copy.mkdir()
     for file in exported.iterdir():
         (copy / file.name).write_bytes(file.read_bytes())
-    weights = bytearray((copy / "weights.npz").read_bytes())
-    weights[len(weights) // 2] ^= 0xFF
-    (copy / "weights.npz").write_bytes(weights)
-    _one_line_error(predict(copy), "weights.npz is damaged")
+    for name in ("model.onnx", "weights.npz"):  # predict.py runs ONNX; the library's stablehlo reads the weights
+        damaged = bytearray((copy / name).read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF
+        (copy / name).write_bytes(damaged)
+    _one_line_error(predict(copy), "model.onnx is damaged")
+    with pytest.raises(UserError, match="weights.npz is damaged"):
+        deploy.load(copy, "stablehlo")
     manifest = json.loads((exported / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     _one_line_error(predict(copy), "format version 99")
@@ -226,33 +230,41 @@ def test_damaged_or_unknown_exports_are_refused_in_one_line(exported, tmp_path):
 @pytest.mark.parametrize(
     "edit, fragment",
     [
-        (lambda m: m.update(threshold="abc"), "threshold 'abc' is not a number from 0 to 1"),
+        (lambda m: m.update(threshold="abc"), "threshold 'abc' is not a number from 0.0 to 1.0"),
         (lambda m: m.update(threshold=True), "threshold True"),
-        (lambda m: m["tokenizer"].update(max_len=-5), "tokenizer max_len -5"),
+        (lambda m: m["tokenizer"].update(max_len=-5), "max_len -5 is not a whole number"),
         (lambda m: m["tokenizer"].update(length_bucket=10**12), "length_bucket 1000000000000"),
         (lambda m: m.pop("tokenizer"), "no tokenizer or model section"),
         (lambda m: m["tokenizer"].update(name="bpe"), "tokenizer 'bpe' is not one of lowercase-words-v1"),
         (lambda m: m["model"].update(vocab_size="z"), "vocab_size 'z'"),
-        (lambda m: m.update(weights=m["weights"][:-1]), "do not fit the StableHLO model's inputs"),
-        (lambda m: m.update(weights=m["weights"][::-1]), "do not fit the StableHLO model's inputs"),
+        (lambda m: m.update(weights=m["weights"][:-1]), "holds other arrays than the manifest lists"),
+        (lambda m: m.update(formats=5), "formats 5 is not a list"),
+        (lambda m: m.update(sha256=["a"]), "sha256 ['a'] is not a table"),
+        (lambda m: m["sha256"].pop("vocabulary.json"), "no digest for vocabulary.json"),
+        (lambda m: m["sha256"].update({"../../outside.txt": "0" * 64}), "lists '../../outside.txt', not a file"),
     ],
 )  # fmt: skip
 def test_a_hand_edited_manifest_is_refused_in_one_line(exported, tmp_path, edit, fragment):
-    """The digests cover the model files, not the manifest's own settings: those are checked when loading."""
+    """An edit is refused by the settings digest; one with the digest recomputed, by the rule it breaks."""
     copy = tmp_path / "copy"
     copy.mkdir()
     for file in exported.iterdir():
         (copy / file.name).write_bytes(file.read_bytes())
     manifest = json.loads((exported / "manifest.json").read_text())
     edit(manifest)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
     script = tmp_path / "load.py"  # as a user's program would, with the one-line errors of our entry points
     script.write_text("import sys\nimport lstm_jax.deploy\nfrom lstm_jax.sentiment.errors import exit_on_user_error\n"
                       "load = lambda: lstm_jax.deploy.load(sys.argv[1], sys.argv[2]).predict(['great'])\n"
                       "exit_on_user_error(load)()\n")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    unsealed = run_tool(str(script), str(copy), "onnx")
+    _one_line_error(unsealed)  # the structure's rules come first, then the settings digest
+    assert any(text in unsealed.stderr.decode() for text in (fragment, "settings differ from what the exporter wrote"))
+    manifest["settings_sha256"] = artifacts.settings_digest(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     for model_format in ("onnx", "stablehlo"):
         result = run_tool(str(script), str(copy), model_format)
-        if "StableHLO" in fragment and model_format == "onnx":
+        if "manifest lists" in fragment and model_format == "onnx":
             assert result.returncode == 0, result.stderr.decode()  # the ONNX graph does not use the weights list
         else:
             _one_line_error(result, fragment)

@@ -51,7 +51,7 @@ def final_state(workdir):
     meta = run.read_meta(step)
     predictor = load_predictor(workdir, step=step)
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [np.asarray(x) for x in jax.tree.leaves(predictor._params)], json.loads(lines[-1]), meta
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(predictor.model))], json.loads(lines[-1]), meta
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -231,7 +231,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(review_files, 
         train_and_evaluate(config, tmp_path)
     assert ckpt.Checkpoints(tmp_path, read_only=True).latest.all_steps() == [3]  # saved before the divergence
     predictor = load_predictor(tmp_path, step=3)
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(predictor._params))
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(nnx.state(predictor.model)))
 
 
 def test_data_parallel_over_four_devices_equals_one_device(review_files, tmp_path):
@@ -303,9 +303,7 @@ def test_predict_writes_the_tutorial_format_in_input_order(trained_workdir, tmp_
 
 
 def test_predict_library_call_and_formats(trained_workdir, tmp_path):
-    import lstm_jax
-
-    predictor = lstm_jax.load_predictor(trained_workdir)
+    predictor = load_predictor(trained_workdir)
     texts = [r for r in REVIEWS if r]
     probabilities = predictor.predict(texts)
     assert probabilities.shape == (3,) and np.all((probabilities > 0) & (probabilities < 1))
@@ -636,7 +634,8 @@ def test_validation_and_test_share_arrays_and_compilations():
 
 
 def test_load_predictor_from_python_prints_no_orbax_warnings(trained_workdir):
-    code = f"import lstm_jax; print(lstm_jax.load_predictor({str(trained_workdir)!r}).predict(['great'])[0])"
+    code = ("from lstm_jax.sentiment.deploy.predict import load_predictor\n"
+            f"print(load_predictor({str(trained_workdir)!r}).predict(['great'])[0])")
     result = run_tool("-c", code)
     assert result.returncode == 0, result.stderr.decode()
     assert "WARNING" not in result.stderr.decode(), result.stderr.decode()

@@ -570,8 +570,10 @@ def test_batches_are_never_larger_than_the_input_and_the_flag_is_capped(trained_
     from lstm_jax.sentiment.deploy.predict import load_predictor
 
     texts = ["great wonderful film", "awful", "dull boring mess"]
-    huge = load_predictor(trained_workdir, batch_size=10**7).predict(texts)  # would pad 10^7 rows
-    np.testing.assert_allclose(huge, load_predictor(trained_workdir, batch_size=2).predict(texts), atol=1e-6)
+    largest = load_predictor(trained_workdir, batch_size=65536).predict(texts)  # would pad 65536 rows
+    np.testing.assert_allclose(largest, load_predictor(trained_workdir, batch_size=2).predict(texts), atol=1e-6)
+    with pytest.raises(UserError, match="batch size must be between 1 and 65536, got 10000000"):
+        load_predictor(trained_workdir, batch_size=10**7)  # the library checks the same table as the flag
     source = tmp_path / "in.txt"
     source.write_text("\n".join(texts) + "\n")
     one_line_error(predict(trained_workdir, source, tmp_path / "out.txt", "--batch_size", "100000000"),

@@ -237,7 +237,7 @@ def test_a_checkpoint_is_served_like_predict_py_serves_it(trained_workdir, tmp_p
 
 
 def test_explanations_are_the_change_when_each_word_is_left_out(server, exported_model):
-    from lstm_jax.sentiment.deploy import artifacts as deploy
+    import lstm_jax.deploy as deploy
 
     model = deploy.load(exported_model)
     (prediction,) = server.predict(["the plot was dull but charming"], explain_tokens=True)
@@ -252,7 +252,7 @@ def test_explanations_are_the_change_when_each_word_is_left_out(server, exported
 
 
 def test_64_concurrent_clients_each_get_their_own_answers(server, exported_model):
-    from lstm_jax.sentiment.deploy import artifacts as deploy
+    import lstm_jax.deploy as deploy
 
     words = "great wonderful awful boring dull film plot moving bland story".split()
     rng = random.Random(0)

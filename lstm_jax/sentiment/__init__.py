@@ -14,8 +14,10 @@ Wings, lowest first:
   n-gram scorer beside it);
 * ``train/``: ``trainer.py`` (train state, ``train_step`` / ``eval_step``, ``train_and_evaluate``),
   ``distributed.py`` (multi-process runs), ``reporting.py`` (metrics.jsonl, TensorBoard, curves);
-* ``deploy/``: ``predict.py`` (a checkpoint's model, ready to predict), ``statements.py`` (statements in,
-  predictions out), ``export.py`` / ``onnx_graph.py`` (StableHLO, ONNX), ``artifacts.py`` (an exported folder);
+* ``deploy/``: ``predictor.py`` (the one predictor and its loader, for a checkpoint or an exported folder),
+  ``runners.py`` (what it runs, and the split over devices), ``predict.py`` (a checkpoint's model, ready to
+  predict), ``statements.py`` (statements in, predictions out), ``export.py`` / ``onnx_graph.py`` (StableHLO,
+  ONNX), ``artifacts.py`` (an exported folder, checked as untrusted input);
 * ``serve/``: ``app.py`` (the HTTP service), ``server.py`` (uvicorn with per-connection bounds, the ``Host``
   and token guards, TLS, draining on signals), ``microbatch.py``, ``explain.py``, ``web/`` (the page);
 * ``process/``: what the entry points share: ``startup.py`` (imported first), ``cli.py`` (flags, exit codes).

@@ -114,8 +114,29 @@ RANGES = {"vocab_size": (3, 10_000_000), "vectors_vocab": (0, 10_000_000), "max_
           "length_pool": (0, 1 << 20), "early_stopping_patience": (0, 1_000_000), "learning_rate": (1e-12, 1e3),
           "seed": (0, 2**32 - 1),
           "num_processes": (0, 1 << 20), "process_id": (-1, 1 << 20)}  # fmt: skip
+# (least, most) of what a prediction is asked for on a command line or told by an exported manifest; every entry
+# point (predict.py, serve.py, export.py, lstm_jax.deploy) checks these with :func:`check_prediction_setting`.
+PREDICTION_RANGES = {"threshold": (0.0, 1.0), "batch_size": (1, 65_536), "max_len": RANGES["max_len"],
+                     "length_bucket": RANGES["length_bucket"], "vocab_size": RANGES["vocab_size"]}  # fmt: skip
 RATES = ("dropout_rate", "embedding_dropout_rate", "word_dropout_rate", "ema_decay", "validation_fraction",
          "recurrent_dropout_rate")  # fmt: skip
+
+
+def prediction_setting_problem(key: str, value) -> str | None:
+    """What is wrong with ``value`` for the prediction setting ``key`` of :data:`PREDICTION_RANGES`, or None."""
+    least, most = PREDICTION_RANGES[key]
+    kinds = (int,) if isinstance(least, int) else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not least <= value <= most:
+        return f"{key} {value!r} is not a {'whole ' if kinds == (int,) else ''}number from {least} to {most}"
+    return None
+
+
+def check_prediction_setting(key: str, value, flag: str | None = None) -> None:
+    """A one-line error naming ``flag`` (default ``--key``) when ``value`` is outside :data:`PREDICTION_RANGES`."""
+    problem = prediction_setting_problem(key, value)
+    if problem:
+        least, most = PREDICTION_RANGES[key]
+        raise UserError(f"{flag or '--' + key} must be between {least} and {most}, got {value!r}")
 
 
 def without_validation(config) -> bool:

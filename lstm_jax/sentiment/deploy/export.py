@@ -26,6 +26,7 @@ import lstm_jax
 from lstm_jax import recurrent
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment import files
+from lstm_jax.sentiment.config import check_prediction_setting
 from lstm_jax.sentiment.deploy import artifacts as deploy
 from lstm_jax.sentiment.deploy.predict import RestoredModel, restore_model
 from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
@@ -67,18 +68,19 @@ def named_weights(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def export_stablehlo(model: nnx.Module, folder: Path) -> list[str]:
-    """Writes ``model.stablehlo`` and ``weights.npz``; returns the weight names in the argument order."""
+    """Writes ``model.stablehlo`` and ``weights.npz``; returns the weight names. The module takes the weights as
+    a table by name, so the loader matches each array to its argument by name, shape and dtype."""
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
     names = list(ckpt.named_leaves(state))  # the same order as the leaves
 
     def probabilities(weights, tokens, lengths):
-        classifier = nnx.merge(graphdef, jax.tree.unflatten(treedef, list(weights)))
+        classifier = nnx.merge(graphdef, jax.tree.unflatten(treedef, [weights[name] for name in names]))
         return jax.nn.sigmoid(classifier(tokens, lengths))
 
     batch, time = jax.export.symbolic_shape("batch, time")
     arguments = (
-        tuple(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves),
+        {name: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for name, leaf in zip(names, leaves)},
         jax.ShapeDtypeStruct((batch, time), jnp.int32),
         jax.ShapeDtypeStruct((batch,), jnp.int32),
     )
@@ -138,6 +140,7 @@ def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], thr
 
         onnx_graph.write(model_settings(restored), named_weights(model), folder / "model.onnx")
     manifest["sha256"] = {path.name: deploy.sha256(path) for path in sorted(folder.iterdir())}
+    manifest["settings_sha256"] = deploy.settings_digest(manifest)
     (folder / deploy.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -186,8 +189,7 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
     output = Path(os.path.realpath(output))
     if not formats or any(name not in FORMATS for name in formats):
         raise UserError(f"--format must be one or more of {', '.join(FORMATS)} (comma-separated), got {formats}")
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold must be between 0 and 1, got {threshold}")
+    check_prediction_setting("threshold", threshold)
     check_output(Path(os.path.realpath(workdir)), output, force)
     check_installed(formats)
     restored = restore_model(workdir, step)

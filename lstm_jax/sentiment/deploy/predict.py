@@ -1,15 +1,15 @@
-"""Prediction from a checkpoint alone (library; the command line is ../../predict.py).
+"""A checkpoint's model, ready to predict (library; the command line is ../../predict.py).
 
-``load_predictor(workdir)`` rebuilds the model, its vocabulary and ``max_len`` from the checkpoint's
-metadata (no config file) and returns a :class:`Predictor` whose ``predict(texts)`` gives the probability
-of positive sentiment. ``predict_file`` (from :mod:`.statements`) streams a text file through it.
+:func:`restore_model` rebuilds the model, its vocabulary and ``max_len`` from the checkpoint's metadata (no
+config file); :func:`checkpoint_runner` is the checkpoint's runner for the one :class:`.predictor.Predictor`.
+``load_predictor(workdir)`` is :func:`.predictor.load` for a checkpoint; ``predict_file`` (from
+:mod:`.statements`) streams a text file through any predictor.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -17,57 +17,31 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from lstm_jax.sentiment import batching
 from lstm_jax.sentiment import checkpoints as ckpt
 from lstm_jax.sentiment.config import base_config, validate
+from lstm_jax.sentiment.deploy.predictor import Predictor, load
+from lstm_jax.sentiment.deploy.runners import Runner
 from lstm_jax.sentiment.deploy.statements import FORMATS, predict_file  # noqa: F401  (predict_file: the job's API)
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.model.classifier import DataSizes, build_model
 from lstm_jax.sentiment.tokenizer import Vocabulary
 
 
-class Predictor:
-    """``predict(texts) -> <float32>[n]`` probabilities of positive, in fixed-size jitted batches.
+def checkpoint_runner(model: nnx.Module) -> Runner:
+    """Runs ``model`` with its batches split over all local devices (parameters replicated): on a CPU started
+    with ``--xla_force_host_platform_device_count`` equal to its cores, as ``predict.py`` does, every core runs
+    its share of the recurrence. Each new batch shape compiles once; short batches are filled to a compiled one."""
+    devices = jax.local_devices()
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    graphdef, params = nnx.split(model)
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
-    Texts are encoded a chunk at a time and batched by :mod:`.batching` like evaluation data: sorted by
-    length, each batch padded to its longest text rounded up to the checkpoint's ``length_bucket``, so only
-    a few shapes ever compile; results come back in input order. Batches are split over all local devices
-    (parameters replicated): on a CPU started with ``--xla_force_host_platform_device_count`` equal to its
-    cores, as ``predict.py`` does, every core runs its share of the recurrence.
-    """
+    def run_batch(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        inputs = jax.device_put((tokens, lengths), batch_sharding)
+        return np.asarray(_probabilities(graphdef, params, *inputs))
 
-    def __init__(self, model: nnx.Module, vocabulary: Vocabulary, max_len: int, batch_size: int = 256,
-                 length_bucket: int = 16):  # fmt: skip
-        devices = jax.local_devices()
-        mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-        self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
-        self.chunk_size = 8 * self.batch_size  # texts read per predict() call: room to sort them by length
-        self.vocabulary, self.max_len, self.length_bucket = vocabulary, max_len, length_bucket
-        self._graphdef, params = nnx.split(model)
-        self._params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-    @property
-    def model(self) -> nnx.Module:
-        """The restored model (a new NNX object sharing the predictor's weights)."""
-        return nnx.merge(self._graphdef, self._params)
-
-    def predict(self, texts: Sequence[str]) -> np.ndarray:
-        tokens, lengths = self.vocabulary.encode(texts, self.max_len)
-        devices = len(jax.local_devices())
-        batch_size = min(self.batch_size, -(-len(texts) // devices) * devices)  # never padded beyond the input
-        return batching.run_in_batches(self.run_batch, tokens, lengths, batch_size, self.length_bucket, self.max_len)
-
-    @property
-    def batch_multiple(self) -> int:
-        """Rows of a batch must be a multiple of this (the local device count: each device takes a share)."""
-        return self._batch_sharding.mesh.size
-
-    def run_batch(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Probabilities of one encoded batch (``tokens <int32>[b, t]``, ``lengths <int32>[b]``, ``b`` a
-        multiple of :attr:`batch_multiple`); each new shape compiles once."""
-        inputs = jax.device_put((tokens, lengths), self._batch_sharding)
-        return np.asarray(_probabilities(self._graphdef, self._params, *inputs))
+    return Runner("checkpoint", run_batch, len(devices), fills_batches=True, model=lambda: nnx.merge(graphdef, params))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -131,6 +105,13 @@ def restore_model(workdir: str | Path, step: int | None = None) -> RestoredModel
 
 
 def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int = 256) -> Predictor:
-    """Rebuilds the trained model from ``workdir`` alone (best checkpoint unless ``step`` is given)."""
-    restored = restore_model(workdir, step)
-    return Predictor(restored.model, restored.vocabulary, restored.max_len, batch_size, restored.length_bucket)
+    """The checkpoint's predictor (best checkpoint unless ``step`` is given): :func:`.predictor.load` with
+    ``workdir``."""
+    return load(workdir=workdir, step=step, batch_size=batch_size)
+
+
+def describe(restored: RestoredModel, threshold: float) -> dict:
+    """What a manifest says about a model, for a checkpoint too (the service's ``GET /model``)."""
+    from lstm_jax.sentiment.deploy.export import describe as description  # the manifest's writer says what it holds
+
+    return description(restored, threshold)

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lstm_jax.sentiment import files
+from lstm_jax.sentiment.config import check_prediction_setting
 from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
 
 FORMATS = ("txt", "jsonl", "csv")
@@ -111,8 +112,7 @@ def predict_file(
     half-written, devices and links written through."""
     if output_format not in FORMATS:
         raise UserError(f"unknown format {output_format!r}; use one of {', '.join(FORMATS)}")
-    if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold must be between 0 and 1, got {threshold}")
+    check_prediction_setting("threshold", threshold)
     destination = files.SafeOutput(output, inputs=(input_path,))
     if input_path == "-":
         stream, size = sys.stdin.buffer, None

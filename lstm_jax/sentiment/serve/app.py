@@ -30,6 +30,8 @@ import dataclasses
 import hashlib
 import importlib.resources
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.serve import explain, server
 from lstm_jax.sentiment.serve.microbatch import FixedShapeScorer, MicroBatcher, QueueFull
 from lstm_jax.sentiment.tokenizer import UNKNOWN_ID, Vocabulary, tokenize
@@ -162,8 +165,18 @@ class Service:
                         "threshold": threshold, "max_len": self.max_len, "version": version}  # fmt: skip
 
     def _warm_up(self) -> None:
-        started = time.perf_counter()
-        self.scorer.warm_up(lambda done: setattr(self, "compiled", done))
+        started, total = time.perf_counter(), len(self.scorer.shapes)
+
+        def progress(done: int) -> None:
+            self.compiled = done
+            if done % max(1, total // 4) == 0 and done < total:
+                print(f"warming up: {done}/{total} batch shapes", file=sys.stderr, flush=True)
+
+        try:
+            self.scorer.warm_up(progress)
+        except Exception:
+            os.kill(os.getpid(), signal.SIGTERM)  # a server that can never be ready stops; serve() says why, exit 2
+            raise
         print(f"ready: {len(self.scorer.shapes)} batch shapes warmed up in {time.perf_counter() - started:.1f} s",
               file=sys.stderr, flush=True)  # fmt: skip
 
@@ -335,29 +348,15 @@ def create_app(service: Service, allowed_hosts: set[str] | None = None, token: s
 def load_service(workdir: str | None = None, model: str | None = None, model_format: str | None = None,
                  step: int | None = None, threshold: float | None = None, cache: str = "", max_batch: int = 64,
                  max_wait: float = 0.0, limits: Limits = Limits()) -> Service:  # fmt: skip
-    """The service for a checkpoint (``workdir``) or an exported folder (``model``), not yet warmed up."""
+    """The service for a checkpoint (``workdir``) or an exported folder (``model``), not yet warmed up: the one
+    loader (:func:`~lstm_jax.sentiment.deploy.predictor.load`) with JAX's compilation cache ``cache``."""
+    from lstm_jax.sentiment.deploy.predictor import load  # no Flax, no orbax unless a checkpoint is loaded
     from lstm_jax.sentiment.process.cli import enable_compilation_cache
 
-    if model:
-        from lstm_jax.sentiment.deploy import artifacts as deploy  # no Flax, no orbax; JAX only for a StableHLO model
-
-        predictor = deploy.load(model, model_format, batch_size=max_batch)
-        if predictor.format == "stablehlo":
-            enable_compilation_cache(cache)
-        threshold = predictor.threshold if threshold is None else threshold
-        description = {**predictor.manifest, "format": predictor.format}
-    else:
-        enable_compilation_cache(cache)
-        from lstm_jax.sentiment.deploy.export import describe
-        from lstm_jax.sentiment.deploy.predict import Predictor, restore_model
-
-        restored = restore_model(workdir, step)
-        predictor = Predictor(restored.model, restored.vocabulary, restored.max_len, max_batch, restored.length_bucket)
-        threshold = 0.5 if threshold is None else threshold
-        description = {**describe(restored, threshold), "format": "checkpoint"}
-    description["threshold"] = threshold
-    return Service(predictor, predictor.vocabulary, description, threshold, limits, max_batch, max_wait,
-                   model_version(model, predictor))  # fmt: skip
+    predictor = load(workdir=workdir, model=model, model_format=model_format, step=step, batch_size=max_batch,
+                     threshold=threshold, before_jax=lambda: enable_compilation_cache(cache))  # fmt: skip
+    return Service(predictor, predictor.vocabulary, predictor.description, predictor.threshold, limits, max_batch,
+                   max_wait, model_version(model, predictor))  # fmt: skip
 
 
 def model_version(folder: str | None, predictor) -> str:
@@ -380,3 +379,7 @@ def serve(service: Service, host: str, port: int, bounds: server.Bounds = server
     print(f"serving {server.url(host, listener.getsockname()[1], bool(tls))} (warming up "
           f"{len(service.scorer.shapes)} batch shapes)", file=sys.stderr, flush=True)  # fmt: skip
     server.run(create_app(service, allowed_hosts, token), listener, bounds, service.metrics.refused, tls)
+    failure = service.batcher.failed
+    if failure is not None:
+        reason = (str(failure).splitlines() or ["no message"])[0][:200]
+        raise UserError(f"warm-up failed ({type(failure).__name__}: {reason}); the model cannot serve: export it again")
