@@ -19,7 +19,7 @@ def test_every_implementation_runs_and_ratios_are_per_repetition(tmp_path):
     pytest.importorskip("torch")
     bench.DEFAULT_TORCH_THREADS = 1
     full = bench.implementations("lstm", TINY, quick=False)
-    assert {"lstm_jax fused", "lstm_jax scan u16", "lstm_jax python loop", "flax nn.RNN", "torch eager"} <= set(full)
+    assert {"lstm_jax auto", "lstm_jax scan u16", "lstm_jax python loop", "flax nn.RNN", "torch eager"} <= set(full)
     # The full set differs only in its sweep; inference runs through the same measure_case in the tests below.
     impls = bench.implementations("lstm", TINY, quick=True)
     records = bench.measure_case("train", "tiny", TINY, "lstm", impls, repetitions=3, seconds=0.01)
@@ -34,7 +34,7 @@ def test_every_implementation_runs_and_ratios_are_per_repetition(tmp_path):
         assert (record["compile_seconds"] or 0) > 0 or record["implementation"].startswith("torch")
     paths = bench.plots(records, tmp_path, "tiny")
     assert all(p.stat().st_size > 1000 for p in paths)
-    assert "| train | tiny | lstm | lstm_jax fused |" in bench.table(records)
+    assert "| train | tiny | lstm | lstm_jax auto | fused |" in bench.table(records)
 
 
 @pytest.mark.parametrize("cell", ["gru", "bilstm", "slstm", "mlstm"])  # peephole: as lstm through the same runner
@@ -60,7 +60,11 @@ def test_the_accelerator_grid_runs_every_backend_and_reports_the_one_picked():
     assert backends["lstm_jax scan u1 bf16"] == "scan" and backends["torch eager"] is None
     assert all(r["ratio_vs_torch"] > 0 for r in records)
     fused = next(r for r in records if r["implementation"] == "lstm_jax fused")
-    assert fused["tflops"] == pytest.approx(bench.lstm_flops(TINY, "infer") / fused["step_seconds_median"] / 1e12)
+    flops = 2 * TINY["batch"] * TINY["time"] * (TINY["embed"] + TINY["hidden"]) * 4 * TINY["hidden"]
+    assert fused["gflops"] == pytest.approx(flops / fused["step_seconds_median"] / 1e9)
+    assert bench.recurrence_flops(TINY, "bilstm", "train") == 6 * flops  # two directions, 3x to train
+    assert bench.recurrence_flops(TINY, "gru", "infer") == flops * 3 / 4  # three gates
+    assert bench.recurrence_flops(TINY, "mlstm", "infer") is None
     assert fused["us_per_time_step"] == pytest.approx(1e6 * fused["step_seconds_median"] / TINY["time"])
     assert set(bench.accelerator_implementations("slstm")) == {"lstm_jax auto"}
     assert [(w, s, c) for w, s, _, c in bench.grid(quick=False, accelerator=True, shapes=("seed", "large"))] == [
