@@ -97,11 +97,8 @@ def _compiled(jitted, *args):
 # ------------------------------------------------------------------------------------------ lstm_jax
 
 
-def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="float32", shard=False,
-                   devices=None) -> Runner:
-    """The job's own ``train_step`` (train) or the predictor's forward pass (infer) on one fixed batch, on the
-    first ``devices`` devices (default all: the recurrence splits its batch over them, the rest runs whole);
-    ``shard`` splits the whole step's batch over them instead (data parallel, what the trainer does)."""
+def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="float32", shard=False) -> Runner:
+    """The job's own ``train_step`` (train) or the predictor's forward pass (infer) on one fixed batch."""
     from flax import nnx
 
     from lstm_jax.recurrent import RNN
@@ -114,7 +111,8 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="fl
     config.update(dict(cell=cell_name, bidirectional=bidirectional, embedding_dim=shape["embed"],
                        hidden_size=shape["hidden"], unroll=unroll, backend=backend, dtype=dtype))  # fmt: skip
     kwargs = model_kwargs(config, shape["vocab"])
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("data",))
+    devices = jax.devices() if shard else jax.devices()[:1]
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     tokens, lengths, labels = _batch(shape)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -126,8 +124,7 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="fl
         # A one-batch plan (all rows, in order): JAX clamps out-of-range retrieval indices, so every later
         # step takes that batch again. What varies between the runners is only the implementation.
         order = np.arange(shape["batch"], dtype=np.int32)[None]
-        order = jax.device_put(order, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")
-                                                                 if shard else jax.sharding.PartitionSpec()))
+        order = jax.device_put(order, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
         compiled, seconds = _compiled(train_step, state, examples, order, shape["time"])
         holder = [state]
 
@@ -138,7 +135,7 @@ def build_lstm_jax(shape, cell, workload, *, unroll=1, backend="auto", dtype="fl
 
     else:
         graphdef = state.graphdef
-        tokens, lengths = jax.device_put((tokens, lengths), split if shard else replicated)
+        tokens, lengths = jax.device_put((tokens, lengths), split)
         forward = jax.jit(lambda params, t, l: jax.nn.sigmoid(nnx.merge(graphdef, params)(t, l)))
         compiled, seconds = _compiled(forward, state.params, tokens, lengths)
 
@@ -280,12 +277,12 @@ def _ours(**options) -> Callable:
 
 def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     """The implementations that apply to a case, by display name."""
-    impls = {"lstm_jax auto": _ours()}  # on several CPU devices the recurrence splits its batch over them
+    impls = {"lstm_jax auto": _ours()}
     if cell == "mlstm":
         impls["lstm_jax chunkwise"] = _ours(backend="chunkwise")
         impls["lstm_jax parallel"] = _ours(backend="parallel")
     devices = len(jax.devices())
-    if devices > 1 and shape["batch"] % devices == 0:  # what the trainer does: the whole step's batch split
+    if devices > 1 and shape["batch"] % devices == 0:  # what predict.py does: the batch split over the cores
         impls[f"lstm_jax batch over {devices} CPU devices"] = _ours(shard=True)
     # The unroll sweep on the LSTM at the seed and medium shapes; elsewhere unroll 1 (the default) only.
     if cell != "lstm" or shape["hidden"] > 128:

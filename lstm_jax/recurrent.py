@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec
 
 from lstm_jax import cells as cells_lib
 from lstm_jax import cudnn
@@ -206,10 +205,7 @@ class RNN(nnx.Module):
         # reaches neither the outputs nor any gradient.
         x = jnp.where(masks[..., None], x, jnp.zeros((), x.dtype))
         noise = self._noise(rngs, initial_carry, time, batch) if training else (None, None)
-        recurrence = RECURRENCES[backend]
-        if backend in SPLIT_BACKENDS and (mesh := cpu_batch_mesh(batch)) is not None:
-            recurrence = _split_over_devices(recurrence, mesh)
-        carry, outputs = recurrence(self, x, lengths, masks, initial_carry, noise)
+        carry, outputs = RECURRENCES[backend](self, x, lengths, masks, initial_carry, noise)
         if self.reverse:
             outputs = reverse_padded(outputs, lengths)
         if not self.time_major:
@@ -334,39 +330,6 @@ RECURRENCES = {
     "chunkwise": _cell_form_recurrence("chunkwise"),
 }
 BACKENDS = ("auto", *RECURRENCES)
-SPLIT_BACKENDS = ("scan", "fused", "parallel", "chunkwise")  # those that run on a CPU (python is for tests)
-
-
-def cpu_batch_mesh(batch: int) -> jax.sharding.Mesh | None:
-    """The CPU devices a recurrence splits its batch over: all of them when this process has several
-    (``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` before JAX starts) and they divide ``batch``;
-    ``None`` (run whole) on one device, on an accelerator, or for a batch they do not divide.
-
-    XLA:CPU runs a recurrence's small per-step matmuls on one core; one share of the batch per device puts
-    every core to work in the loop, while the rest of the program (embedding, loss, optimizer) stays whole.
-    """
-    devices = jax.devices()
-    if len(devices) < 2 or devices[0].platform != "cpu" or batch % len(devices):
-        return None
-    return jax.sharding.Mesh(np.array(devices), ("batch",))
-
-
-def _split_over_devices(recurrence, mesh: jax.sharding.Mesh):
-    """``recurrence`` run by ``jax.shard_map`` on one share of the batch per device of ``mesh``; the cell's
-    parameters are replicated (their gradients summed over the shares), everything batched is split."""
-    rows, steps_rows = PartitionSpec("batch"), PartitionSpec(None, "batch")
-
-    def split(rnn: RNN, x, lengths, masks, initial_carry, noise):
-        graphdef, state = nnx.split(rnn)
-
-        def share(state, x, lengths, masks, initial_carry, noise):
-            return recurrence(nnx.merge(graphdef, state), x, lengths, masks, initial_carry, noise)
-
-        run = jax.shard_map(share, mesh=mesh, in_specs=(PartitionSpec(), steps_rows, rows, steps_rows, rows,
-                            (rows, steps_rows)), out_specs=(rows, steps_rows), check_vma=False)  # fmt: skip
-        return run(state, x, lengths, masks, initial_carry, noise)
-
-    return split
 
 
 class Bidirectional(nnx.Module):
