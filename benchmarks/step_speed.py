@@ -438,6 +438,7 @@ def environment() -> dict:
         "processor": platform.processor() or _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_default_threads": DEFAULT_TORCH_THREADS,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # PASSIVE keeps PyTorch sane on a loaded machine
     }
 
 
@@ -632,7 +633,8 @@ def main(argv=None):
         f"`python benchmarks/step_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
         f" on {env['processor']} ({env['cpu_count']} CPUs, {env['backend']}: {env['device_kind']}), "
         f"jax {env['jax']}, flax {env['flax']}, "
-        f"torch {env['torch']} (default {env['torch_default_threads']} threads), {env['date']}; "
+        f"torch {env['torch']} (default {env['torch_default_threads']} threads"
+        f"{', OMP_WAIT_POLICY=' + env['omp_wait_policy'] if env['omp_wait_policy'] else ''}), {env['date']}; "
         f"{repetitions} repetitions, medians; × torch = throughput relative to {baseline}; "
         "backend = the recurrence lstm_jax's layers ran (RNN.backend); GFLOP/s = the recurrent layer's matrix "
         "FLOPs (2·B·T·G·H·(E+H) per direction, 3x to train) per second; peak = one 2048² float32 matmul in "
