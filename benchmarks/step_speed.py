@@ -395,7 +395,7 @@ def recurrence_flops(shape: dict, cell: str, workload: str) -> float | None:
 
 
 def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple(SHAPES),
-         cells: tuple[str, ...] = tuple(CELL_MODELS), sweep: bool = True):
+         cells: tuple[str, ...] = tuple(CELL_MODELS), sweep: bool = True, workloads=("train", "infer")):
     """Yields (workload, shape name, shape, cell) cases."""
     if accelerator:
         for workload in ("train", "infer"):
@@ -407,7 +407,7 @@ def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple
         return
     shapes = ["seed"] if quick else [name for name in SHAPES if name in shapes]
     cells = ["lstm", "slstm", "mlstm"] if quick else [name for name in CELL_MODELS if name in cells]
-    for workload in ("train", "infer"):
+    for workload in workloads:
         for shape_name in shapes:
             for cell in cells:
                 if shape_name == "large" and cell not in ("lstm", "bilstm", "gru"):
@@ -552,6 +552,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shape names (" + ", ".join(SHAPES)
                         + "); naming some leaves out the sequence-length sweep")
     parser.add_argument("--cells", default=",".join(CELL_MODELS), help="CPU grid: comma-separated cells")
+    parser.add_argument("--workloads", default="train,infer", help="CPU grid: train, infer or both")
     parser.add_argument("--implementations", default=None, help="comma-separated implementation names to run "
                         "(e.g. 'lstm_jax auto,torch eager'; default all that apply)")
     parser.add_argument("--out", default=None, help="folder for the JSON and PNG files (default: a new one under "
@@ -599,7 +600,8 @@ def main(argv=None):
     records, started = [], time.time()
     shapes, cells = tuple(args.shapes.split(",")), tuple(args.cells.split(","))
     sweep = set(shapes) == set(SHAPES)
-    for workload, shape_name, shape, cell in grid(args.quick, args.accelerator, shapes, cells, sweep):
+    workloads = tuple(args.workloads.split(","))
+    for workload, shape_name, shape, cell in grid(args.quick, args.accelerator, shapes, cells, sweep, workloads):
         impls = accelerator_implementations(cell) if args.accelerator else implementations(cell, shape, args.quick)
         if args.implementations:
             impls = {name: build for name, build in impls.items() if name in args.implementations.split(",")}
