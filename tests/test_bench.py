@@ -130,3 +130,11 @@ def test_the_refit_check_cuts_the_training_movies_again_and_reads_the_best_epoch
              {"test_accuracy": 0.9}]  # fmt: skip
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert refit_check.best_epoch(workdir) == 2
+
+
+def test_the_cpu_grid_takes_the_shapes_cells_and_workloads_asked_for():
+    cases = [(w, s, c) for w, s, _, c in bench.grid(False, shapes=("medium", "large"), cells=("gru", "slstm"),
+                                                     sweep=False, workloads=("infer",))]  # fmt: skip
+    assert cases == [("infer", "medium", "gru"), ("infer", "medium", "slstm"), ("infer", "large", "gru")]
+    swept = [s for _, s, _, _ in bench.grid(False, shapes=("seed",), cells=("lstm",), workloads=("train",))]
+    assert swept == ["seed", "seed-T25", "seed-T50", "seed-T200", "seed-T400", "seed-T400"]
