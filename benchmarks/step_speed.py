@@ -276,9 +276,7 @@ def _ours(**options) -> Callable:
 
 def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     """The implementations that apply to a case, by display name."""
-    impls = {}
-    if cell in ("lstm", "bilstm"):
-        impls["lstm_jax fused"] = _ours(backend="fused")
+    impls = {"lstm_jax auto": _ours()}
     if cell == "mlstm":
         impls["lstm_jax chunkwise"] = _ours(backend="chunkwise")
         impls["lstm_jax parallel"] = _ours(backend="parallel")
@@ -371,7 +369,7 @@ def measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
             "step_seconds": times[name],
             "examples_per_second": shape["batch"] / step_seconds,
             "us_per_time_step": 1e6 * step_seconds / shape["time"],
-            "tflops": lstm_flops(shape, workload) / step_seconds / 1e12 if cell == "lstm" else None,
+            "gflops": flops / step_seconds / 1e9 if (flops := recurrence_flops(shape, cell, workload)) else None,
             "ratio_vs_torch": statistics.median(ratios) if ratios else None,
             "ratios_vs_torch": ratios,
             "compile_seconds": runners[name].compile_seconds,
@@ -382,14 +380,21 @@ def measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
     return list(records.values())
 
 
-def lstm_flops(shape: dict, workload: str) -> float:
-    """Matrix FLOPs of one LSTM step over the batch: 2 B T (E + H) 4H forward; training about 3x (the backward
-    pass is two such products). Elementwise work, the embedding and the head are left out."""
-    forward = 2 * shape["batch"] * shape["time"] * (shape["embed"] + shape["hidden"]) * 4 * shape["hidden"]
-    return forward * (3 if workload == "train" else 1)
+GATES = {"lstm": 4, "peephole_lstm": 4, "bilstm": 4, "gru": 3}  # gate blocks of the cells counted in GFLOP/s
 
 
-def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple(SHAPES)):
+def recurrence_flops(shape: dict, cell: str, workload: str) -> float | None:
+    """Matrix FLOPs of the recurrent layer over one batch: 2 B T (E + H) G H forward for G gates (per direction);
+    training 3x (the backward pass is two such products). Elementwise work, the embedding and the head are left
+    out. ``None`` for cells without that form (the xLSTM cells)."""
+    if cell not in GATES:
+        return None
+    forward = 2 * shape["batch"] * shape["time"] * (shape["embed"] + shape["hidden"]) * GATES[cell] * shape["hidden"]
+    return forward * (2 if CELL_MODELS[cell][1] else 1) * (3 if workload == "train" else 1)
+
+
+def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple(SHAPES),
+         cells: tuple[str, ...] = tuple(CELL_MODELS), sweep: bool = True, workloads=("train", "infer")):
     """Yields (workload, shape name, shape, cell) cases."""
     if accelerator:
         for workload in ("train", "infer"):
@@ -399,14 +404,16 @@ def grid(quick: bool, accelerator: bool = False, shapes: tuple[str, ...] = tuple
                 for cell in ("gru", "slstm", "mlstm"):
                     yield workload, "large", SHAPES["large"], cell
         return
-    shapes = ["seed"] if quick else ["seed", "medium", "large"]
-    cells = ["lstm", "slstm", "mlstm"] if quick else list(CELL_MODELS)
-    for workload in ("train", "infer"):
+    shapes = ["seed"] if quick else [name for name in SHAPES if name in shapes]
+    cells = ["lstm", "slstm", "mlstm"] if quick else [name for name in CELL_MODELS if name in cells]
+    for workload in workloads:
         for shape_name in shapes:
             for cell in cells:
-                if shape_name == "large" and cell not in ("lstm",):
-                    continue  # the large shape costs seconds a step on 2 cores: LSTM only
+                if shape_name == "large" and cell not in ("lstm", "bilstm", "gru"):
+                    continue  # the large shape costs seconds a step on 2 cores: the LSTM, BiLSTM and GRU only
                 yield workload, shape_name, SHAPES[shape_name], cell
+        if not sweep:
+            continue
         lengths = [25, 50, 200] if quick else [25, 50, 200, 400]
         for length in lengths:  # the sequence-length sweep at the seed shape (length 100 is above)
             yield workload, f"seed-T{length}", {**SHAPES["seed"], "time": length}, "lstm"
@@ -430,7 +437,27 @@ def environment() -> dict:
         "processor": platform.processor() or _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_default_threads": DEFAULT_TORCH_THREADS,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # PASSIVE keeps PyTorch sane on a loaded machine
     }
+
+
+def peak_gflops(threads: int, size: int = 2048, repetitions: int = 5) -> float | None:
+    """The machine's matmul rate: the best of a few float32 ``size``-square products in PyTorch on ``threads``."""
+    if not _has_torch():
+        return None
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
 
 
 def _cpu_name() -> str:
@@ -443,18 +470,23 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def _peak_text(peak: dict) -> str:
+    return ", ".join(f"{gflops:,.0f} GFLOP/s on {threads} thread{'s' * (threads > 1)}"
+                     for threads, gflops in peak.items() if gflops) or "not measured (no PyTorch)"
+
+
 def table(records: list[dict]) -> str:
     lines = [
-        "| workload | shape | cell | implementation | backend | examples/s | × torch | µs/step | TFLOP/s | compile s |",
+        "| workload | shape | cell | implementation | backend | examples/s | × torch | µs/step | GFLOP/s | compile s |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         ratio = f"{r['ratio_vs_torch']:.2f}×" if r["ratio_vs_torch"] else "—"
         compile_s = f"{r['compile_seconds']:.2f}" if r["compile_seconds"] is not None else "—"
-        tflops = f"{r['tflops']:.3f}" if r.get("tflops") is not None else "—"
+        gflops = f"{r['gflops']:,.1f}" if r.get("gflops") is not None else "—"
         lines.append(
             f"| {r['workload']} | {r['shape']} | {r['cell']} | {r['implementation']} | {r.get('backend') or '—'} | "
-            f"{r['examples_per_second']:,.0f} | {ratio} | {r.get('us_per_time_step', 0):,.1f} | {tflops} | "
+            f"{r['examples_per_second']:,.0f} | {ratio} | {r.get('us_per_time_step', 0):,.1f} | {gflops} | "
             f"{compile_s} |"
         )
     return "\n".join(lines)
@@ -516,7 +548,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="seed shape, LSTM only, few unrolls (< 3 minutes)")
     parser.add_argument("--accelerator", action="store_true", help="the GPU grid: every LSTM backend at 3 shapes")
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="accelerator grid: comma-separated shape names")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shape names (" + ", ".join(SHAPES)
+                        + "); naming some leaves out the sequence-length sweep")
+    parser.add_argument("--cells", default=",".join(CELL_MODELS), help="CPU grid: comma-separated cells")
+    parser.add_argument("--workloads", default="train,infer", help="CPU grid: train, infer or both")
+    parser.add_argument("--implementations", default=None, help="comma-separated implementation names to run "
+                        "(e.g. 'lstm_jax auto,torch eager'; default all that apply)")
     parser.add_argument("--out", default=None, help="folder for the JSON and PNG files (default: a new one under "
                         "./bench-runs; benchmarks/results holds the committed ones)")
     parser.add_argument("--tag", default=None, help="file name prefix (default: <backend>-<quick|full>)")
@@ -557,9 +594,16 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     machine_before = machine.describe()
+    cores = os.cpu_count() or 1
+    peak = {threads: peak_gflops(threads) for threads in sorted({1, cores})}
     records, started = [], time.time()
-    for workload, shape_name, shape, cell in grid(args.quick, args.accelerator, tuple(args.shapes.split(","))):
+    shapes, cells = tuple(args.shapes.split(",")), tuple(args.cells.split(","))
+    sweep = set(shapes) == set(SHAPES)
+    workloads = tuple(args.workloads.split(","))
+    for workload, shape_name, shape, cell in grid(args.quick, args.accelerator, shapes, cells, sweep, workloads):
         impls = accelerator_implementations(cell) if args.accelerator else implementations(cell, shape, args.quick)
+        if args.implementations:
+            impls = {name: build for name, build in impls.items() if name in args.implementations.split(",")}
         case = measure_case(workload, shape_name, shape, cell, impls, repetitions, seconds)
         records.extend(case)
         print(table(case).split("\n", 2)[2], flush=True)
@@ -567,6 +611,7 @@ def main(argv=None):
         "environment": environment(),
         "machine_before": machine_before,
         "machine_after": machine.describe(),
+        "peak_matmul_gflops": peak,
         "settings": {
             "quick": args.quick,
             "accelerator": args.accelerator,
@@ -589,9 +634,12 @@ def main(argv=None):
         f"`python benchmarks/step_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
         f" on {env['processor']} ({env['cpu_count']} CPUs, {env['backend']}: {env['device_kind']}), "
         f"jax {env['jax']}, flax {env['flax']}, "
-        f"torch {env['torch']} (default {env['torch_default_threads']} threads), {env['date']}; "
+        f"torch {env['torch']} (default {env['torch_default_threads']} threads"
+        f"{', OMP_WAIT_POLICY=' + env['omp_wait_policy'] if env['omp_wait_policy'] else ''}), {env['date']}; "
         f"{repetitions} repetitions, medians; × torch = throughput relative to {baseline}; "
-        "backend = the recurrence lstm_jax's layers ran (RNN.backend); load average "
+        "backend = the recurrence lstm_jax's layers ran (RNN.backend); GFLOP/s = the recurrent layer's matrix "
+        "FLOPs (2·B·T·G·H·(E+H) per direction, 3x to train) per second; peak = one 2048² float32 matmul in "
+        f"PyTorch: {_peak_text(peak)}; load average "
         f"{result['machine_before']['load_average_1min']} before, {result['machine_after']['load_average_1min']} "
         "after.\n\n"
     )

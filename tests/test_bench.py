@@ -21,7 +21,7 @@ def test_every_implementation_runs_and_ratios_are_per_repetition(tmp_path):
     pytest.importorskip("torch")
     bench.DEFAULT_TORCH_THREADS = 1
     full = bench.implementations("lstm", TINY, quick=False)
-    assert {"lstm_jax fused", "lstm_jax scan u16", "lstm_jax python loop", "flax nn.RNN", "torch eager"} <= set(full)
+    assert {"lstm_jax auto", "lstm_jax scan u16", "lstm_jax python loop", "flax nn.RNN", "torch eager"} <= set(full)
     # The full set differs only in its sweep; inference runs through the same measure_case in the tests below.
     impls = bench.implementations("lstm", TINY, quick=True)
     records = bench.measure_case("train", "tiny", TINY, "lstm", impls, repetitions=3, seconds=0.01)
@@ -36,7 +36,7 @@ def test_every_implementation_runs_and_ratios_are_per_repetition(tmp_path):
         assert (record["compile_seconds"] or 0) > 0 or record["implementation"].startswith("torch")
     paths = bench.plots(records, tmp_path, "tiny")
     assert all(p.stat().st_size > 1000 for p in paths)
-    assert "| train | tiny | lstm | lstm_jax fused |" in bench.table(records)
+    assert "| train | tiny | lstm | lstm_jax auto | fused |" in bench.table(records)
 
 
 @pytest.mark.parametrize("cell", ["gru", "bilstm", "slstm", "mlstm"])  # peephole: as lstm through the same runner
@@ -62,7 +62,11 @@ def test_the_accelerator_grid_runs_every_backend_and_reports_the_one_picked():
     assert backends["lstm_jax scan u1 bf16"] == "scan" and backends["torch eager"] is None
     assert all(r["ratio_vs_torch"] > 0 for r in records)
     fused = next(r for r in records if r["implementation"] == "lstm_jax fused")
-    assert fused["tflops"] == pytest.approx(bench.lstm_flops(TINY, "infer") / fused["step_seconds_median"] / 1e12)
+    flops = 2 * TINY["batch"] * TINY["time"] * (TINY["embed"] + TINY["hidden"]) * 4 * TINY["hidden"]
+    assert fused["gflops"] == pytest.approx(flops / fused["step_seconds_median"] / 1e9)
+    assert bench.recurrence_flops(TINY, "bilstm", "train") == 6 * flops  # two directions, 3x to train
+    assert bench.recurrence_flops(TINY, "gru", "infer") == flops * 3 / 4  # three gates
+    assert bench.recurrence_flops(TINY, "mlstm", "infer") is None
     assert fused["us_per_time_step"] == pytest.approx(1e6 * fused["step_seconds_median"] / TINY["time"])
     assert set(bench.accelerator_implementations("slstm")) == {"lstm_jax auto"}
     assert [(w, s, c) for w, s, _, c in bench.grid(quick=False, accelerator=True, shapes=("seed", "large"))] == [
@@ -128,3 +132,11 @@ def test_the_refit_check_cuts_the_training_movies_again_and_reads_the_best_epoch
              {"test_accuracy": 0.9}]  # fmt: skip
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert refit_check.best_epoch(workdir) == 2
+
+
+def test_the_cpu_grid_takes_the_shapes_cells_and_workloads_asked_for():
+    cases = [(w, s, c) for w, s, _, c in bench.grid(False, shapes=("medium", "large"), cells=("gru", "slstm"),
+                                                     sweep=False, workloads=("infer",))]  # fmt: skip
+    assert cases == [("infer", "medium", "gru"), ("infer", "medium", "slstm"), ("infer", "large", "gru")]
+    swept = [s for _, s, _, _ in bench.grid(False, shapes=("seed",), cells=("lstm",), workloads=("train",))]
+    assert swept == ["seed", "seed-T25", "seed-T50", "seed-T200", "seed-T400", "seed-T400"]
