@@ -167,7 +167,7 @@ def test_a_weight_of_another_shape_or_non_finite_is_refused(exported, tmp_path):
 
 def test_an_onnx_graph_of_another_vocabulary_or_with_nan_weights_is_refused(exported, trained_workdir, tmp_path):
     from lstm_jax.sentiment.deploy import onnx_graph
-    from lstm_jax.sentiment.deploy.export import named_weights
+    from lstm_jax.sentiment.deploy.export import model_settings, named_weights
     from lstm_jax.sentiment.deploy.predict import restore_model
 
     folder = _copy(exported, tmp_path)
@@ -182,7 +182,7 @@ def test_an_onnx_graph_of_another_vocabulary_or_with_nan_weights_is_refused(expo
     restored = restore_model(trained_workdir)
     weights = named_weights(restored.model)
     head = next(name for name in weights if "head" in name)
-    onnx_graph.write(restored.model_kwargs, {**weights, head: np.full_like(weights[head], np.nan)},
+    onnx_graph.write(model_settings(restored), {**weights, head: np.full_like(weights[head], np.nan)},
                      folder / "model.onnx")  # fmt: skip
     shutil.copy(exported / "vocabulary.json", folder / "vocabulary.json")
     _reseal(folder, model=manifest["model"])

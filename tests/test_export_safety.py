@@ -10,8 +10,8 @@ import time
 import pytest
 from conftest import ROOT
 
+import lstm_jax.deploy as deploy
 from lstm_jax.sentiment import errors, files
-from lstm_jax.sentiment.deploy import artifacts as deploy
 from lstm_jax.sentiment.deploy.export import export_model
 
 pytest.importorskip("onnxruntime")

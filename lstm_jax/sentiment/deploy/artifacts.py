@@ -213,8 +213,8 @@ def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
             version = np.lib.format.read_magic(handle)
             header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = header(handle)
-            if dtype.kind != "f" or math.prod(shape) * dtype.itemsize > info.file_size:
-                raise ValueError(f"its header declares {dtype} {shape}, more than the archive holds or not floats")
+            if dtype.kind not in "fiu" or math.prod(shape) * dtype.itemsize > info.file_size:
+                raise ValueError(f"its header declares {dtype} {shape}, more than the archive holds or not numbers")
         with archive.open(info) as handle:
             return np.lib.format.read_array(handle, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
