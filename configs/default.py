@@ -8,7 +8,7 @@ lengths (each cut from a length-sorted pool of 8 batches' worth of shuffled text
 accuracy and the test evaluated on the best validation checkpoint; its logit is summed with that of a linear
 word 1-3-gram model (NB-weighted logistic regression, fitted before training: lstm_jax/sentiment/model/ngrams.py),
 which the two models' different mistakes make worth about a point. Reaches about 78% test accuracy in about
-30 s on 2 cores (README "Accuracy against linear baselines"; the experiments behind the choices are in
+25 s on 2 cores (`python benchmarks/accuracy.py --models default`; the experiments behind the choices are in
 benchmarks/results/HISTORY.md).
 """
 

@@ -7,8 +7,8 @@ data (10,552 Rotten Tomatoes snippets instead of 9,370), nothing is held out, so
 it trains for 5 epochs: the mean, rounded, of the best epochs of configs/glove.py's own runs on seeds 0-2 (4, 7 and
 5). The n-gram scorer then takes C = 1, the middle of its grid, which is also what those runs chose on validation.
 Nothing scores the result on validation (the validation split is in its training data), but whether refitting
-pays was checked there one level down (benchmarks/refit_check.py: 81.53% against 80.20% for early stopping); its
-test accuracy is in README "Accuracy against linear baselines" (row glove_refit of benchmarks/accuracy.py).
+pays was checked there one level down (benchmarks/refit_check.py); its test accuracy is row glove_refit of
+`python benchmarks/accuracy.py`.
 """
 
 from configs.glove import get_config as glove_config

@@ -1,11 +1,12 @@
 """A linear n-gram scorer beside the recurrent encoder: NB-weighted logistic regression on hashed word n-grams.
 
 On a small dataset a bag of n-grams and a recurrent model make different mistakes; the sum of their logits beats
-both (README "Accuracy against linear baselines"). The scorer is the NB-LR of Wang & Manning (2012):
+both (`python benchmarks/accuracy.py` against `benchmarks/baselines.py`). The scorer is the NB-LR of Wang &
+Manning (2012):
 
 * features: the set of word 1- to ``order``-grams of a text (binary: a repeated n-gram counts once), over the
   token ids the model reads, hashed into ``2**log2_buckets`` buckets (order 3, 1-3-grams, in the default config:
-  1.0 point more validation accuracy than 1-2-grams for the scorer alone, 0.9 for the whole model; README);
+  chosen on validation, figures in benchmarks/results/HISTORY.md);
 * each feature scaled by its naive-Bayes log-count ratio ``r = log(p / |p|_1) - log(q / |q|_1)``, with ``p`` and
   ``q`` the (add-one) counts of texts holding it among positive and negative training texts;
 * an L2-regularised logistic regression on those features (SciPy's Newton-CG on a sparse matrix), its strength
