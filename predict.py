@@ -32,6 +32,15 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to use (default: the
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Statements per prediction batch.")
 
 
+def _start_jax() -> None:
+    """JAX, and for a checkpoint Flax and orbax, imported where Ctrl-C exits quietly: inside a C extension's
+    import a KeyboardInterrupt aborts the process with a C++ traceback."""
+    with startup.quiet_while_importing():
+        enable_compilation_cache("")
+        if _WORKDIR.value:
+            import lstm_jax.sentiment.deploy.predict  # noqa: F401
+
+
 @exit_on_user_error
 def main(argv):
     logging.set_verbosity(logging.FATAL)  # orbax warns that read-only managers do not save
@@ -49,7 +58,7 @@ def main(argv):
     # Refuse a bad output before loading anything; one inside the model it reads would damage the model.
     SafeOutput(_OUTPUT.value, inputs=(_INPUT.value,), folders=(_MODEL.value or _WORKDIR.value,))
     predictor = load(workdir=_WORKDIR.value, model=_MODEL.value, step=_STEP.value, batch_size=_BATCH_SIZE.value,
-                     threshold=threshold, before_jax=lambda: enable_compilation_cache(""))  # fmt: skip
+                     threshold=threshold, before_jax=_start_jax)  # fmt: skip
     stats = predict_file(predictor, _INPUT.value, _OUTPUT.value, _FORMAT.value, predictor.threshold)
     notes = [f"{stats['empty_lines']} empty lines skipped"]
     if stats["invalid_utf8_lines"]:

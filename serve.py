@@ -93,6 +93,12 @@ def main(argv):
     try:
         with startup.quiet_while_importing():
             from lstm_jax.sentiment.serve import app as serving
+
+            if _WORKDIR.value or _FORMAT.value == "stablehlo":  # JAX (and Flax): C extensions, imported quietly
+                import jax  # noqa: F401
+
+                if _WORKDIR.value:
+                    import lstm_jax.sentiment.deploy.predict  # noqa: F401
     except ImportError as error:
         raise UserError(f"serving needs {error.name}: pip install 'lstm_jax[serve]'") from None
     service = serving.load_service(
