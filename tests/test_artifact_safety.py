@@ -254,6 +254,13 @@ def test_predict_takes_a_list_not_one_string(exported):
     assert model.predict(("great film",)).shape == (1,)
 
 
+def test_no_statements_give_no_predictions_for_every_runner(exported, trained_workdir):
+    from lstm_jax.sentiment.deploy.predictor import load
+
+    for predictor in (load(workdir=trained_workdir), load(model=exported)):  # the checkpoint's divided by zero
+        assert predictor.predict([]).shape == (0,)
+
+
 def test_a_failed_warm_up_stops_the_server_with_one_line_and_exit_2(exported, tmp_path):
     script = tmp_path / "serve_failing.py"  # serve.py's path with a model call that fails at warm-up
     script.write_text(

@@ -203,3 +203,31 @@ def test_sigterm_while_the_staging_folder_is_made_leaves_nothing(trained_workdir
         signal.signal(signal.SIGTERM, previous)
         errors._interrupted.clear()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_deeply_nested_manifest_in_the_target_is_kept_with_one_line(runs):
+    (runs / "c").mkdir()
+    (runs / "c" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    _one_line(_export("--workdir", runs / "a", "--output", runs / "c", "--format", "onnx", "--force"),
+              "that export.py did not write")  # fmt: skip
+    assert (runs / "c" / "manifest.json").stat().st_size == 200_000
+
+
+def test_a_format_named_twice_is_written_once_and_loads(trained_workdir, tmp_path):
+    output = export_model(trained_workdir, tmp_path / "model", ["onnx", "onnx"])
+    assert deploy.load(output).format == "onnx"
+
+
+def test_a_check_that_fails_after_the_swap_puts_the_folder_back(tmp_path):
+    staging, output = tmp_path / "staging", tmp_path / "output"
+    staging.mkdir()
+    (staging / "new.txt").write_text("new")
+    output.mkdir()
+    (output / "mine.txt").write_text("a user's file")
+
+    def failing_check(_):
+        raise OSError("cannot read the folder")
+
+    with pytest.raises(OSError):
+        files.publish_folder(staging, output, replaceable=failing_check)
+    assert (output / "mine.txt").read_text() == "a user's file" and (staging / "new.txt").read_text() == "new"

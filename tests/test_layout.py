@@ -104,3 +104,16 @@ def test_every_shipped_config_trains_on_smoke_data_and_predicts(name, review_fil
     assert 0.0 <= final["test_accuracy"] <= 1.0
     probabilities = load_predictor(tmp_path / "run").predict(["a great movie", "dull"])
     assert probabilities.shape == (2,) and ((probabilities > 0) & (probabilities < 1)).all()
+
+
+def test_exported_models_load_and_serve_without_the_jobs_dependencies():
+    """`pip install ".[onnx]"` or `".[serve]"` holds no training stack: loading an export and the service's code must
+    not import it (ml_collections once came in through the settings table)."""
+    import subprocess
+    import sys
+
+    blocked = ["ml_collections", "optax", "orbax", "orbax.checkpoint", "tqdm", "matplotlib", "tensorboardX"]
+    code = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
+            "import lstm_jax.deploy, lstm_jax.sentiment.serve.app, lstm_jax.sentiment.process.cli\n")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

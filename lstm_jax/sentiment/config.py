@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ml_collections
-
 from lstm_jax.sentiment.errors import UserError
 from lstm_jax.sentiment.tokenizer import TOKENIZER, TOKENIZERS
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config():
     """The tutorial's settings; configs/*.py change what they need and lock the result."""
+    import ml_collections  # here: the prediction settings' table needs no job dependency
+
     config = ml_collections.ConfigDict()
     # Data.
     config.dataset = "rt"  # rt (offline default) | imdb | tfds:<name> | files

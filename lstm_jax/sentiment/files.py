@@ -285,7 +285,12 @@ def publish_folder(staging: Path, output: Path, replaceable: Callable[[Path], bo
                 raise appeared from None
             return
         displaced = staging if _renameat2(staging, output, _RENAME_EXCHANGE) else _swap_by_renames(staging, output)
-        if not replaceable(displaced):
+        try:
+            keep_new = replaceable(displaced)
+        except BaseException:
+            _swap_back(displaced, output)
+            raise
+        if not keep_new:
             _swap_back(displaced, output)
             raise appeared
         shutil.rmtree(displaced)

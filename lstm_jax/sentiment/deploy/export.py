@@ -1,10 +1,10 @@
 """Export a trained checkpoint as a self-contained folder (library; the command line is ../../export.py).
 
 ``export_model(workdir, output, formats)`` restores the model as ``predict.py`` does and writes the folder that
-:mod:`.deploy` reads (its docstring lists the files): the StableHLO of the inference function (``jax.export``,
+:mod:`.artifacts` reads (its docstring lists the files): the StableHLO of the inference function (``jax.export``,
 symbolic batch and time, lowered for ``cpu`` and ``cuda``) and its weights, and/or an ONNX graph
 (:mod:`.onnx_graph`). The folder is written beside ``output`` under a temporary name and renamed into place when
-complete; an existing non-empty ``output`` is replaced only with ``force``.
+complete; ``force`` replaces only an earlier export (:func:`.files.publish_folder`).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _looks_like_a_manifest(path: Path) -> bool:
         return False
     try:
         manifest = json.loads(path.read_bytes())
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(manifest, dict) and {"format_version", "sha256"} <= manifest.keys()
 
@@ -187,6 +187,7 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
     """Writes the exported folder ``output``; returns its path. Nothing is left behind on failure, and nothing is
     replaced but an earlier export (with ``force``): see :func:`.files.publish_folder`."""
     output = Path(os.path.realpath(output))
+    formats = list(dict.fromkeys(formats))  # "stablehlo,stablehlo" is one format
     if not formats or any(name not in FORMATS for name in formats):
         raise UserError(f"--format must be one or more of {', '.join(FORMATS)} (comma-separated), got {formats}")
     check_prediction_setting("threshold", threshold)

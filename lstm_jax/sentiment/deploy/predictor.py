@@ -58,6 +58,8 @@ class Predictor:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"predict() takes strings; statement {index} is {type(text).__name__}")
+        if not texts:
+            return np.zeros(0, np.float32)
         tokens, lengths = self.vocabulary.encode(texts, self.max_len)
         batch_size = self.batch_size
         if self.runner.fills_batches:  # never filled beyond the input's rows

@@ -29,7 +29,7 @@ from lstm_jax.sentiment import batching
 
 
 class SupportsRunBatch(Protocol):
-    """A checkpoint's :class:`~.predict.Predictor` or an exported :class:`~.deploy.DeployedModel`."""
+    """The one :class:`~lstm_jax.sentiment.deploy.predictor.Predictor`, for a checkpoint or an exported folder."""
 
     max_len: int
     length_bucket: int
