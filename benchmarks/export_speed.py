@@ -58,11 +58,11 @@ DEFAULT_MODEL = dict(vocab_size=8000, embedding_dim=64, hidden_size=64, cell="gr
 
 def _restored(vocab_size: int, max_len: int, **settings) -> RestoredModel:
     config = base_config()
-    config.update(dict(max_len=max_len, **settings))
+    config.update(dict(max_len=max_len, dataset="benchmark", **settings))
     sizes = DataSizes(vocab_size)
     model = build_model(config, sizes, nnx.Rngs(0))
     vocabulary = Vocabulary([f"w{index}" for index in range(vocab_size - 2)])
-    return RestoredModel(model, config, sizes, vocabulary, max_len, 16, 0, {"config": {"dataset": "benchmark"}})
+    return RestoredModel(model, config, sizes, vocabulary, max_len, 16, 0, {"config": config.to_dict()})
 
 
 def _export(restored: RestoredModel, folder: Path) -> Path:

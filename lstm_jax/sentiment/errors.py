@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -99,3 +100,22 @@ def raise_if_interrupted() -> None:
     """KeyboardInterrupt if SIGTERM or Ctrl-C arrived, even when the handler's own exception was dropped."""
     if _interrupted.is_set():
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM wait until the block is done (a step of two renames is never cut in half). Python runs
+    handlers in the main thread whichever thread the signal reached, so the handlers are swapped, not masked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {number: signal.signal(number, lambda number, frame: arrived.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(arrived):
+            signal.raise_signal(number)

@@ -20,7 +20,6 @@ swapped out atomically: a signal or a crash at any moment leaves the old folder 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import ctypes
 import errno
 import fcntl
@@ -29,14 +28,12 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
+from lstm_jax.sentiment.errors import UserError, raise_if_interrupted, signals_deferred
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB per line: about 150,000 words, far past any max_len
 _BOMS = [  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
@@ -247,25 +244,6 @@ def _renameat2(source: Path, target: Path, flag: int) -> bool:
     raise OSError(code, os.strerror(code), str(target))
 
 
-@contextlib.contextmanager
-def signals_deferred():
-    """SIGINT and SIGTERM wait until the block is done (a step of two renames is never cut in half). Python runs
-    handlers in the main thread whichever thread the signal reached, so the handlers are swapped, not masked."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    arrived = []
-    previous = {number: signal.signal(number, lambda number, frame: arrived.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(arrived):
-            signal.raise_signal(number)
-
-
 def publish_folder(staging: Path, output: Path, replaceable: Callable[[Path], bool]) -> None:
     """Moves the complete folder ``staging`` to ``output`` (both absolute, in one parent folder).
 
@@ -286,13 +264,11 @@ def publish_folder(staging: Path, output: Path, replaceable: Callable[[Path], bo
             return
         displaced = staging if _renameat2(staging, output, _RENAME_EXCHANGE) else _swap_by_renames(staging, output)
         try:
-            keep_new = replaceable(displaced)
-        except BaseException:
+            if not replaceable(displaced):
+                raise appeared
+        except BaseException:  # refused, or the check itself failed: what was there goes back, untouched
             _swap_back(displaced, output)
             raise
-        if not keep_new:
-            _swap_back(displaced, output)
-            raise appeared
         shutil.rmtree(displaced)
 
 

@@ -29,7 +29,7 @@ from lstm_jax.sentiment import files
 from lstm_jax.sentiment.config import check_prediction_setting
 from lstm_jax.sentiment.deploy import artifacts as deploy
 from lstm_jax.sentiment.deploy.predict import RestoredModel, restore_model
-from lstm_jax.sentiment.errors import UserError, raise_if_interrupted
+from lstm_jax.sentiment.errors import UserError, raise_if_interrupted, signals_deferred
 from lstm_jax.sentiment.model.classifier import build_model
 
 FORMATS = ("stablehlo", "onnx")
@@ -105,12 +105,11 @@ def model_settings(restored: RestoredModel) -> dict:
 
 
 def _summary(restored: RestoredModel) -> dict:
-    config = restored.meta.get("config", {})
     return {
         **model_settings(restored),
         "parameters": int(sum(np.size(leaf) for leaf in jax.tree.leaves(nnx.state(restored.model)))),
         "step": restored.step,
-        "dataset": config.get("dataset"),
+        "dataset": restored.config.dataset,
     }
 
 
@@ -146,20 +145,18 @@ def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], thr
 
 def is_earlier_export(folder: Path) -> bool:
     """Whether ``folder`` is a real folder holding an export's files only (with its manifest), or nothing."""
-    known = {deploy.MANIFEST, "vocabulary.json", *(name for names in deploy.FILES.values() for name in names)}
     if folder.is_symlink() or not folder.is_dir():
         return False
     names = {path.name for path in folder.iterdir()}
-    return not names or (names <= known and _looks_like_a_manifest(folder / deploy.MANIFEST))
+    return not names or (names <= deploy.SIZE_CAPS.keys() and _looks_like_a_manifest(folder))
 
 
-def _looks_like_a_manifest(path: Path) -> bool:
-    """Whether ``path`` is a regular file holding a JSON object with an export's format version and digests."""
-    if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
-        return False
+def _looks_like_a_manifest(folder: Path) -> bool:
+    """Whether ``folder``'s manifest is a regular file (read as the loader reads it) holding a JSON object with an
+    export's format version and digests, of any format version."""
     try:
-        manifest = json.loads(path.read_bytes())
-    except (ValueError, RecursionError):
+        manifest = json.loads(deploy.read_file(folder, deploy.MANIFEST))
+    except (UserError, ValueError, RecursionError):
         return False
     return isinstance(manifest, dict) and {"format_version", "sha256"} <= manifest.keys()
 
@@ -201,7 +198,7 @@ def export_model(workdir: str | Path, output: str | Path, formats: list[str], st
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = None
     try:
-        with files.signals_deferred():  # the folder and its name come together: a signal cannot orphan it
+        with signals_deferred():  # the folder and its name come together: a signal cannot orphan it
             staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
         _write_folder(restored, staging, list(formats), threshold)
         staging.chmod(0o777 & ~files.umask())  # mkdtemp made it private; the folder is meant to be shared

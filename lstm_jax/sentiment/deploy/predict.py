@@ -108,10 +108,3 @@ def load_predictor(workdir: str | Path, step: int | None = None, batch_size: int
     """The checkpoint's predictor (best checkpoint unless ``step`` is given): :func:`.predictor.load` with
     ``workdir``."""
     return load(workdir=workdir, step=step, batch_size=batch_size)
-
-
-def describe(restored: RestoredModel, threshold: float) -> dict:
-    """What a manifest says about a model, for a checkpoint too (the service's ``GET /model``)."""
-    from lstm_jax.sentiment.deploy.export import describe as description  # the manifest's writer says what it holds
-
-    return description(restored, threshold)

@@ -107,7 +107,8 @@ def load(workdir: str | Path | None = None, model: str | Path | None = None, mod
     if model:
         return _load_exported(Path(model), model_format, batch_size, threshold, before_jax)
     before_jax()
-    from lstm_jax.sentiment.deploy.predict import checkpoint_runner, describe, restore_model  # Flax: only here
+    from lstm_jax.sentiment.deploy.export import describe  # the manifest's writer: Flax, only here
+    from lstm_jax.sentiment.deploy.predict import checkpoint_runner, restore_model
 
     restored = restore_model(workdir, step)
     threshold = 0.5 if threshold is None else threshold

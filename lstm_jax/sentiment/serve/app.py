@@ -363,7 +363,9 @@ def model_version(folder: str | None, predictor) -> str:
     """``sha256:<hex>`` of the exported manifest (it holds every file's digest), or of a checkpoint's weights."""
     digest = hashlib.sha256()
     if folder:
-        digest.update((Path(folder) / "manifest.json").read_bytes())
+        from lstm_jax.sentiment.deploy.artifacts import MANIFEST, read_file  # as the loader read it: capped, no links
+
+        digest.update(read_file(Path(folder), MANIFEST))
     else:
         from lstm_jax.sentiment.deploy.export import named_weights
 
