@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lstm_jax import native
 from lstm_jax.cells import _matmul
 
 
@@ -100,12 +101,56 @@ def _lstm_bwd(dtype, unroll, residuals, cotangents):
         reverse=True,
         unroll=unroll,
     )
-    # The weight and input gradients: one large matmul each, outside the loop.
+    return (*_weight_gradients(x, input_kernel, bias, recurrent_kernel, h_prev, dz, dtype), None, (d_c0, d_h0))
+
+
+def _weight_gradients(x, input_kernel, bias, recurrent_kernel, h_prev, dz, dtype):
+    """``d_x, d_input_kernel, d_bias, d_recurrent_kernel`` from the gates' gradient: one large matmul each."""
     d_recurrent_kernel = jnp.einsum("tbh,tbg->hg", h_prev, dz).astype(recurrent_kernel.dtype)
     d_input_kernel = jnp.einsum("tbf,tbg->fg", x.astype(jnp.float32), dz).astype(input_kernel.dtype)
     d_bias = jnp.sum(dz, axis=(0, 1)).astype(bias.dtype)
     d_x = _matmul(dz, input_kernel.T, dtype).astype(x.dtype)
-    return d_x, d_input_kernel, d_bias, d_recurrent_kernel, None, (d_c0, d_h0)
+    return d_x, d_input_kernel, d_bias, d_recurrent_kernel
 
 
 lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+# ------------------------------------------------------------------ the same function on the native CPU kernel
+# Same arguments, results and saved values; the loops run in lstm_jax/csrc/lstm_cpu.cc (float32 only).
+
+
+def _native_forward(x, input_kernel, bias, recurrent_kernel, mask, carry, save):
+    c0, h0 = carry
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    results = native.lstm_forward(
+        f32(x), f32(input_kernel), f32(bias), f32(recurrent_kernel), mask, f32(c0), f32(h0), save=save
+    )
+    (outputs, c, h), saved = results[:3], results[3:]
+    return (c, h), outputs, saved
+
+
+@jax.custom_vjp
+def native_lstm_recurrence(x, input_kernel, bias, recurrent_kernel, mask, carry):
+    """:func:`lstm_recurrence` in float32 on the CPU kernel of :mod:`lstm_jax.native`."""
+    final_carry, outputs, _ = _native_forward(x, input_kernel, bias, recurrent_kernel, mask, carry, False)
+    return final_carry, outputs
+
+
+def _native_fwd(x, input_kernel, bias, recurrent_kernel, mask, carry):
+    final_carry, outputs, saved = _native_forward(x, input_kernel, bias, recurrent_kernel, mask, carry, True)
+    return (final_carry, outputs), (x, input_kernel, bias, recurrent_kernel, mask, saved)
+
+
+def _native_bwd(residuals, cotangents):
+    x, input_kernel, bias, recurrent_kernel, mask, (c_prev, h_prev, gates, tanh_c) = residuals
+    (d_c_final, d_h_final), d_outputs = cotangents
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    dz, d_c0, d_h0 = native.lstm_backward(
+        f32(d_outputs), recurrent_kernel, mask, c_prev, gates, tanh_c, f32(d_c_final), f32(d_h_final)
+    )
+    grads = _weight_gradients(x, input_kernel, bias, recurrent_kernel, h_prev, dz, jnp.float32)
+    return (*grads, None, (d_c0, d_h0))
+
+
+native_lstm_recurrence.defvjp(_native_fwd, _native_bwd)
