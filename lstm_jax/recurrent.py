@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 
 from lstm_jax import cells as cells_lib
-from lstm_jax import cudnn
-from lstm_jax.fused import lstm_recurrence
+from lstm_jax import cudnn, native
+from lstm_jax.fused import lstm_recurrence, native_lstm_recurrence
 from lstm_jax.registry import CELLS
 
 Array = jax.Array
@@ -71,9 +71,10 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
     """The recurrence that runs ``cell`` for a requested backend; every choice computes the same function.
 
     ``auto`` picks ``chunkwise`` for cells with a chunkwise form (the mLSTM), ``cudnn`` on an NVIDIA GPU for a
-    float32 plain LSTM cell, ``fused`` for a plain LSTM cell on a CPU, and ``scan`` otherwise (TPU, other cells,
-    projections, bfloat16 on a GPU, zoneout). Asking for a backend that cannot run ``cell`` here raises a
-    one-line ``ValueError``.
+    float32 plain LSTM cell, on a CPU ``native`` for a float32 plain LSTM cell when its kernel builds here
+    (:mod:`lstm_jax.native`) and ``fused`` for other plain LSTM cells, and ``scan`` otherwise (TPU, other
+    cells, projections, bfloat16 on a GPU, zoneout). Asking for a backend that cannot run ``cell`` here raises
+    a one-line ``ValueError``.
     """
     if requested == "auto":
         if hasattr(cell, "chunkwise"):  # as fast as parallel at 100 steps, 3x faster at 400, O(T) memory
@@ -82,16 +83,19 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
             return "scan"
         if _cudnn_obstacle(cell) is None:
             return "cudnn"
-        return "fused" if _is_plain_lstm(cell) and cudnn.platform() == "cpu" else "scan"
+        if _is_plain_lstm(cell) and cudnn.platform() == "cpu":
+            return "native" if _native_obstacle(cell) is None else "fused"
+        return "scan"
     name = _cell_name(cell)
     if requested in ("parallel", "chunkwise") and not hasattr(cell, requested):
         raise ValueError(f"backend={requested!r} needs a cell with a {requested} form (MLSTMCell), not {name}")
-    if requested in ("fused", "cudnn") and zoneout:
+    if requested in ("fused", "native", "cudnn") and zoneout:
         raise ValueError(f"backend={requested!r} cannot apply zoneout; use 'scan' or 'auto'")
-    if requested == "fused" and not _is_plain_lstm(cell):
-        raise ValueError(f"backend='fused' runs plain LSTMCell only, not {name}; use 'scan' or 'auto'")
-    if requested == "cudnn" and (reason := _cudnn_obstacle(cell)) is not None:
-        raise ValueError(f"backend='cudnn' cannot run here: {reason}; use backend='auto'")
+    if requested in ("fused", "native") and not _is_plain_lstm(cell):
+        raise ValueError(f"backend={requested!r} runs plain LSTMCell only, not {name}; use 'scan' or 'auto'")
+    obstacle = {"cudnn": _cudnn_obstacle, "native": _native_obstacle}.get(requested, lambda cell: None)(cell)
+    if obstacle is not None:
+        raise ValueError(f"backend={requested!r} cannot run here: {obstacle}; use backend='auto'")
     return requested
 
 
@@ -101,6 +105,15 @@ def _cudnn_obstacle(cell: nnx.Module) -> str | None:
     if jnp.dtype(cell.dtype) != jnp.float32 or cell.input_kernel.dtype != jnp.float32:
         return f"cuDNN's LSTM in JAX is float32 only, this cell computes in {jnp.dtype(cell.dtype).name}"
     return cudnn.unavailable_reason()
+
+
+def _native_obstacle(cell: nnx.Module) -> str | None:
+    if cudnn.platform() != "cpu":
+        return f"it runs on a CPU and JAX's default backend here is {cudnn.platform()!r}"
+    if jnp.dtype(cell.dtype) != jnp.float32 or cell.input_kernel.dtype != jnp.float32:
+        return f"the native kernel is float32 only, this cell computes in {jnp.dtype(cell.dtype).name}"
+    reason = native.unavailable_reason()
+    return None if reason is None else f"the native kernel is unavailable ({reason})"
 
 
 class RNN(nnx.Module):
@@ -114,7 +127,9 @@ class RNN(nnx.Module):
       backend: how the recurrence runs; all compute the same function (see :func:`choose_backend`):
         ``"auto"`` (default), ``"scan"`` (``lax.scan`` over the cell, differentiated by autodiff; the only
         one supporting ``jax.jvp`` and higher derivatives), ``"fused"`` (plain LSTM: a scan with a
-        hand-written backward pass, :mod:`lstm_jax.fused`), ``"cudnn"`` (plain float32 LSTM on an NVIDIA GPU,
+        hand-written backward pass, :mod:`lstm_jax.fused`), ``"native"`` (plain float32 LSTM on a CPU: the same
+        function in a compiled kernel that splits the batch over the cores, :mod:`lstm_jax.native`; no
+        ``jax.jvp``), ``"cudnn"`` (plain float32 LSTM on an NVIDIA GPU,
         :mod:`lstm_jax.cudnn`; reverse-mode gradients only, no ``vmap``), ``"parallel"`` (cells with a parallel
         form, the mLSTM: the whole sequence at once, ``O(T^2)`` memory), ``"chunkwise"`` (the mLSTM's parallel form
         over chunks of 64 steps, ``O(T)`` memory, for long sequences), ``"python"`` (a Python loop traced
@@ -175,7 +190,7 @@ class RNN(nnx.Module):
         """The backend of a call: :attr:`backend`, except that a training call whose recurrent dropout or zoneout
         masks enter the step itself runs ``scan`` in place of the fused and cuDNN kernels."""
         backend = self.backend
-        return "scan" if self.trains_noise(rngs) and backend in ("fused", "cudnn") else backend
+        return "scan" if self.trains_noise(rngs) and backend in ("fused", "native", "cudnn") else backend
 
     def __call__(
         self,
@@ -313,6 +328,13 @@ def _fused_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
     return carry, outputs.astype(cell.dtype)
 
 
+def _native_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
+    """The plain float32 LSTM on the compiled CPU kernel (:mod:`lstm_jax.native`), same backward as fused."""
+    cell = rnn.cell
+    bias = cell.bias[...] if cell.bias is not None else jnp.zeros(cell.input_kernel.shape[1:], jnp.float32)
+    return native_lstm_recurrence(x, cell.input_kernel[...], bias, cell.recurrent_kernel[...], masks, initial_carry)
+
+
 def _cudnn_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
     """cuDNN's LSTM kernel (:mod:`lstm_jax.cudnn`); a backward layer's inputs are reversed already, so the
     kernel reads forward. (Whole bidirectional layers and stacks are one kernel call: :func:`_cudnn_layers`.)"""
@@ -335,6 +357,7 @@ RECURRENCES = {
     "scan": _scan_recurrence,
     "python": _python_recurrence,
     "fused": _fused_recurrence,
+    "native": _native_recurrence,
     "cudnn": _cudnn_recurrence,
     "parallel": _cell_form_recurrence("parallel"),
     "chunkwise": _cell_form_recurrence("chunkwise"),

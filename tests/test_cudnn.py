@@ -13,7 +13,7 @@ from jax.experimental import rnn as jax_rnn
 from test_recurrent import HIDDEN, IN, TIME, randomize
 
 import lstm_jax
-from lstm_jax import cudnn
+from lstm_jax import cudnn, native
 from lstm_jax.recurrent import RNN, StackedRNN, choose_backend
 
 LENGTHS = np.array([TIME, 1, 0, 3, TIME + 4])  # full, one token, empty, middle, longer than the batch
@@ -189,7 +189,8 @@ def test_asking_for_cudnn_without_a_gpu_is_one_clear_error():
         ("gpu", "lstm", jnp.bfloat16, "scan"),
         ("gpu", "peephole_lstm", jnp.float32, "scan"),
         ("gpu", "gru", jnp.float32, "scan"),
-        ("cpu", "lstm", jnp.float32, "fused"),
+        ("cpu", "lstm", jnp.float32, "native"),
+        ("cpu-without-compiler", "lstm", jnp.float32, "fused"),
         ("cpu", "lstm", jnp.bfloat16, "fused"),
         ("cpu", "gru", jnp.float32, "scan"),
         ("cpu", "simple_rnn", jnp.float32, "scan"),
@@ -197,9 +198,11 @@ def test_asking_for_cudnn_without_a_gpu_is_one_clear_error():
     ],
 )
 def test_auto_picks_by_platform_cell_and_dtype(monkeypatch, platform, cell, dtype, expected):
-    monkeypatch.setattr(cudnn, "platform", lambda: platform)
+    monkeypatch.setattr(cudnn, "platform", lambda: platform.split("-")[0])
     if platform == "gpu":  # a GPU jaxlib: only the platform decides
         monkeypatch.setattr(cudnn, "unavailable_reason", lambda: None)
+    # whether the native CPU kernel built here (lstm_jax/native.py)
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "no C++ compiler" if "without" in platform else None)
     layer = lstm_jax.make_recurrent(cell, IN, HIDDEN, dtype=dtype, rngs=nnx.Rngs(0))
     assert layer.layers[0].backend == expected
     assert choose_backend("scan", layer.layers[0].cell) == "scan"

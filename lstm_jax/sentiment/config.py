@@ -48,7 +48,7 @@ def base_config():
     config.embedding_dropout_rate = 0.0  # on the embedded tokens
     config.word_dropout_rate = 0.0  # share of real tokens replaced by the unknown id during training
     config.unroll = 1  # lax.scan unroll factor
-    config.backend = "auto"  # how the recurrence runs (same function): auto|scan|fused|cudnn|parallel|chunkwise
+    config.backend = "auto"  # how the recurrence runs (same function): auto|scan|fused|native|cudnn|parallel|chunkwise
     config.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
     # Optimisation.
     config.batch_size = 32  # examples per step, across all devices (must divide by the device count)
@@ -100,7 +100,7 @@ CHOICES = {
     "embedding_init": ("random", "ppmi_svd", "file", "glove"),
     "test_checkpoint": ("best", "last"),
     "tokenizer": TOKENIZERS,
-    "backend": ("auto", "scan", "fused", "cudnn", "parallel", "chunkwise"),
+    "backend": ("auto", "scan", "fused", "native", "cudnn", "parallel", "chunkwise"),
 }
 # (least, most) of every numeric setting; the upper bounds only catch typos and hostile files (a 10^9-row table
 # would take hours to build), far above anything this job needs.

@@ -1,0 +1,136 @@
+"""The native CPU LSTM kernel (lstm_jax/native.py): equal to the XLA recurrences, and a clean fallback without it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import lstm_jax
+from lstm_jax import fused, native
+from lstm_jax.recurrent import RNN, choose_backend
+
+pytestmark = pytest.mark.skipif(native.unavailable_reason() is not None, reason=str(native.unavailable_reason()))
+
+# 24 rows split over the threads; 20 hidden units leave a tail past a whole vector of 8 or 16 lanes; 7 inputs.
+BATCH, TIME, IN, HIDDEN = 24, 9, 7, 20
+LENGTHS = jnp.asarray([0, 1, 2, 9, 9, 5, 3, 8, 9, 4, 6, 7, 1, 9, 2, 9, 0, 5, 9, 8, 3, 9, 7, 6])
+
+
+def randomized(module, scale=0.5):
+    state = nnx.state(module, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    new = [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    nnx.update(module, jax.tree.unflatten(treedef, new))
+    return module
+
+
+def loss_and_grads(layer, x, initial=None):
+    def loss(layer, x, initial):
+        outputs, carry = layer(x, LENGTHS, **({"initial_carry": initial} if initial else {}))
+        return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(jnp.cos(leaf)) for leaf in jax.tree.leaves(carry))
+
+    return nnx.value_and_grad(loss, argnums=(0, 1, 2))(layer, x, initial)
+
+
+def assert_trees_close(got, want, tolerance=1e-5):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_initial_carry", [False, True])
+def test_native_equals_fused_and_scan_in_value_and_every_gradient(reverse, with_initial_carry):
+    cell = randomized(lstm_jax.LSTMCell(IN, HIDDEN, rngs=nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(1), (BATCH, TIME, IN))
+    initial = (jnp.full((BATCH, HIDDEN), 0.3), jnp.full((BATCH, HIDDEN), -0.2)) if with_initial_carry else None
+    got = loss_and_grads(RNN(cell, reverse=reverse, backend="native"), x, initial)
+    for backend in ("fused", "scan"):
+        assert_trees_close(got, loss_and_grads(RNN(cell, reverse=reverse, backend=backend), x, initial))
+
+
+def test_a_bidirectional_stack_on_auto_runs_native_and_equals_scan():
+    def stack(backend):
+        layer = lstm_jax.make_recurrent("lstm", IN, HIDDEN, num_layers=2, bidirectional=True, backend=backend,
+                                        rngs=nnx.Rngs(0))  # fmt: skip
+        return randomized(layer)
+
+    auto = stack("auto")
+    assert {rnn.backend for layer in auto.layers for rnn in (layer.forward_rnn, layer.backward_rnn)} == {"native"}
+    x = jax.random.normal(jax.random.key(2), (BATCH, TIME, IN))
+    assert_trees_close(loss_and_grads(auto, x), loss_and_grads(stack("scan"), x))
+
+
+@pytest.mark.parametrize("batch, hidden", [(1, 1), (5, 16), (64, 33)])
+def test_the_kernel_equals_fused_at_edge_sizes_and_under_vmap(batch, hidden):
+    keys = jax.random.split(jax.random.key(4), 5)
+    x = jax.random.normal(keys[0], (2, TIME, batch, IN))  # a leading axis for vmap
+    shapes = [(IN, 4 * hidden), (4 * hidden,), (hidden, 4 * hidden)]
+    args = [0.4 * jax.random.normal(k, s) for k, s in zip(keys[1:], shapes)]
+    mask = jnp.arange(TIME)[:, None] < jnp.arange(batch)[None, :] % (TIME + 1)
+    carry = (jnp.zeros((batch, hidden)), jnp.ones((batch, hidden)))
+
+    def run(recurrence):
+        return jax.vmap(lambda x: recurrence(x, *args, mask, carry))(x)
+
+    assert_trees_close(run(fused.native_lstm_recurrence), run(fused.lstm_recurrence))
+
+
+def test_auto_keeps_fused_for_bfloat16_and_native_refuses_it_in_one_line():
+    cell = lstm_jax.LSTMCell(IN, HIDDEN, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert choose_backend("auto", cell) == "fused"
+    with pytest.raises(ValueError, match="backend='native' cannot run here: the native kernel is float32 only"):
+        RNN(cell, backend="native")
+    with pytest.raises(ValueError, match="backend='native' runs plain LSTMCell only, not GRUCell"):
+        RNN(lstm_jax.GRUCell(IN, HIDDEN, rngs=nnx.Rngs(0)), backend="native")
+
+
+FALLBACK = textwrap.dedent("""
+    import jax.numpy as jnp
+    from flax import nnx
+    import lstm_jax
+    from lstm_jax import native
+    layer = lstm_jax.make_recurrent("lstm", 3, 5, rngs=nnx.Rngs(0))
+    outputs, _ = layer(jnp.ones((2, 4, 3)), jnp.asarray([4, 2]))
+    try:
+        lstm_jax.RNN(lstm_jax.LSTMCell(3, 5, rngs=nnx.Rngs(0)), backend="native")
+    except ValueError as error:
+        print("refused:", error)
+    print("backend:", layer.layers[0].backend, "outputs:", outputs.shape, "reason:", native.unavailable_reason())
+""")
+
+
+@pytest.mark.parametrize(
+    "environment, reason",
+    [
+        ({"PATH": "", "CXX": ""}, "no C++ compiler found"),  # a machine without a compiler
+        ({"CXX": "false"}, "compiling lstm_cpu.cc with /usr/bin/false failed"),  # a compiler that fails
+        ({"LSTM_JAX_NATIVE": "0"}, "LSTM_JAX_NATIVE=0 turned it off"),
+    ],
+)
+def test_without_the_kernel_auto_falls_back_to_fused_and_native_says_why(tmp_path, environment, reason):
+    if environment.get("CXX") == "false" and not os.path.exists("/usr/bin/false"):
+        pytest.skip("no /usr/bin/false here")
+    env = {**os.environ, "LSTM_JAX_CACHE": str(tmp_path), "JAX_PLATFORMS": "cpu", **environment}
+    result = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backend: fused outputs: (2, 4, 5)" in result.stdout
+    assert f"reason: {reason}" in result.stdout
+    refused = next(line for line in result.stdout.splitlines() if line.startswith("refused:"))
+    assert "backend='native' cannot run here: the native kernel is unavailable" in refused
+    assert not list(tmp_path.glob("*.so"))  # nothing half-built left behind
+
+
+def test_the_build_is_cached_by_source_and_put_in_place_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTM_JAX_CACHE", str(tmp_path))
+    first = native.build()
+    assert first.parent == tmp_path and first.stat().st_size > 0
+    modified = first.stat().st_mtime_ns
+    assert native.build() == first and first.stat().st_mtime_ns == modified  # cached: not compiled again
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no scratch folder left
