@@ -277,6 +277,8 @@ def _ours(**options) -> Callable:
 def implementations(cell: str, shape: dict, quick: bool) -> dict[str, Callable]:
     """The implementations that apply to a case, by display name."""
     impls = {"lstm_jax auto": _ours()}
+    if cell in ("lstm", "bilstm"):  # auto runs the native kernel where it builds; fused is the XLA recurrence
+        impls["lstm_jax fused"] = _ours(backend="fused")
     if cell == "mlstm":
         impls["lstm_jax chunkwise"] = _ours(backend="chunkwise")
         impls["lstm_jax parallel"] = _ours(backend="parallel")

@@ -154,3 +154,45 @@ def _native_bwd(residuals, cotangents):
 
 
 native_lstm_recurrence.defvjp(_native_fwd, _native_bwd)
+
+
+# ------------------------------------------------------------------ the GRU on the native CPU kernel
+# GRUCell's function (reset gate after the recurrent matmul) with the same structure of backward pass: the
+# kernel's reverse loop gives the gradients of zx = x W_x + b and zh = h W_h + b_h, and XLA the weight gradients.
+
+
+def _native_gru_forward(x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0, save):
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    args = (f32(x), f32(input_kernel), f32(bias), f32(recurrent_kernel), f32(recurrent_bias), mask, f32(h0))
+    results = native.gru_forward(*args, save=save)
+    return results[1], results[0], results[2:]
+
+
+@jax.custom_vjp
+def native_gru_recurrence(x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0):
+    """Returns ``(final_h, outputs <[T, B, H]>)`` for a float32 ``GRUCell`` on the CPU kernel; shapes as the LSTM's
+    with ``3H`` gate columns ``[r | u | n]`` and a recurrent bias ``<[3H]>``."""
+    final_h, outputs, _ = _native_gru_forward(x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0, False)
+    return final_h, outputs
+
+
+def _native_gru_fwd(x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0):
+    final_h, outputs, saved = _native_gru_forward(
+        x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0, True
+    )
+    return (final_h, outputs), (x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, saved)
+
+
+def _native_gru_bwd(residuals, cotangents):
+    x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, (h_prev, gates, zh_n) = residuals
+    d_h_final, d_outputs = cotangents
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    dzx, dzh, d_h0 = native.gru_backward(f32(d_outputs), recurrent_kernel, mask, h_prev, gates, zh_n, f32(d_h_final))
+    d_input_kernel = jnp.einsum("tbf,tbg->fg", x.astype(jnp.float32), dzx).astype(input_kernel.dtype)
+    d_recurrent_kernel = jnp.einsum("tbh,tbg->hg", h_prev, dzh).astype(recurrent_kernel.dtype)
+    d_x = _matmul(dzx, input_kernel.T, jnp.float32).astype(x.dtype)
+    d_bias, d_recurrent_bias = jnp.sum(dzx, axis=(0, 1)), jnp.sum(dzh, axis=(0, 1))
+    return d_x, d_input_kernel, d_bias, d_recurrent_kernel, d_recurrent_bias, None, d_h0
+
+
+native_gru_recurrence.defvjp(_native_gru_fwd, _native_gru_bwd)

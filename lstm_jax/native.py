@@ -1,4 +1,4 @@
-"""The CPU LSTM kernel of ``csrc/lstm_cpu.cc``, reached through XLA's FFI (``jax.ffi``).
+"""The CPU LSTM and GRU kernels of ``csrc/lstm_cpu.cc``, reached through XLA's FFI (``jax.ffi``).
 
 XLA:CPU runs each time step's small ``[B, H] x [H, 4H]`` matmul on one core. The kernel instead gives each
 thread of XLA's intra-op pool its own rows of the batch for the whole sequence (rows never interact), so
@@ -29,8 +29,15 @@ import jax
 
 SOURCE = pathlib.Path(__file__).parent / "csrc" / "lstm_cpu.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
-TARGETS = {"forward": "LstmForward", "forward_save": "LstmForwardSave", "backward": "LstmBackward"}
-_PREFIX = "lstm_jax_lstm_"
+TARGETS = {
+    "lstm_forward": "LstmForward",
+    "lstm_forward_save": "LstmForwardSave",
+    "lstm_backward": "LstmBackward",
+    "gru_forward": "GruForward",
+    "gru_forward_save": "GruForwardSave",
+    "gru_backward": "GruBackward",
+}
+_PREFIX = "lstm_jax_"
 
 
 class Unavailable(RuntimeError):
@@ -110,13 +117,31 @@ def lstm_forward(x, input_kernel, bias, recurrent_kernel, mask, c0, h0, *, save:
     width = recurrent_kernel.shape[1]
     seq, state = (steps, batch, width // 4), (batch, width // 4)
     shapes = [seq, state, state] + ([seq, seq, (steps, batch, width), seq] if save else [])
-    return _call("forward_save" if save else "forward", shapes, x, input_kernel, bias, recurrent_kernel, mask, c0, h0)
+    target = "lstm_forward_save" if save else "lstm_forward"
+    return _call(target, shapes, x, input_kernel, bias, recurrent_kernel, mask, c0, h0)
 
 
 def lstm_backward(d_outputs, recurrent_kernel, mask, c_prev, gates, tanh_c, d_c_final, d_h_final):
     """``dz, d_c0, d_h0``: the gate pre-activations' gradient ``<[T, B, 4H]>`` and the initial carry's."""
     shapes = [gates.shape, d_c_final.shape, d_h_final.shape]
-    return _call("backward", shapes, d_outputs, recurrent_kernel, mask, c_prev, gates, tanh_c, d_c_final, d_h_final)
+    args = (d_outputs, recurrent_kernel, mask, c_prev, gates, tanh_c, d_c_final, d_h_final)
+    return _call("lstm_backward", shapes, *args)
+
+
+def gru_forward(x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0, *, save: bool):
+    """``y, h`` (and with ``save`` the backward's ``h_prev``, ``gates [r | u | n]`` and ``zh_n = h W_hn + b_hn``)."""
+    steps, batch, _ = x.shape
+    width = recurrent_kernel.shape[1]
+    seq, state = (steps, batch, width // 3), (batch, width // 3)
+    shapes = [seq, state] + ([seq, (steps, batch, width), seq] if save else [])
+    target = "gru_forward_save" if save else "gru_forward"
+    return _call(target, shapes, x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0)
+
+
+def gru_backward(d_outputs, recurrent_kernel, mask, h_prev, gates, zh_n, d_h_final):
+    """``dzx, dzh, d_h0``: the gradients of ``x W_x + b`` and ``h W_h + b_h`` ``<[T, B, 3H]>``, and of ``h0``."""
+    shapes = [gates.shape, gates.shape, d_h_final.shape]
+    return _call("gru_backward", shapes, d_outputs, recurrent_kernel, mask, h_prev, gates, zh_n, d_h_final)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from flax import nnx
 
 from lstm_jax import cells as cells_lib
 from lstm_jax import cudnn, native
-from lstm_jax.fused import lstm_recurrence, native_lstm_recurrence
+from lstm_jax.fused import lstm_recurrence, native_gru_recurrence, native_lstm_recurrence
 from lstm_jax.registry import CELLS
 
 Array = jax.Array
@@ -62,6 +62,11 @@ def _is_plain_lstm(cell: nnx.Module) -> bool:
     return type(cell) is cells_lib.LSTMCell and not cell.proj_size
 
 
+def _has_native_kernel(cell: nnx.Module) -> bool:
+    """A cell the native CPU kernel runs: the plain LSTM or the GRU."""
+    return _is_plain_lstm(cell) or type(cell) is cells_lib.GRUCell
+
+
 def _cell_name(cell: nnx.Module) -> str:
     """The cell's class for error messages, ``LSTMCell with proj_size`` for a projection LSTM."""
     return type(cell).__name__ + (" with proj_size" if getattr(cell, "proj_size", 0) else "")
@@ -71,8 +76,8 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
     """The recurrence that runs ``cell`` for a requested backend; every choice computes the same function.
 
     ``auto`` picks ``chunkwise`` for cells with a chunkwise form (the mLSTM), ``cudnn`` on an NVIDIA GPU for a
-    float32 plain LSTM cell, on a CPU ``native`` for a float32 plain LSTM cell when its kernel builds here
-    (:mod:`lstm_jax.native`) and ``fused`` for other plain LSTM cells, and ``scan`` otherwise (TPU, other
+    float32 plain LSTM cell, on a CPU ``native`` for a float32 plain LSTM or GRU cell when its kernel builds
+    here (:mod:`lstm_jax.native`) and ``fused`` for other plain LSTM cells, and ``scan`` otherwise (TPU, other
     cells, projections, bfloat16 on a GPU, zoneout). Asking for a backend that cannot run ``cell`` here raises
     a one-line ``ValueError``.
     """
@@ -83,16 +88,18 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
             return "scan"
         if _cudnn_obstacle(cell) is None:
             return "cudnn"
-        if _is_plain_lstm(cell) and cudnn.platform() == "cpu":
-            return "native" if _native_obstacle(cell) is None else "fused"
-        return "scan"
+        if _has_native_kernel(cell) and _native_obstacle(cell) is None:
+            return "native"
+        return "fused" if _is_plain_lstm(cell) and cudnn.platform() == "cpu" else "scan"
     name = _cell_name(cell)
     if requested in ("parallel", "chunkwise") and not hasattr(cell, requested):
         raise ValueError(f"backend={requested!r} needs a cell with a {requested} form (MLSTMCell), not {name}")
     if requested in ("fused", "native", "cudnn") and zoneout:
         raise ValueError(f"backend={requested!r} cannot apply zoneout; use 'scan' or 'auto'")
-    if requested in ("fused", "native") and not _is_plain_lstm(cell):
-        raise ValueError(f"backend={requested!r} runs plain LSTMCell only, not {name}; use 'scan' or 'auto'")
+    if requested == "fused" and not _is_plain_lstm(cell):
+        raise ValueError(f"backend='fused' runs plain LSTMCell only, not {name}; use 'scan' or 'auto'")
+    if requested == "native" and not _has_native_kernel(cell):
+        raise ValueError(f"backend='native' runs plain LSTMCell and GRUCell only, not {name}; use 'scan' or 'auto'")
     obstacle = {"cudnn": _cudnn_obstacle, "native": _native_obstacle}.get(requested, lambda cell: None)(cell)
     if obstacle is not None:
         raise ValueError(f"backend={requested!r} cannot run here: {obstacle}; use backend='auto'")
@@ -127,8 +134,8 @@ class RNN(nnx.Module):
       backend: how the recurrence runs; all compute the same function (see :func:`choose_backend`):
         ``"auto"`` (default), ``"scan"`` (``lax.scan`` over the cell, differentiated by autodiff; the only
         one supporting ``jax.jvp`` and higher derivatives), ``"fused"`` (plain LSTM: a scan with a
-        hand-written backward pass, :mod:`lstm_jax.fused`), ``"native"`` (plain float32 LSTM on a CPU: the same
-        function in a compiled kernel that splits the batch over the cores, :mod:`lstm_jax.native`; no
+        hand-written backward pass, :mod:`lstm_jax.fused`), ``"native"`` (plain float32 LSTM or GRU on a CPU: the
+        same function in a compiled kernel that splits the batch over the cores, :mod:`lstm_jax.native`; no
         ``jax.jvp``), ``"cudnn"`` (plain float32 LSTM on an NVIDIA GPU,
         :mod:`lstm_jax.cudnn`; reverse-mode gradients only, no ``vmap``), ``"parallel"`` (cells with a parallel
         form, the mLSTM: the whole sequence at once, ``O(T^2)`` memory), ``"chunkwise"`` (the mLSTM's parallel form
@@ -329,9 +336,15 @@ def _fused_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
 
 
 def _native_recurrence(rnn: RNN, x, lengths, masks, initial_carry, noise):
-    """The plain float32 LSTM on the compiled CPU kernel (:mod:`lstm_jax.native`), same backward as fused."""
+    """The float32 plain LSTM or GRU on the compiled CPU kernel (:mod:`lstm_jax.native`)."""
     cell = rnn.cell
-    bias = cell.bias[...] if cell.bias is not None else jnp.zeros(cell.input_kernel.shape[1:], jnp.float32)
+    zeros = jnp.zeros(cell.input_kernel.shape[1:], jnp.float32)
+    bias = cell.bias[...] if cell.bias is not None else zeros
+    if isinstance(cell, cells_lib.GRUCell):
+        recurrent_bias = cell.recurrent_bias[...] if cell.recurrent_bias is not None else zeros
+        return native_gru_recurrence(
+            x, cell.input_kernel[...], bias, cell.recurrent_kernel[...], recurrent_bias, masks, initial_carry
+        )
     return native_lstm_recurrence(x, cell.input_kernel[...], bias, cell.recurrent_kernel[...], masks, initial_carry)
 
 

@@ -8,6 +8,7 @@ import reference
 from flax import nnx
 
 import lstm_jax
+from lstm_jax import native
 from lstm_jax.recurrent import RNN, Bidirectional, choose_backend, reverse_padded
 from lstm_jax.registry import CELLS
 
@@ -311,7 +312,8 @@ def backends_to_test(names) -> list[tuple[str, str]]:
 
 def test_backends_to_test_keeps_auto_where_it_differs_from_scan():
     pairs = backends_to_test(CELL_VARIANTS)
-    assert {name for name, backend in pairs if backend == "auto"} == {"lstm", "mlstm"}  # on a CPU
+    native_cells = {"gru"} if native.unavailable_reason() is None else set()  # lstm runs fused without it
+    assert {name for name, backend in pairs if backend == "auto"} == {"lstm", "mlstm"} | native_cells  # on a CPU
     assert sorted(name for name, backend in pairs if backend == "scan") == sorted(CELL_VARIANTS)
 
 

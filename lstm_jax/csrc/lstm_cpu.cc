@@ -1,4 +1,4 @@
-// The LSTM recurrence on CPU as XLA FFI calls: each thread of XLA's intra-op pool runs its own rows of the
+// The LSTM and GRU recurrences on CPU as XLA FFI calls: each thread of XLA's intra-op pool runs its own rows of the
 // batch through every time step (rows are independent, so threads never wait on each other mid-sequence).
 // Built on first use by lstm_jax/native.py; the JAX side (input projection, weight gradients) is in fused.py.
 #include <algorithm>
@@ -134,8 +134,16 @@ inline T exp_approx(T x) {
 
 template <typename T>
 inline T sigmoid(T x) { return 1.0f / (1.0f + exp_approx<T>(-x)); }
+// tanh through exp loses relative precision near 0 (1 - e^{-2x} cancels), so |x| < 0.5 takes the Taylor series
+// to x^15 (relative error below 1e-7 in float32 there, and about 3e-7 for the exp form above).
 template <typename T>
-inline T tanh_approx(T x) { return 2.0f / (1.0f + exp_approx<T>(-2.0f * x)) - 1.0f; }
+inline T tanh_approx(T x) {
+  T through_exp = 2.0f / (1.0f + exp_approx<T>(-2.0f * x)) - 1.0f;
+  T x2 = x * x, series = T{} - 929569.0f / 638512875;
+  for (float c : {21844.0f / 6081075, -1382.0f / 155925, 62.0f / 2835, -17.0f / 315, 2.0f / 15, -1.0f / 3, 1.0f})
+    series = series * x2 + c;
+  return x2 < T{} + 0.25f ? series * x : through_exp;
+}
 
 // ------------------------------------------------------------------------------------------ threads
 // Runs work(begin, end) over [0, rows) in up to pool.num_threads() contiguous parts. Parts are claimed from a
@@ -312,6 +320,136 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> d_y, ffi::Buffer
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------------------------------ GRU
+// The reset-after GRU of lstm_jax.cells.GRUCell: zx = x_t W_x + b, zh = h W_h + b_h (columns [r | u | n]),
+// r = sigmoid(zx_r + zh_r), u = sigmoid(zx_u + zh_u), n = tanh(zx_n + r * zh_n), h' = (1 - u) n + u h.
+struct GruSaved {  // what the backward pass reads: h [T, B, H], gates [r | u | n] [T, B, 3H], zh_n [T, B, H]
+  float *h_prev = nullptr, *gates = nullptr, *zh_n = nullptr;
+};
+
+// Hidden units [j, j + lanes of T) of one row: zh becomes the gates [r | u | n] in place; h steps.
+template <typename T>
+inline void gru_gates_forward(const float* zx, float* zh, int64_t H, int64_t j, float* h, float* y, float* zh_n,
+                              bool keep) {
+  T r = sigmoid(ld<T>(zx + j) + ld<T>(zh + j)), u = sigmoid(ld<T>(zx + H + j) + ld<T>(zh + H + j));
+  T hn = ld<T>(zh + 2 * H + j);
+  T n = tanh_approx(ld<T>(zx + 2 * H + j) + r * hn);
+  T h_new = (1.0f - u) * n + u * ld<T>(h + j);
+  st(zh + j, r), st(zh + H + j, u), st(zh + 2 * H + j, n);
+  if (zh_n) st(zh_n + j, hn);
+  st(y + j, keep ? h_new : T{});
+  if (keep) st(h + j, h_new);
+}
+
+struct GruStep {  // x [T, B, F], mask [T, B], biases [3H]
+  int64_t T, B, F, H;
+  const float *x, *bias, *recurrent_bias;
+  const bool* mask;
+};
+
+// Rows [b0, b1) through all T steps; h [B, H] holds the carry in place.
+void gru_forward_rows(const GruStep& s, int64_t b0, int64_t b1, const Packed& w_x, const Packed& w_h, float* y,
+                      float* h, GruSaved saved) {
+  const int64_t rows = b1 - b0, H = s.H, G = 3 * H;
+  std::vector<float> zx(rows * G), zh_scratch(saved.gates ? 0 : rows * G);
+  for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t row0 = t * s.B + b0;
+    float* zh = saved.gates ? saved.gates + row0 * G : zh_scratch.data();
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(&zx[r * G], s.bias, sizeof(float) * G);
+      std::memcpy(zh + r * G, s.recurrent_bias, sizeof(float) * G);
+      if (saved.h_prev) std::memcpy(saved.h_prev + (row0 + r) * H, h + (b0 + r) * H, sizeof(float) * H);
+    }
+    add_matmul(s.x + row0 * s.F, s.F, w_x, zx.data(), G, rows);
+    add_matmul(h + b0 * H, H, w_h, zh, G, rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      float *zhr = zh + r * G, *hr = h + (b0 + r) * H, *yr = y + (row0 + r) * H;
+      float* zh_n = saved.zh_n ? saved.zh_n + (row0 + r) * H : nullptr;
+      const bool keep = s.mask[row0 + r];
+      int64_t j = 0;
+      for (; j + kLanes <= H; j += kLanes) gru_gates_forward<Vec>(&zx[r * G], zhr, H, j, hr, yr, zh_n, keep);
+      for (; j < H; ++j) gru_gates_forward<float>(&zx[r * G], zhr, H, j, hr, yr, zh_n, keep);
+    }
+  }
+}
+
+ffi::Error gru_forward(ffi::ThreadPool& pool, F32 x, F32 w_x, F32 bias, F32 w_h, F32 recurrent_bias, Pred mask,
+                       F32 h0, F32Out y, F32Out h, GruSaved saved) {
+  auto xd = x.dimensions(), wd = w_h.dimensions();
+  if (xd.size() != 3 || wd.size() != 2 || wd[1] != 3 * wd[0] || w_x.dimensions()[0] != xd[2])
+    return ffi::Error::InvalidArgument("gru_cpu: expected x [T, B, F], W_x [F, 3H], W_h [H, 3H]");
+  const GruStep s{xd[0], xd[1], xd[2], wd[0], x.typed_data(), bias.typed_data(), recurrent_bias.typed_data(),
+                  mask.typed_data()};
+  const Packed packed_x = pack(w_x.typed_data(), s.F, 3 * s.H, 3 * s.H, 1);
+  const Packed packed_h = pack(w_h.typed_data(), s.H, 3 * s.H, 3 * s.H, 1);
+  std::memcpy(h->typed_data(), h0.typed_data(), sizeof(float) * s.B * s.H);
+  parallel_rows(pool, s.B, 8, [&](int64_t b0, int64_t b1) {
+    gru_forward_rows(s, b0, b1, packed_x, packed_h, y->typed_data(), h->typed_data(), saved);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GruForwardCall(ffi::ThreadPool pool, F32 x, F32 w_x, F32 bias, F32 w_h, F32 recurrent_bias, Pred mask, F32 h0,
+                      F32Out y, F32Out h) {
+  return gru_forward(pool, x, w_x, bias, w_h, recurrent_bias, mask, h0, y, h, GruSaved{});
+}
+
+ffi::Error GruForwardSaveCall(ffi::ThreadPool pool, F32 x, F32 w_x, F32 bias, F32 w_h, F32 recurrent_bias, Pred mask,
+                          F32 h0, F32Out y, F32Out h, F32Out h_prev, F32Out gates, F32Out zh_n) {
+  return gru_forward(pool, x, w_x, bias, w_h, recurrent_bias, mask, h0, y, h,
+                     GruSaved{h_prev->typed_data(), gates->typed_data(), zh_n->typed_data()});
+}
+
+// Hidden units [j, j + lanes of T) of one row, one step back: the gradients of zx and zh, and d_h in place
+// without its dzh W_h^T term.
+template <typename T>
+inline void gru_gates_backward(const float* gates, const float* zh_n, const float* h_prev, const float* d_y,
+                               int64_t H, int64_t j, float* dzx, float* dzh, float* d_h, bool keep) {
+  T r = ld<T>(gates + j), u = ld<T>(gates + H + j), n = ld<T>(gates + 2 * H + j), dh = ld<T>(d_h + j);
+  T dh_new = keep ? dh + ld<T>(d_y + j) : T{};
+  T dzn = dh_new * (1.0f - u) * (1.0f - n * n);
+  T dzu = dh_new * (ld<T>(h_prev + j) - n) * u * (1.0f - u);
+  T dzr = dzn * ld<T>(zh_n + j) * r * (1.0f - r);
+  st(dzx + j, dzr), st(dzx + H + j, dzu), st(dzx + 2 * H + j, dzn);
+  st(dzh + j, dzr), st(dzh + H + j, dzu), st(dzh + 2 * H + j, dzn * r);
+  st(d_h + j, dh_new * u + (keep ? T{} : dh));
+}
+
+void gru_backward_rows(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t H, const float* d_y, const bool* mask,
+                       const float* h_prev, const float* gates, const float* zh_n, const Packed& w_h_t, float* d_h,
+                       float* dzx, float* dzh) {
+  const int64_t rows = b1 - b0, G = 3 * H;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t at = (t * B + b) * H, gat = (t * B + b) * G;
+      const bool keep = mask[t * B + b];
+      int64_t j = 0;
+      for (; j + kLanes <= H; j += kLanes)
+        gru_gates_backward<Vec>(gates + gat, zh_n + at, h_prev + at, d_y + at, H, j, dzx + gat, dzh + gat,
+                                d_h + b * H, keep);
+      for (; j < H; ++j)
+        gru_gates_backward<float>(gates + gat, zh_n + at, h_prev + at, d_y + at, H, j, dzx + gat, dzh + gat,
+                                  d_h + b * H, keep);
+    }
+    add_matmul(dzh + (t * B + b0) * G, G, w_h_t, d_h + b0 * H, H, rows);
+  }
+}
+
+ffi::Error GruBackwardCall(ffi::ThreadPool pool, F32 d_y, F32 w_h, Pred mask, F32 h_prev, F32 gates, F32 zh_n,
+                       F32 d_h_final, F32Out dzx, F32Out dzh, F32Out d_h0) {
+  auto gd = gates.dimensions();
+  if (gd.size() != 3 || w_h.dimensions()[1] != gd[2] || gd[2] != 3 * w_h.dimensions()[0])
+    return ffi::Error::InvalidArgument("gru_cpu: expected gates [T, B, 3H] and W_h [H, 3H]");
+  const int64_t T = gd[0], B = gd[1], H = w_h.dimensions()[0];
+  const Packed packed_t = pack(w_h.typed_data(), 3 * H, H, 1, 3 * H);  // W_h^T [3H, H]
+  std::memcpy(d_h0->typed_data(), d_h_final.typed_data(), sizeof(float) * B * H);
+  parallel_rows(pool, B, 8, [&](int64_t b0, int64_t b1) {
+    gru_backward_rows(b0, b1, T, B, H, d_y.typed_data(), mask.typed_data(), h_prev.typed_data(), gates.typed_data(),
+                      zh_n.typed_data(), packed_t, d_h0->typed_data(), dzx->typed_data(), dzh->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, Forward,
@@ -324,3 +462,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardSave, ForwardSave,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, Backward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>()
                                   .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GruForward, GruForwardCall,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<Pred>().Arg<F32>().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GruForwardSave, GruForwardSaveCall,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<Pred>().Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GruBackward, GruBackwardCall,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
