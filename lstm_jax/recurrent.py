@@ -77,9 +77,9 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
 
     ``auto`` picks ``chunkwise`` for cells with a chunkwise form (the mLSTM), ``cudnn`` on an NVIDIA GPU for a
     float32 plain LSTM cell, on a CPU ``native`` for a float32 plain LSTM or GRU cell when its kernel builds
-    here (:mod:`lstm_jax.native`) and ``fused`` for other plain LSTM cells, and ``scan`` otherwise (TPU, other
-    cells, projections, bfloat16 on a GPU, zoneout). Asking for a backend that cannot run ``cell`` here raises
-    a one-line ``ValueError``.
+    here (:mod:`lstm_jax.native`) and the process has one device, ``fused`` for other plain LSTM cells, and
+    ``scan`` otherwise (TPU, other cells, projections, bfloat16 on a GPU, zoneout). Asking for a backend that
+    cannot run ``cell`` here raises a one-line ``ValueError``.
     """
     if requested == "auto":
         if hasattr(cell, "chunkwise"):  # as fast as parallel at 100 steps, 3x faster at 400, O(T) memory
@@ -88,7 +88,8 @@ def choose_backend(requested: str, cell: nnx.Module, *, zoneout: bool = False) -
             return "scan"
         if _cudnn_obstacle(cell) is None:
             return "cudnn"
-        if _has_native_kernel(cell) and _native_obstacle(cell) is None:
+        # XLA runs a custom call whole on every device of a sharded batch, so several devices keep XLA's loops.
+        if _has_native_kernel(cell) and jax.device_count() == 1 and _native_obstacle(cell) is None:
             return "native"
         return "fused" if _is_plain_lstm(cell) and cudnn.platform() == "cpu" else "scan"
     name = _cell_name(cell)

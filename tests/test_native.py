@@ -158,3 +158,35 @@ def test_the_build_is_cached_by_source_and_put_in_place_whole(tmp_path, monkeypa
     modified = first.stat().st_mtime_ns
     assert native.build() == first and first.stat().st_mtime_ns == modified  # cached: not compiled again
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no scratch folder left
+
+
+SEVERAL_DEVICES = textwrap.dedent("""
+    import os
+    from lstm_jax.sentiment.process import startup
+    startup.one_cpu_device_per_core()  # what predict.py and serve.py do before JAX starts
+    import jax
+    from flax import nnx
+    import lstm_jax
+    picked = [lstm_jax.make_recurrent(c, 3, 5, rngs=nnx.Rngs(0)).layers[0].backend for c in ("lstm", "gru")]
+    print("devices:", jax.device_count(), "picked:", picked)
+""")
+
+
+@pytest.mark.parametrize(
+    "environment, expected",
+    [
+        ({}, "devices: 1 picked: ['native', 'native']"),  # the kernel uses every core from one device
+        ({"LSTM_JAX_NATIVE": "0"}, "devices: 2 picked: ['fused', 'scan']"),  # without it, one device per core
+        # XLA would run the custom call whole on each device of a sharded batch: several devices keep XLA's loops
+        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "devices: 2 picked: ['fused', 'scan']"),
+    ],
+)
+def test_prediction_startup_and_auto_with_one_or_several_cpu_devices(environment, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "LSTM_JAX_NATIVE")}
+    env.update({"JAX_PLATFORMS": "cpu", **environment})
+    result = subprocess.run([sys.executable, "-c", SEVERAL_DEVICES], env=env, capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    if os.cpu_count() == 1 and not environment.get("XLA_FLAGS"):
+        expected = expected.replace("devices: 2", "devices: 1")
+    assert expected in result.stdout
