@@ -107,6 +107,8 @@ def unavailable_reason() -> str | None:
 
 
 def _call(target: str, shapes: list[tuple[int, ...]], *args):
+    if (reason := unavailable_reason()) is not None:  # also registers the targets on first use
+        raise Unavailable(f"the native CPU kernel is unavailable: {reason}")
     outputs = [jax.ShapeDtypeStruct(shape, jax.numpy.float32) for shape in shapes]
     return jax.ffi.ffi_call(_PREFIX + target, outputs, vmap_method="sequential")(*args)
 

@@ -179,6 +179,14 @@ template <> inline Vec ld<Vec>(const float* p) { return load(p); }
 inline void st(float* p, float v) { *p = v; }
 inline void st(float* p, Vec v) { store(p, v); }
 
+// Calls step(lanes, j) over hidden units [0, H): whole vectors first (lanes a Vec), then one float at a time.
+template <typename Step>
+inline void over_units(int64_t H, Step step) {
+  int64_t j = 0;
+  for (; j + kLanes <= H; j += kLanes) step(Vec{}, j);
+  for (; j < H; ++j) step(0.0f, j);
+}
+
 // Hidden units [j, j + lanes of T) of one row: activates the gates z in place and steps the carry (c, h).
 template <typename T>
 inline void gates_forward(float* z, int64_t H, int64_t j, float* c, float* h, float* y, float* tanh_c, bool keep) {
@@ -221,9 +229,9 @@ void forward_rows(const Step& s, int64_t b0, int64_t b1, const Packed& w, float*
       float *zr = z + r * G, *cr = c + (b0 + r) * H, *hr = &a[r * K + s.F], *yr = y + (row0 + r) * H;
       float* tanh_c = saved.tanh_c ? saved.tanh_c + (row0 + r) * H : nullptr;
       const bool keep = s.mask[row0 + r];
-      int64_t j = 0;
-      for (; j + kLanes <= H; j += kLanes) gates_forward<Vec>(zr, H, j, cr, hr, yr, tanh_c, keep);
-      for (; j < H; ++j) gates_forward<float>(zr, H, j, cr, hr, yr, tanh_c, keep);
+      over_units(H, [&](auto lanes, int64_t j) {
+        gates_forward<decltype(lanes)>(zr, H, j, cr, hr, yr, tanh_c, keep);
+      });
     }
   }
   for (int64_t r = 0; r < rows; ++r) std::memcpy(h + (b0 + r) * H, &a[r * K + s.F], sizeof(float) * H);
@@ -280,42 +288,36 @@ inline void gates_backward(const float* gates, const float* c_prev, const float*
   st(d_h + j, keep ? T{} : dh);
 }
 
-// Rows [b0, b1) backwards through time; d_c, d_h [B, H] hold the carry's gradient in place; dz [T, B, 4H].
-void backward_rows(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t H, const float* d_y, const bool* mask,
-                   const float* c_prev, const float* gates, const float* tanh_c, const Packed& w_h_t, float* d_c,
-                   float* d_h, float* dz) {
-  const int64_t rows = b1 - b0, G = 4 * H;
+// Rows [b0, b1) backwards through time: row_step(t, b) writes a row's gates' gradient and the carry's gradient
+// without its recurrent term, then d_h += dz_h W_h^T for the step (dz_h [T, B, G]: the gradient of h W_h).
+template <typename RowStep>
+void back_through_time(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t H, int64_t G, const Packed& w_h_t,
+                       const float* dz_h, float* d_h, RowStep row_step) {
   for (int64_t t = T - 1; t >= 0; --t) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t at = (t * B + b) * H, gat = (t * B + b) * G;
-      const bool keep = mask[t * B + b];
-      int64_t j = 0;
-      for (; j + kLanes <= H; j += kLanes)
-        gates_backward<Vec>(gates + gat, c_prev + at, tanh_c + at, d_y + at, H, j, dz + gat, d_c + b * H,
-                            d_h + b * H, keep);
-      for (; j < H; ++j)
-        gates_backward<float>(gates + gat, c_prev + at, tanh_c + at, d_y + at, H, j, dz + gat, d_c + b * H,
-                              d_h + b * H, keep);
-    }
-    add_matmul(dz + (t * B + b0) * G, G, w_h_t, d_h + b0 * H, H, rows);
+    for (int64_t b = b0; b < b1; ++b) row_step(t, b);
+    add_matmul(dz_h + (t * B + b0) * G, G, w_h_t, d_h + b0 * H, H, b1 - b0);
   }
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> d_y, ffi::Buffer<ffi::F32> w_h,
-                    ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::F32> gates,
-                    ffi::Buffer<ffi::F32> tanh_c, ffi::Buffer<ffi::F32> d_c_final, ffi::Buffer<ffi::F32> d_h_final,
-                    ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> d_c0, ffi::ResultBuffer<ffi::F32> d_h0) {
+ffi::Error Backward(ffi::ThreadPool pool, F32 d_y, F32 w_h, Pred mask, F32 c_prev, F32 gates, F32 tanh_c,
+                    F32 d_c_final, F32 d_h_final, F32Out dz, F32Out d_c0, F32Out d_h0) {
   auto gd = gates.dimensions();
   if (gd.size() != 3 || w_h.dimensions()[1] != gd[2] || gd[2] != 4 * w_h.dimensions()[0])
     return ffi::Error::InvalidArgument("lstm_cpu: expected gates [T, B, 4H] and W_h [H, 4H]");
-  const struct { int64_t T, B, H; } d{gd[0], gd[1], w_h.dimensions()[0]};
-  const Packed packed_t = pack(w_h.typed_data(), 4 * d.H, d.H, 1, 4 * d.H);  // W_h^T [4H, H]
-  std::memcpy(d_c0->typed_data(), d_c_final.typed_data(), sizeof(float) * d.B * d.H);
-  std::memcpy(d_h0->typed_data(), d_h_final.typed_data(), sizeof(float) * d.B * d.H);
-  parallel_rows(pool, d.B, 8, [&](int64_t b0, int64_t b1) {
-    backward_rows(b0, b1, d.T, d.B, d.H, d_y.typed_data(), mask.typed_data(), c_prev.typed_data(),
-                  gates.typed_data(), tanh_c.typed_data(), packed_t, d_c0->typed_data(), d_h0->typed_data(),
-                  dz->typed_data());
+  const int64_t T = gd[0], B = gd[1], H = w_h.dimensions()[0], G = 4 * H;
+  const Packed packed_t = pack(w_h.typed_data(), G, H, 1, G);  // W_h^T [4H, H]
+  float *d_c = d_c0->typed_data(), *d_h = d_h0->typed_data(), *dz_all = dz->typed_data();
+  std::memcpy(d_c, d_c_final.typed_data(), sizeof(float) * B * H);
+  std::memcpy(d_h, d_h_final.typed_data(), sizeof(float) * B * H);
+  parallel_rows(pool, B, 8, [&](int64_t b0, int64_t b1) {
+    back_through_time(b0, b1, T, B, H, G, packed_t, dz_all, d_h, [&](int64_t t, int64_t b) {
+      const int64_t at = (t * B + b) * H, gat = (t * B + b) * G;
+      const bool keep = mask.typed_data()[t * B + b];
+      over_units(H, [&](auto lanes, int64_t j) {
+        gates_backward<decltype(lanes)>(gates.typed_data() + gat, c_prev.typed_data() + at, tanh_c.typed_data() + at,
+                                        d_y.typed_data() + at, H, j, dz_all + gat, d_c + b * H, d_h + b * H, keep);
+      });
+    });
   });
   return ffi::Error::Success();
 }
@@ -366,9 +368,9 @@ void gru_forward_rows(const GruStep& s, int64_t b0, int64_t b1, const Packed& w_
       float *zhr = zh + r * G, *hr = h + (b0 + r) * H, *yr = y + (row0 + r) * H;
       float* zh_n = saved.zh_n ? saved.zh_n + (row0 + r) * H : nullptr;
       const bool keep = s.mask[row0 + r];
-      int64_t j = 0;
-      for (; j + kLanes <= H; j += kLanes) gru_gates_forward<Vec>(&zx[r * G], zhr, H, j, hr, yr, zh_n, keep);
-      for (; j < H; ++j) gru_gates_forward<float>(&zx[r * G], zhr, H, j, hr, yr, zh_n, keep);
+      over_units(H, [&](auto lanes, int64_t j) {
+        gru_gates_forward<decltype(lanes)>(&zx[r * G], zhr, H, j, hr, yr, zh_n, keep);
+      });
     }
   }
 }
@@ -389,8 +391,8 @@ ffi::Error gru_forward(ffi::ThreadPool& pool, F32 x, F32 w_x, F32 bias, F32 w_h,
   return ffi::Error::Success();
 }
 
-ffi::Error GruForwardCall(ffi::ThreadPool pool, F32 x, F32 w_x, F32 bias, F32 w_h, F32 recurrent_bias, Pred mask, F32 h0,
-                      F32Out y, F32Out h) {
+ffi::Error GruForwardCall(ffi::ThreadPool pool, F32 x, F32 w_x, F32 bias, F32 w_h, F32 recurrent_bias, Pred mask,
+                          F32 h0, F32Out y, F32Out h) {
   return gru_forward(pool, x, w_x, bias, w_h, recurrent_bias, mask, h0, y, h, GruSaved{});
 }
 
@@ -415,37 +417,25 @@ inline void gru_gates_backward(const float* gates, const float* zh_n, const floa
   st(d_h + j, dh_new * u + (keep ? T{} : dh));
 }
 
-void gru_backward_rows(int64_t b0, int64_t b1, int64_t T, int64_t B, int64_t H, const float* d_y, const bool* mask,
-                       const float* h_prev, const float* gates, const float* zh_n, const Packed& w_h_t, float* d_h,
-                       float* dzx, float* dzh) {
-  const int64_t rows = b1 - b0, G = 3 * H;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t at = (t * B + b) * H, gat = (t * B + b) * G;
-      const bool keep = mask[t * B + b];
-      int64_t j = 0;
-      for (; j + kLanes <= H; j += kLanes)
-        gru_gates_backward<Vec>(gates + gat, zh_n + at, h_prev + at, d_y + at, H, j, dzx + gat, dzh + gat,
-                                d_h + b * H, keep);
-      for (; j < H; ++j)
-        gru_gates_backward<float>(gates + gat, zh_n + at, h_prev + at, d_y + at, H, j, dzx + gat, dzh + gat,
-                                  d_h + b * H, keep);
-    }
-    add_matmul(dzh + (t * B + b0) * G, G, w_h_t, d_h + b0 * H, H, rows);
-  }
-}
-
 ffi::Error GruBackwardCall(ffi::ThreadPool pool, F32 d_y, F32 w_h, Pred mask, F32 h_prev, F32 gates, F32 zh_n,
-                       F32 d_h_final, F32Out dzx, F32Out dzh, F32Out d_h0) {
+                           F32 d_h_final, F32Out dzx, F32Out dzh, F32Out d_h0) {
   auto gd = gates.dimensions();
   if (gd.size() != 3 || w_h.dimensions()[1] != gd[2] || gd[2] != 3 * w_h.dimensions()[0])
     return ffi::Error::InvalidArgument("gru_cpu: expected gates [T, B, 3H] and W_h [H, 3H]");
-  const int64_t T = gd[0], B = gd[1], H = w_h.dimensions()[0];
-  const Packed packed_t = pack(w_h.typed_data(), 3 * H, H, 1, 3 * H);  // W_h^T [3H, H]
-  std::memcpy(d_h0->typed_data(), d_h_final.typed_data(), sizeof(float) * B * H);
+  const int64_t T = gd[0], B = gd[1], H = w_h.dimensions()[0], G = 3 * H;
+  const Packed packed_t = pack(w_h.typed_data(), G, H, 1, G);  // W_h^T [3H, H]
+  float *d_h = d_h0->typed_data(), *dzx_all = dzx->typed_data(), *dzh_all = dzh->typed_data();
+  std::memcpy(d_h, d_h_final.typed_data(), sizeof(float) * B * H);
   parallel_rows(pool, B, 8, [&](int64_t b0, int64_t b1) {
-    gru_backward_rows(b0, b1, T, B, H, d_y.typed_data(), mask.typed_data(), h_prev.typed_data(), gates.typed_data(),
-                      zh_n.typed_data(), packed_t, d_h0->typed_data(), dzx->typed_data(), dzh->typed_data());
+    back_through_time(b0, b1, T, B, H, G, packed_t, dzh_all, d_h, [&](int64_t t, int64_t b) {
+      const int64_t at = (t * B + b) * H, gat = (t * B + b) * G;
+      const bool keep = mask.typed_data()[t * B + b];
+      over_units(H, [&](auto lanes, int64_t j) {
+        gru_gates_backward<decltype(lanes)>(gates.typed_data() + gat, zh_n.typed_data() + at,
+                                            h_prev.typed_data() + at, d_y.typed_data() + at, H, j, dzx_all + gat,
+                                            dzh_all + gat, d_h + b * H, keep);
+      });
+    });
   });
   return ffi::Error::Success();
 }
