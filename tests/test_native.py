@@ -190,3 +190,27 @@ def test_prediction_startup_and_auto_with_one_or_several_cpu_devices(environment
     if os.cpu_count() == 1 and not environment.get("XLA_FLAGS"):
         expected = expected.replace("devices: 2", "devices: 1")
     assert expected in result.stdout
+
+
+DIRECT_CALL = textwrap.dedent("""
+    import jax.numpy as jnp
+    from lstm_jax import fused, native
+    x, w_x, b, w_h = jnp.ones((3, 2, 4)), jnp.ones((4, 8)), jnp.zeros(8), jnp.ones((2, 8))
+    try:
+        (c, h), y = fused.native_lstm_recurrence(x, w_x, b, w_h, jnp.ones((3, 2), bool), (jnp.zeros((2, 2)),) * 2)
+        print("outputs:", y.shape)
+    except native.Unavailable as error:
+        print("unavailable:", error)
+""")
+
+
+@pytest.mark.parametrize(
+    "environment, expected",
+    [({}, "outputs: (3, 2, 2)"), ({"LSTM_JAX_NATIVE": "0"}, "unavailable: the native CPU kernel is unavailable")],
+)
+def test_a_direct_call_registers_the_kernel_first_or_says_why_it_cannot(environment, expected):
+    # A fresh process where no layer ran yet: the call itself registers the FFI targets (it once failed in XLA).
+    env = {**{k: v for k, v in os.environ.items() if k != "LSTM_JAX_NATIVE"}, "JAX_PLATFORMS": "cpu", **environment}
+    result = subprocess.run([sys.executable, "-c", DIRECT_CALL], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected in result.stdout
