@@ -12,6 +12,8 @@ from conftest import ROOT, load_config
 from flax import nnx
 
 import lstm_jax.deploy as deploy
+from lstm_jax import native
+from lstm_jax.recurrent import RNN
 from lstm_jax.sentiment.data.subwords import subword_ids
 from lstm_jax.sentiment.deploy import artifacts, onnx_graph
 from lstm_jax.sentiment.deploy.export import MODEL_SETTINGS, export_stablehlo, named_weights
@@ -128,6 +130,20 @@ def test_stablehlo_artifact_equals_the_model_for_any_batch_and_time(settings, tm
     # The same artifact at another batch size and padded length (symbolic dimensions).
     np.testing.assert_allclose(run(tokens[2:3, :7], lengths[2:3]), _reference(model, tokens, lengths)[2:3],
                                atol=1e-5)  # fmt: skip
+
+
+def test_a_model_on_the_native_cpu_kernel_exports_its_scan_form_and_keeps_its_kernel(tmp_path):
+    # Once the export traced the model as it ran, custom call of the native kernel and all, and jax.export refused it.
+    _, model = _model(cell="gru", bidirectional=True)
+
+    def backends():
+        return {node.backend for _, node in nnx.iter_graph(model) if isinstance(node, RNN)}
+
+    expected = {"native"} if native.unavailable_reason() is None else {"scan"}
+    assert backends() == expected
+    export_stablehlo(model, tmp_path)
+    assert b"lstm_jax_" not in (tmp_path / "model.stablehlo").read_bytes()
+    assert backends() == expected  # the model itself still runs its kernel
 
 
 # ------------------------------------------------------------------------------------------ the whole job

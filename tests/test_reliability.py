@@ -181,7 +181,7 @@ def test_training_reads_bom_marked_csv_and_refuses_bad_columns(tmp_path, review_
         ("--config.vocab_size=2", "--config.vocab_size=2 must be"),
         ("--config.num_layers=100000", "--config.num_layers=100000 must be"),
         ("--config.backend=cudnn", "backend='cudnn' cannot run here: it needs an NVIDIA GPU"),
-        ("--config.backend=tpu", "--config.backend='tpu' is not one of auto, scan, fused, cudnn"),
+        ("--config.backend=tpu", "--config.backend='tpu' is not one of auto, scan, fused, native, cudnn"),
         ("--config.cell=gru --config.backend=fused", "backend='fused' runs plain LSTMCell only, not GRUCell"),
         ("--config.cell=transformer", "--config.cell='transformer' is not one of lstm, peephole_lstm"),
         ("--config.dropout_rate=1.5", "--config.dropout_rate=1.5 must be in [0, 1)"),

@@ -30,7 +30,6 @@ from lstm_jax.sentiment.config import check_prediction_setting
 from lstm_jax.sentiment.deploy import artifacts as deploy
 from lstm_jax.sentiment.deploy.predict import RestoredModel, restore_model
 from lstm_jax.sentiment.errors import UserError, raise_if_interrupted, signals_deferred
-from lstm_jax.sentiment.model.classifier import build_model
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda")
@@ -47,19 +46,27 @@ def check_installed(formats: list[str]) -> None:
                             ) from None  # fmt: skip
 
 
-def _portable(restored: RestoredModel) -> nnx.Module:
-    """The restored model with a recurrence that lowers on every platform of :data:`PLATFORMS`.
+CUSTOM_CALL_BACKENDS = ("cudnn", "native")  # kernels reached through custom calls that an export cannot carry
 
-    ``auto`` on a CPU gives ``fused``/``scan``/``chunkwise`` (plain JAX, lowered for both platforms); on a GPU it
-    would pick cuDNN, a CUDA-only custom call that cannot be lowered for the CPU, so there the model is rebuilt
-    with ``scan``, which computes the same function.
+
+def _portable(model: nnx.Module) -> nnx.Module:
+    """``model`` with a recurrence that lowers on every platform of :data:`PLATFORMS`.
+
+    ``fused``, ``scan`` and ``chunkwise`` are plain JAX and lower for both platforms; ``auto`` may pick cuDNN on a
+    GPU (a CUDA-only custom call) or the native CPU kernel (a custom call of this library, absent where the
+    export is loaded), so a copy whose layers run ``scan``, which computes the same function, is exported instead.
     """
-    rnns = [node for _, node in nnx.iter_graph(restored.model) if isinstance(node, recurrent.RNN)]
-    if all(rnn.backend != "cudnn" for rnn in rnns):
-        return restored.model
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(restored.config, restored.sizes, nnx.Rngs(0),
-                                                               backend="scan")))  # fmt: skip
-    return nnx.merge(graphdef, nnx.state(restored.model))
+    if all(rnn.backend not in CUSTOM_CALL_BACKENDS for rnn in _rnns(model)):
+        return model
+    model = nnx.clone(model)
+    for rnn in _rnns(model):
+        if rnn.backend in CUSTOM_CALL_BACKENDS:
+            rnn.requested_backend = "scan"
+    return model
+
+
+def _rnns(model: nnx.Module) -> list[recurrent.RNN]:
+    return [node for _, node in nnx.iter_graph(model) if isinstance(node, recurrent.RNN)]
 
 
 def named_weights(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -70,7 +77,7 @@ def named_weights(model: nnx.Module) -> dict[str, np.ndarray]:
 def export_stablehlo(model: nnx.Module, folder: Path) -> list[str]:
     """Writes ``model.stablehlo`` and ``weights.npz``; returns the weight names. The module takes the weights as
     a table by name, so the loader matches each array to its argument by name, shape and dtype."""
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(_portable(model))
     leaves, treedef = jax.tree.flatten(state)
     names = list(ckpt.named_leaves(state))  # the same order as the leaves
 
@@ -127,7 +134,7 @@ def describe(restored: RestoredModel, threshold: float) -> dict:
 
 
 def _write_folder(restored: RestoredModel, folder: Path, formats: list[str], threshold: float) -> None:
-    model = _portable(restored)
+    model = restored.model
     manifest = {"format_version": deploy.FORMAT_VERSION, "formats": formats, **describe(restored, threshold),
                 "platforms": {"stablehlo": list(PLATFORMS), "onnx": ["any onnxruntime"]}}
     (folder / "vocabulary.json").write_text(json.dumps(restored.vocabulary.to_json(), ensure_ascii=False))
