@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from lstm_jax import native
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import step_speed as bench  # noqa: E402
 
@@ -36,7 +38,9 @@ def test_every_implementation_runs_and_ratios_are_per_repetition(tmp_path):
         assert (record["compile_seconds"] or 0) > 0 or record["implementation"].startswith("torch")
     paths = bench.plots(records, tmp_path, "tiny")
     assert all(p.stat().st_size > 1000 for p in paths)
-    assert "| train | tiny | lstm | lstm_jax auto | fused |" in bench.table(records)
+    picked = "native" if native.unavailable_reason() is None else "fused"  # what auto picks on a CPU
+    assert f"| train | tiny | lstm | lstm_jax auto | {picked} |" in bench.table(records)
+    assert "| train | tiny | lstm | lstm_jax fused | fused |" in bench.table(records)
 
 
 @pytest.mark.parametrize("cell", ["gru", "bilstm", "slstm", "mlstm"])  # peephole: as lstm through the same runner
@@ -58,7 +62,7 @@ def test_the_accelerator_grid_runs_every_backend_and_reports_the_one_picked():
     # Inference: every backend runs the same way in both workloads, and it compiles no gradients (23 s to 13 s here).
     records = bench.measure_case("infer", "tiny", TINY, "lstm", impls, repetitions=1, seconds=0.01)
     backends = {r["implementation"]: r["backend"] for r in records}
-    assert backends["lstm_jax auto"] == "fused"  # what auto picks on a CPU
+    assert backends["lstm_jax auto"] == ("native" if native.unavailable_reason() is None else "fused")  # on a CPU
     assert backends["lstm_jax scan u1 bf16"] == "scan" and backends["torch eager"] is None
     assert all(r["ratio_vs_torch"] > 0 for r in records)
     fused = next(r for r in records if r["implementation"] == "lstm_jax fused")
