@@ -106,11 +106,23 @@ def _lstm_bwd(dtype, unroll, residuals, cotangents):
 
 def _weight_gradients(x, input_kernel, bias, recurrent_kernel, h_prev, dz, dtype):
     """``d_x, d_input_kernel, d_bias, d_recurrent_kernel`` from the gates' gradient: one large matmul each."""
-    d_recurrent_kernel = jnp.einsum("tbh,tbg->hg", h_prev, dz).astype(recurrent_kernel.dtype)
-    d_input_kernel = jnp.einsum("tbf,tbg->fg", x.astype(jnp.float32), dz).astype(input_kernel.dtype)
-    d_bias = jnp.sum(dz, axis=(0, 1)).astype(bias.dtype)
+    d_x, d_input_kernel, d_bias = _input_gradients(x, input_kernel, bias, dz, dtype)
+    return d_x, d_input_kernel, d_bias, _kernel_gradient(h_prev, dz, recurrent_kernel)
+
+
+def _input_gradients(x, input_kernel, bias, dz, dtype):
+    """``d_x, d_input_kernel, d_bias`` from the gradient ``dz <[T, B, G]>`` of ``x W_x + b``."""
     d_x = _matmul(dz, input_kernel.T, dtype).astype(x.dtype)
-    return d_x, d_input_kernel, d_bias, d_recurrent_kernel
+    return d_x, _kernel_gradient(x.astype(jnp.float32), dz, input_kernel), jnp.sum(dz, axis=(0, 1)).astype(bias.dtype)
+
+
+def _kernel_gradient(inputs, dz, kernel):
+    """``sum_t inputs_t^T dz_t``: a kernel's gradient from its inputs ``<[T, B, F]>`` and its output's gradient."""
+    return jnp.einsum("tbf,tbg->fg", inputs, dz).astype(kernel.dtype)
+
+
+def _f32(x):
+    return jnp.asarray(x, jnp.float32)
 
 
 lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
@@ -122,9 +134,8 @@ lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
 
 def _native_forward(x, input_kernel, bias, recurrent_kernel, mask, carry, save):
     c0, h0 = carry
-    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     results = native.lstm_forward(
-        f32(x), f32(input_kernel), f32(bias), f32(recurrent_kernel), mask, f32(c0), f32(h0), save=save
+        _f32(x), _f32(input_kernel), _f32(bias), _f32(recurrent_kernel), mask, _f32(c0), _f32(h0), save=save
     )
     (outputs, c, h), saved = results[:3], results[3:]
     return (c, h), outputs, saved
@@ -145,9 +156,8 @@ def _native_fwd(x, input_kernel, bias, recurrent_kernel, mask, carry):
 def _native_bwd(residuals, cotangents):
     x, input_kernel, bias, recurrent_kernel, mask, (c_prev, h_prev, gates, tanh_c) = residuals
     (d_c_final, d_h_final), d_outputs = cotangents
-    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     dz, d_c0, d_h0 = native.lstm_backward(
-        f32(d_outputs), recurrent_kernel, mask, c_prev, gates, tanh_c, f32(d_c_final), f32(d_h_final)
+        _f32(d_outputs), recurrent_kernel, mask, c_prev, gates, tanh_c, _f32(d_c_final), _f32(d_h_final)
     )
     grads = _weight_gradients(x, input_kernel, bias, recurrent_kernel, h_prev, dz, jnp.float32)
     return (*grads, None, (d_c0, d_h0))
@@ -162,8 +172,7 @@ native_lstm_recurrence.defvjp(_native_fwd, _native_bwd)
 
 
 def _native_gru_forward(x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, h0, save):
-    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    args = (f32(x), f32(input_kernel), f32(bias), f32(recurrent_kernel), f32(recurrent_bias), mask, f32(h0))
+    args = (_f32(x), _f32(input_kernel), _f32(bias), _f32(recurrent_kernel), _f32(recurrent_bias), mask, _f32(h0))
     results = native.gru_forward(*args, save=save)
     return results[1], results[0], results[2:]
 
@@ -186,12 +195,10 @@ def _native_gru_fwd(x, input_kernel, bias, recurrent_kernel, recurrent_bias, mas
 def _native_gru_bwd(residuals, cotangents):
     x, input_kernel, bias, recurrent_kernel, recurrent_bias, mask, (h_prev, gates, zh_n) = residuals
     d_h_final, d_outputs = cotangents
-    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    dzx, dzh, d_h0 = native.gru_backward(f32(d_outputs), recurrent_kernel, mask, h_prev, gates, zh_n, f32(d_h_final))
-    d_input_kernel = jnp.einsum("tbf,tbg->fg", x.astype(jnp.float32), dzx).astype(input_kernel.dtype)
-    d_recurrent_kernel = jnp.einsum("tbh,tbg->hg", h_prev, dzh).astype(recurrent_kernel.dtype)
-    d_x = _matmul(dzx, input_kernel.T, jnp.float32).astype(x.dtype)
-    d_bias, d_recurrent_bias = jnp.sum(dzx, axis=(0, 1)), jnp.sum(dzh, axis=(0, 1))
+    dzx, dzh, d_h0 = native.gru_backward(_f32(d_outputs), recurrent_kernel, mask, h_prev, gates, zh_n, _f32(d_h_final))
+    d_x, d_input_kernel, d_bias = _input_gradients(x, input_kernel, bias, dzx, jnp.float32)
+    d_recurrent_kernel = _kernel_gradient(h_prev, dzh, recurrent_kernel)
+    d_recurrent_bias = jnp.sum(dzh, axis=(0, 1)).astype(recurrent_bias.dtype)
     return d_x, d_input_kernel, d_bias, d_recurrent_kernel, d_recurrent_bias, None, d_h0
 
 

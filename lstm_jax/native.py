@@ -2,14 +2,15 @@
 
 XLA:CPU runs each time step's small ``[B, H] x [H, 4H]`` matmul on one core. The kernel instead gives each
 thread of XLA's intra-op pool its own rows of the batch for the whole sequence (rows never interact), so
-every core works inside the recurrence with no synchronisation between steps. The input projection and the
-weight gradients stay in XLA, as large matmuls (:mod:`lstm_jax.fused`).
+every core works inside the recurrence with no synchronisation between steps; each step's input projection
+runs there too. The weight and input gradients stay in XLA, as large matmuls (:mod:`lstm_jax.fused`).
 
 It is compiled on first use with the machine's C++ compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``)
 for this CPU, against the FFI headers of the installed jaxlib, and cached in ``$LSTM_JAX_CACHE`` (default
 ``~/.cache/lstm_jax/native``) under a key of source, flags, jax version and CPU. Where that fails (no
 compiler, no headers), :func:`unavailable_reason` says why and ``backend="auto"`` keeps the XLA recurrence;
 ``LSTM_JAX_NATIVE=0`` turns the kernel off. ``python -m lstm_jax.native`` builds it and says which.
+JAX is imported only when the kernel is built or called, so :func:`expected_here` can run before JAX starts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-import jax
+import numpy as np
 
 SOURCE = pathlib.Path(__file__).parent / "csrc" / "lstm_cpu.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -51,11 +52,18 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "lstm_jax" / "native"
 
 
-def _compiler() -> str:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    raise Unavailable("no C++ compiler found (install g++ or set CXX)")
+def _find_compiler() -> str | None:
+    return next((shutil.which(name) for name in (os.environ.get("CXX"), "c++", "g++", "clang++")
+                 if name and shutil.which(name)), None)  # fmt: skip
+
+
+def _turned_off() -> bool:
+    return os.environ.get("LSTM_JAX_NATIVE", "1") == "0"
+
+
+def expected_here() -> bool:
+    """Whether the kernel should build here (not turned off, a compiler found), without importing JAX."""
+    return not _turned_off() and _find_compiler() is not None
 
 
 def _cpu_key() -> str:
@@ -69,7 +77,11 @@ def _cpu_key() -> str:
 
 def build() -> pathlib.Path:
     """The compiled library's path, compiling it if this source, compiler, jax and CPU have none cached yet."""
-    compiler = _compiler()
+    import jax
+
+    compiler = _find_compiler()
+    if compiler is None:
+        raise Unavailable("no C++ compiler found (install g++ or set CXX)")
     include = jax.ffi.include_dir()
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), compiler, *FLAGS, jax.__version__, _cpu_key()]).encode()
@@ -95,7 +107,9 @@ def build() -> pathlib.Path:
 @functools.cache
 def unavailable_reason() -> str | None:
     """Why the kernel cannot run in this process, or ``None`` once it is built, loaded and registered."""
-    if os.environ.get("LSTM_JAX_NATIVE", "1") == "0":
+    import jax
+
+    if _turned_off():
         return "LSTM_JAX_NATIVE=0 turned it off"
     try:
         library = ctypes.cdll.LoadLibrary(str(build()))
@@ -107,9 +121,11 @@ def unavailable_reason() -> str | None:
 
 
 def _call(target: str, shapes: list[tuple[int, ...]], *args):
+    import jax
+
     if (reason := unavailable_reason()) is not None:  # also registers the targets on first use
         raise Unavailable(f"the native CPU kernel is unavailable: {reason}")
-    outputs = [jax.ShapeDtypeStruct(shape, jax.numpy.float32) for shape in shapes]
+    outputs = [jax.ShapeDtypeStruct(shape, np.float32) for shape in shapes]
     return jax.ffi.ffi_call(_PREFIX + target, outputs, vmap_method="sequential")(*args)
 
 

@@ -1,6 +1,6 @@
 // The LSTM and GRU recurrences on CPU as XLA FFI calls: each thread of XLA's intra-op pool runs its own rows of the
 // batch through every time step (rows are independent, so threads never wait on each other mid-sequence).
-// Built on first use by lstm_jax/native.py; the JAX side (input projection, weight gradients) is in fused.py.
+// Built on first use by lstm_jax/native.py; the JAX side (weight and input gradients) is in fused.py.
 #include <algorithm>
 #include <atomic>
 #include <cmath>

@@ -37,10 +37,10 @@ def quiet_while_importing():
 def one_cpu_device_per_core() -> None:
     """One XLA CPU device per core, so prediction batches are split over all cores (XLA runs a recurrence's
     small per-step matmuls on one core), unless the native CPU kernel, which uses every core from one device,
-    builds here. Must run before JAX starts; an explicit XLA_FLAGS setting wins."""
-    from lstm_jax import native  # imports JAX without starting it
+    is expected to build here. Must run before JAX starts; an explicit XLA_FLAGS setting wins."""
+    from lstm_jax import native  # no JAX: an exported model may never need it
 
-    if native.unavailable_reason() is None:
+    if native.expected_here():
         return
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         flag = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
